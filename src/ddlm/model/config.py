@@ -1,0 +1,56 @@
+"""The backbone's hyper-parameters."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ddlm.errors import DDLMError
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the transformer backbone.
+
+    ``time_conditioning`` adds adaLN modulation by a noise level (SEDD needs it; masked
+    diffusion does not, and without it samplers may cache predictions). ``causal``
+    turns the bidirectional encoder into a decoder for the autoregressive baseline.
+    """
+
+    vocab_size: int
+    context_length: int = 256
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_hidden: int | None = None  # SwiGLU width; default ~8/3 d_model rounded up to 64
+    dropout: float = 0.0
+    time_conditioning: bool = False
+    causal: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise DDLMError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
+                "choose n_heads that divides d_model"
+            )
+        if (self.d_model // self.n_heads) % 2:
+            raise DDLMError("the head size d_model/n_heads must be even for rotary positions")
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 64 * -(-(8 * self.d_model // 3) // 64)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DDLMError(f"unknown model config keys {unknown}; valid keys are {sorted(known)}")
+        return cls(**values)

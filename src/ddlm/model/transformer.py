@@ -1,0 +1,160 @@
+"""A small transformer backbone: RMSNorm, rotary positions, SwiGLU, SDPA, tied embeddings.
+
+It knows nothing of diffusion: token ids (and optionally a noise level) in, one vector
+of vocabulary logits per position out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddlm.model.config import ModelConfig
+
+
+def rotary_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables of shape (length, head_dim // 2)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of the head dimension of x: (B, H, L, D)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class NoiseEmbedding(nn.Module):
+    """Sinusoidal features of a scalar noise level followed by a small MLP."""
+
+    def __init__(self, dim: int, frequencies: int = 128):
+        super().__init__()
+        self.frequencies = frequencies
+        self.mlp = nn.Sequential(nn.Linear(frequencies, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        half = self.frequencies // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=noise.device) / half)
+        angles = noise.float()[:, None] * 1000.0 * freqs[None]
+        return self.mlp(torch.cat((angles.cos(), angles.sin()), dim=-1))
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.causal = config.causal
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        assert config.mlp_hidden is not None
+        self.gate_up = nn.Linear(config.d_model, 2 * config.mlp_hidden, bias=False)
+        self.down = nn.Linear(config.mlp_hidden, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block, with optional adaLN modulation (shift, scale, gate)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = SwiGLU(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.modulation = nn.Linear(config.d_model, 6 * config.d_model) if config.time_conditioning else None
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cond: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.modulation is None or cond is None:
+            x = x + self.drop(self.attn(self.attn_norm(x), cos, sin))
+            return x + self.drop(self.mlp(self.mlp_norm(x)))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)[:, None].chunk(6, dim=-1)
+        h = self.attn_norm(x) * (1 + scale1) + shift1
+        x = x + gate1 * self.drop(self.attn(h, cos, sin))
+        h = self.mlp_norm(x) * (1 + scale2) + shift2
+        return x + gate2 * self.drop(self.mlp(h))
+
+
+class Transformer(nn.Module):
+    """The ddlm backbone: ``logits = model(tokens, noise)`` with shape (B, L, vocab_size)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.noise_embed = NoiseEmbedding(config.d_model) if config.time_conditioning else None
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.final_modulation = (
+            nn.Linear(config.d_model, 2 * config.d_model) if config.time_conditioning else None
+        )
+        cos, sin = rotary_tables(config.head_dim, config.context_length, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 style initialisation; adaLN modulations start at zero (identity blocks)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
+            nn.init.normal_(block.mlp.down.weight, std=0.02 / math.sqrt(2 * self.config.n_layers))
+            if block.modulation is not None:
+                nn.init.zeros_(block.modulation.weight)
+                nn.init.zeros_(block.modulation.bias)
+        if self.final_modulation is not None:
+            nn.init.zeros_(self.final_modulation.weight)
+            nn.init.zeros_(self.final_modulation.bias)
+
+    def num_parameters(self, include_embeddings: bool = True) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        return total if include_embeddings else total - self.embed.weight.numel()
+
+    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, L, vocab_size) for token ids (B, L); ``noise`` (B,) when time-conditioned."""
+        length = tokens.shape[1]
+        if length > self.config.context_length:
+            raise ValueError(f"sequence length {length} exceeds context_length {self.config.context_length}")
+        if self.noise_embed is not None and noise is None:
+            raise ValueError("this model is conditioned on the noise level: pass noise=")
+        cond = F.silu(self.noise_embed(noise)) if self.noise_embed is not None else None
+        cos, sin = self.rope_cos[:length], self.rope_sin[:length]
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, cos, sin, cond)
+        x = self.final_norm(x)
+        if self.final_modulation is not None and cond is not None:
+            shift, scale = self.final_modulation(cond)[:, None].chunk(2, dim=-1)
+            x = x * (1 + scale) + shift
+        return F.linear(x, self.embed.weight)

@@ -1,0 +1,27 @@
+"""Exponential moving average of the weights, kept in float32."""
+
+from __future__ import annotations
+
+import torch
+
+
+class EMA:
+    """EMA of a model's parameters with the usual warm-up decay min(decay, (1+n)/(10+n))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {name: p.detach().clone().float() for name, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for name, p in model.named_parameters():
+            self.shadow[name].lerp_(p.detach().float(), 1 - decay)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Load the averaged weights into ``model`` (same architecture)."""
+        for name, p in model.named_parameters():
+            p.copy_(self.shadow[name])

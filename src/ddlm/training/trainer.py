@@ -1,0 +1,311 @@
+"""The trainer: a loop over stateful parts that are saved and restored together.
+
+Model, EMA, optimizer, data position, RNG states, step, token count and elapsed time
+go into one checkpoint, so N steps + resume + N steps equals 2N steps in one go.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ddlm.data import BatchLoader, TokenizedCorpus
+from ddlm.device import autocast, resolve_device
+from ddlm.errors import DDLMError
+from ddlm.model import ModelConfig, Transformer
+from ddlm.pipeline import DiffusionPipeline
+from ddlm.processes import build_process
+from ddlm.tokenizers import Tokenizer
+from ddlm.training.checkpoint import (
+    CHECKPOINT_FILE, load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint,
+    take_prefix, with_prefix,
+)
+from ddlm.training.config import RunConfig
+from ddlm.training.ema import EMA
+from ddlm.training.logger import MetricsLog
+from ddlm.training.schedule import learning_rate
+
+VALIDATION_SEED = 1234
+EVAL_BATCH_TOKENS = 16384  # validation batches hold about this many tokens
+
+
+@dataclass
+class TrainState:
+    """The counters of a run (the rest of its state lives in tensors)."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0
+    best_valid: float | None = None
+
+
+def build_model(config: RunConfig, tokenizer: Tokenizer) -> Transformer:
+    settings = config.model
+    return Transformer(ModelConfig(
+        vocab_size=tokenizer.vocab_size, context_length=config.data.context_length,
+        d_model=settings.d_model, n_layers=settings.n_layers, n_heads=settings.n_heads,
+        mlp_hidden=settings.mlp_hidden, dropout=settings.dropout,
+        time_conditioning=settings.time_conditioning,
+    ))
+
+
+def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not norms, biases or embeddings)."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith("embed")]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n.startswith("embed")]
+    settings = config.optim
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.lr, betas=(settings.beta1, settings.beta2),
+    )
+
+
+class Trainer:
+    """Trains one model on one corpus and writes its model directory to ``out_dir``."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        tokenizer: Tokenizer,
+        train_corpus: TokenizedCorpus,
+        valid_corpus: TokenizedCorpus | None,
+        out_dir: str | Path,
+        device: str = "auto",
+        show_progress: bool = True,
+    ):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(device)
+        self.show_progress = show_progress
+        torch.manual_seed(config.optim.seed)
+        self.model = build_model(config, tokenizer).to(self.device)
+        self.eval_model = build_model(config, tokenizer).to(self.device).eval()
+        self.process = build_process(
+            {"name": config.process.name, "schedule": {"name": config.process.schedule},
+             "eps": config.process.eps, "antithetic": config.process.antithetic},
+            mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
+        )
+        self.optimizer = build_optimizer(self.model, config)
+        self.ema = EMA(self.model, config.optim.ema)
+        self.noise_generator = torch.Generator(device=self.device)
+        self.noise_generator.manual_seed(config.optim.seed + 1)
+        data = config.data
+        self.train_loader = BatchLoader(
+            train_corpus, config.optim.batch_size, data.context_length,
+            layout=data.layout, seed=config.optim.seed, pad_id=tokenizer.pad_id,
+        )
+        self.valid_loader = (
+            BatchLoader(valid_corpus, config.optim.batch_size, data.context_length,
+                        layout=data.layout, seed=0, pad_id=tokenizer.pad_id)
+            if valid_corpus is not None else None
+        )
+        self.state = TrainState()
+        self.log: MetricsLog | None = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_FILE
+
+    # ----- the loop -----
+
+    def train(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train until max_steps or the time budget (or ``stop_after`` steps); export the model."""
+        settings = self.config.optim
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.log is None:
+            self.log = MetricsLog(self.out_dir)
+        bar = tqdm(total=settings.max_steps, initial=self.state.step, disable=not self.show_progress,
+                   dynamic_ncols=True, desc="train")
+        window_tokens, window_start = 0, time.perf_counter()
+        try:
+            while not self.finished(stop_after):
+                step_start = time.perf_counter()
+                loss, lr = self.train_step()
+                self.state.elapsed += time.perf_counter() - step_start
+                tokens = settings.batch_size * settings.grad_accum * self.config.data.context_length
+                self.state.tokens += tokens
+                window_tokens += tokens
+                step = self.state.step
+                bar.update(1)
+                if step % self.config.log.log_every == 0 or step == 1:
+                    speed = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:,.0f}")
+                    self.log.write(step=step, tokens=self.state.tokens, elapsed_s=f"{self.state.elapsed:.1f}",
+                                   lr=f"{lr:.3e}", train_nelbo=f"{loss:.4f}", tokens_per_s=f"{speed:.0f}")
+                    window_tokens, window_start = 0, time.perf_counter()
+                self.periodic(step, bar)
+        except KeyboardInterrupt:
+            bar.close()
+            self.save_checkpoint()
+            raise
+        bar.close()
+        self.save_checkpoint()
+        return self.finish()
+
+    def finished(self, stop_after: int | None) -> bool:
+        settings = self.config.optim
+        if stop_after is not None and self.state.step >= stop_after:
+            return True
+        if settings.time_budget is not None and self.state.elapsed >= settings.time_budget:
+            return True
+        return self.state.step >= settings.max_steps
+
+    def progress(self) -> float:
+        """Fraction of the run done: by time when a time budget is set, else by steps."""
+        settings = self.config.optim
+        if settings.time_budget is not None:
+            return self.state.elapsed / settings.time_budget
+        return self.state.step / settings.max_steps
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step over grad_accum micro-batches; returns (NELBO/token, lr)."""
+        settings = self.config.optim
+        lr = learning_rate(self.progress(), self.state.step, settings.lr, settings.warmup_steps, settings.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        nelbo_sum, token_count = 0.0, 0
+        for _ in range(settings.grad_accum):
+            batch = next(self.train_loader).to(self.device)
+            with autocast(self.device, settings.precision):
+                output = self.process.loss(self.model, batch, self.noise_generator)
+            (output.loss / settings.grad_accum).backward()
+            nelbo_sum += output.nelbo_sum
+            token_count += output.num_tokens
+        if not math.isfinite(nelbo_sum):
+            raise DDLMError(
+                f"the loss became {nelbo_sum} at step {self.state.step}; lower optim.lr or use precision=fp32, "
+                f"then resume from the last checkpoint"
+            )
+        if settings.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), settings.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        self.state.step += 1
+        return nelbo_sum / token_count, lr
+
+    def periodic(self, step: int, bar: tqdm) -> None:
+        """Validation, sample previews and checkpoints at their intervals."""
+        log = self.config.log
+        if self.valid_loader is not None and log.eval_every and step % log.eval_every == 0:
+            valid = self.evaluate(log.eval_batches)
+            self.state.best_valid = valid if self.state.best_valid is None else min(valid, self.state.best_valid)
+            bar.write(f"step {step}: valid NELBO {valid:.4f} nats/token ({valid / math.log(2):.4f} bits)")
+            assert self.log is not None
+            self.log.write(step=step, tokens=self.state.tokens, elapsed_s=f"{self.state.elapsed:.1f}",
+                           valid_nelbo=f"{valid:.4f}")
+        if log.sample_every and step % log.sample_every == 0:
+            bar.write(f"step {step} sample: {self.preview()!r}")
+        if log.save_every and step % log.save_every == 0:
+            self.save_checkpoint()
+
+    # ----- evaluation and export -----
+
+    def load_ema_into_eval_model(self) -> Transformer:
+        self.ema.copy_to(self.eval_model)
+        return self.eval_model
+
+    @torch.no_grad()
+    def evaluate(self, max_batches: int | None = None, draws: int = 1) -> float:
+        """Validation NELBO per token (nats) of the EMA weights, with fixed time draws."""
+        if self.valid_loader is None:
+            raise DDLMError("no validation data; pass --valid or set data.valid_fraction > 0")
+        model = self.load_ema_into_eval_model()
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(VALIDATION_SEED)
+        nelbo, tokens = 0.0, 0
+        for _ in range(draws):
+            batch_size = max(self.config.optim.batch_size, EVAL_BATCH_TOKENS // self.config.data.context_length)
+            for index, batch in enumerate(self.valid_loader.iter_eval_batches(batch_size)):
+                if max_batches is not None and index >= max_batches:
+                    break
+                with autocast(self.device, self.config.optim.precision):
+                    output = self.process.loss(model, batch.to(self.device), generator)
+                nelbo += output.nelbo_sum
+                tokens += output.num_tokens
+        return nelbo / tokens
+
+    def pipeline(self) -> DiffusionPipeline:
+        """A pipeline over the EMA weights, as exported."""
+        return DiffusionPipeline(self.load_ema_into_eval_model(), self.tokenizer, self.process,
+                                 summary=self.summary(), precision=self.config.optim.precision)
+
+    def preview(self) -> str:
+        steps = self.config.log.sample_steps
+        return self.pipeline().generate(num_samples=1, steps=steps, seed=self.state.step)[0][:300]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "steps": self.state.step,
+            "tokens": self.state.tokens,
+            "train_seconds": round(self.state.elapsed, 1),
+            "parameters": self.model.num_parameters(),
+            "best_valid_nelbo": self.state.best_valid,
+            "run_config": self.config.to_dict(),
+        }
+
+    def finish(self) -> dict[str, Any]:
+        """Final validation over the whole validation set, then the model directory."""
+        if self.valid_loader is not None:
+            final = self.evaluate(draws=2)
+            self.state.best_valid = final if self.state.best_valid is None else min(final, self.state.best_valid)
+            summary = {**self.summary(), "final_valid_nelbo": final, "final_valid_bits": final / math.log(2)}
+        else:
+            summary = self.summary()
+        pipe = self.pipeline()
+        pipe.summary = summary
+        pipe.save_pretrained(self.out_dir)
+        if self.log is not None:
+            self.log.close()
+        return summary
+
+    # ----- checkpoints -----
+
+    def save_checkpoint(self) -> None:
+        optim_tensors, optim_meta = optimizer_to_flat(self.optimizer)
+        tensors = {
+            **with_prefix("model", self.model.state_dict()),
+            **with_prefix("ema", self.ema.shadow),
+            **optim_tensors,
+            "rng/torch": torch.get_rng_state(),
+            "rng/noise": self.noise_generator.get_state(),
+        }
+        if self.device.type == "cuda":
+            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "train": vars(self.state),
+            "loader": self.train_loader.state_dict(),
+            "ema_updates": self.ema.updates,
+            "optimizer": optim_meta,
+            "run_config": self.config.to_dict(),
+        }
+        save_checkpoint(self.checkpoint_path, tensors, state)
+
+    def resume(self) -> None:
+        """Restore every stateful part from the checkpoint in ``out_dir``."""
+        tensors, state = load_checkpoint(self.checkpoint_path)
+        try:
+            self.model.load_state_dict(take_prefix("model", tensors))
+        except RuntimeError:
+            raise DDLMError(
+                f"checkpoint {self.checkpoint_path} does not fit this model configuration; "
+                "resume with the run's own config (leave model.* and data.* unchanged)"
+            ) from None
+        self.ema.shadow = take_prefix("ema", tensors)
+        self.ema.updates = state["ema_updates"]
+        self.optimizer.load_state_dict(optimizer_from_flat(take_prefix("optim", tensors), state["optimizer"]))
+        torch.set_rng_state(tensors["rng/torch"])
+        self.noise_generator.set_state(tensors["rng/noise"])
+        if "rng/cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
+        self.train_loader.load_state_dict(state["loader"])
+        self.state = TrainState(**state["train"])
+        self.log = MetricsLog(self.out_dir, resume_step=self.state.step)
