@@ -125,13 +125,12 @@ class DiffusionPipeline:
         length = self.check_length(len(prompt_ids), length)
         if num_samples < 1:
             raise DDLMError(f"num_samples must be at least 1, got {num_samples}")
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
         options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
         with autocast(self.device, self.precision):
             return ancestral_sample(
                 self.model, self.process, batch_size=num_samples, length=length, steps=steps,
-                prompt=prompt_ids, options=options, generator=generator, use_cache=use_cache, trace=trace,
+                prompt=prompt_ids, options=options, seed=seed if seed is not None else torch.seed(),
+                use_cache=use_cache, trace=trace,
             )
 
     def generate(self, prompt: str | None = None, **options: Any) -> list[str]:

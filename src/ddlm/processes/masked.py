@@ -53,9 +53,9 @@ class MaskedDiffusion:
         return torch.where(masked, torch.full_like(x0, self.mask_id), x0)
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """log p(x0 | x_t) in float32 with MASK excluded (subs); works on any leading shape."""
-        mask_column = torch.tensor([self.mask_id], device=logits.device)
-        return F.log_softmax(logits.float().index_fill(-1, mask_column, -torch.inf), dim=-1)
+        """log p(x0 | x_t) in float32; MASK and PAD are never predicted (subs). Any leading shape."""
+        never = torch.tensor([self.mask_id, self.pad_id], device=logits.device)
+        return F.log_softmax(logits.float().index_fill(-1, never, -torch.inf), dim=-1)
 
     def model_noise(self, model: torch.nn.Module, t: torch.Tensor) -> torch.Tensor | None:
         """The noise level passed to a time-conditioned model (None for one without)."""

@@ -6,7 +6,8 @@ import torch
 
 from ddlm.errors import DDLMError
 from ddlm.processes.masked import MaskedDiffusion
-from ddlm.samplers.categorical import SamplingOptions, sample_categorical
+from ddlm.samplers.categorical import SamplingOptions
+from ddlm.samplers.randomness import RowRandom
 from ddlm.samplers.trace import SampleOutput, TraceStep
 
 
@@ -27,7 +28,7 @@ def ancestral_sample(
     steps: int,
     prompt: list[int] | None = None,
     options: SamplingOptions = SamplingOptions(),
-    generator: torch.Generator | None = None,
+    seed: int = 0,
     use_cache: bool = True,
     trace: bool = False,
 ) -> SampleOutput:
@@ -37,13 +38,15 @@ def ancestral_sample(
     (alpha_s - alpha_t) / (1 - alpha_t), its token drawn from p(x0 | x_t); the last
     step reveals every position. The prompt is never changed. With ``use_cache`` and a
     model that does not see t, a step that revealed nothing reuses the last prediction:
-    fewer model calls, the same samples for the same seed.
+    fewer model calls, the same samples for the same seed. Sample i depends only on
+    (seed, i), not on how many samples are drawn with it.
     """
     if steps < 1:
         raise DDLMError(f"steps must be at least 1, got {steps}")
     device = next(model.parameters()).device
     prompt = prompt or []
     x = initial_canvas(prompt, length, batch_size, process.mask_id, device)
+    random = RowRandom(seed, batch_size, device)
     times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
     cache_allowed = use_cache and not model.config.time_conditioning
     logits, calls, steps_trace = None, 0, []
@@ -57,10 +60,10 @@ def ancestral_sample(
         if step == steps - 1:
             reveal = masked
         else:
-            u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=device)
-            reveal = masked & (u < process.reveal_probability(t, s))
+            reveal = masked & (random.uniform(x.shape[1]) < process.reveal_probability(t, s))
         if reveal.any():
-            x[reveal] = sample_categorical(process.log_probs(logits[reveal]), options, generator)
+            rows = reveal.nonzero()[:, 0]
+            x[reveal] = random.categorical(process.log_probs(logits[reveal]), rows, options)
             logits = None
         if trace:
             steps_trace.append(TraceStep(step=step, time=float(s), tokens=x.clone(), changed=reveal))

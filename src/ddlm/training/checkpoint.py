@@ -23,10 +23,10 @@ CHECKPOINT_FILE = "checkpoint.safetensors"
 
 
 def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors and JSON-able hyper-parameters."""
+    """Split an optimizer state dict into tensors (keys "index/name") and JSON-able settings."""
     state = optimizer.state_dict()
     tensors = {
-        f"optim/{index}/{name}": value.detach().clone()
+        f"{index}/{name}": value.detach().clone()
         for index, entry in state["state"].items()
         for name, value in entry.items()
     }
@@ -37,7 +37,7 @@ def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     """The optimizer state dict rebuilt from ``optimizer_to_flat``'s output."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        _, index, name = key.split("/", 2)
+        index, name = key.split("/", 1)
         state.setdefault(int(index), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 

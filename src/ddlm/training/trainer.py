@@ -274,7 +274,7 @@ class Trainer:
         tensors = {
             **with_prefix("model", self.model.state_dict()),
             **with_prefix("ema", self.ema.shadow),
-            **optim_tensors,
+            **with_prefix("optim", optim_tensors),
             "rng/torch": torch.get_rng_state(),
             "rng/noise": self.noise_generator.get_state(),
         }

@@ -1,0 +1,112 @@
+"""The trainer: exact resume, atomic checkpoints, the exported model directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddlm import DiffusionPipeline
+from ddlm.errors import DDLMError
+from ddlm.training import load_config, prepare_training
+from ddlm.training import checkpoint as checkpoint_module
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, shakespeare_text: str) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(shakespeare_text[:30000], encoding="utf-8")
+    return path
+
+
+def trainer_for(out: Path, corpus: Path, precision: str, resume: bool = False, steps: int = 12):
+    config = load_config("tiny", overrides=[f"optim.precision={precision}", f"optim.max_steps={steps}",
+                                            "log.eval_every=0", "log.save_every=0", "model.dropout=0.1"])
+    return prepare_training(config, out, data=corpus, resume=resume, device="cpu",
+                            cache_dir=out.parent / "cache", show_progress=False)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_continues_exactly(tmp_path, corpus, precision):
+    straight = trainer_for(tmp_path / "straight", corpus, precision)
+    straight.train()
+
+    first = trainer_for(tmp_path / "split", corpus, precision)
+    first.train(stop_after=6)
+    assert first.state.step == 6
+    second = trainer_for(tmp_path / "split", corpus, precision, resume=True)
+    assert second.state.step == 6
+    second.train()
+
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(), second.model.state_dict().items()):
+        assert torch.equal(a, b), f"parameter {name} differs after resume"
+    for name in straight.ema.shadow:
+        assert torch.equal(straight.ema.shadow[name], second.ema.shadow[name]), f"EMA {name} differs"
+    assert straight.state.tokens == second.state.tokens
+    assert straight.train_loader.state_dict() == second.train_loader.state_dict()
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, corpus, monkeypatch):
+    trainer = trainer_for(tmp_path / "run", corpus, "fp32")
+    trainer.train(stop_after=2)
+    before = trainer.checkpoint_path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", crash)
+    trainer.state.step = 99
+    with pytest.raises(OSError):
+        trainer.save_checkpoint()
+    assert trainer.checkpoint_path.read_bytes() == before
+    assert not [p for p in trainer.out_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_exported_directory_reloads_with_identical_logits(tmp_path, corpus):
+    trainer = trainer_for(tmp_path / "run", corpus, "fp32")
+    trainer.train()
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "run", device="cpu")
+    ema_model = trainer.load_ema_into_eval_model()
+    tokens = torch.randint(0, pipe.tokenizer.vocab_size, (2, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.model(tokens), ema_model(tokens), rtol=0, atol=0)
+
+    pipe.save_pretrained(tmp_path / "copy")
+    again = DiffusionPipeline.from_pretrained(tmp_path / "copy", device="cpu")
+    with torch.no_grad():
+        assert torch.equal(again.model(tokens), pipe.model(tokens))
+    assert again.process.to_dict() == pipe.process.to_dict()
+    assert again.summary["steps"] == 12
+    assert (tmp_path / "run" / "config.json").is_file() and (tmp_path / "run" / "log.csv").is_file()
+
+
+def test_generate_keeps_the_prompt_and_fills_the_length(tmp_path, corpus):
+    trainer_for(tmp_path / "run", corpus, "fp32").train()
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "run", device="cpu")
+    texts = pipe.generate("ROMEO:", num_samples=3, length=20, steps=10, seed=0)
+    assert len(texts) == 3 and all(text.startswith("ROMEO:") for text in texts)
+    tokens = pipe.sample("ROMEO:", num_samples=3, length=20, steps=10, seed=0).tokens
+    assert tokens.shape == (3, 26)
+    assert not torch.isin(tokens, torch.tensor([pipe.tokenizer.mask_id, pipe.tokenizer.pad_id])).any()
+    assert pipe.generate("ROMEO:", length=20, steps=10, seed=0) == texts[:1]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.safetensors").write_bytes(b"not a safetensors file"), "corrupt"),
+    (lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
+    (lambda d: (d / "config.json").write_text("{"), "not valid JSON"),
+    (lambda d: (d / "tokenizer_config.json").unlink(), "tokenizer_config.json"),
+])
+def test_damaged_model_directory_gives_a_clear_error(tmp_path, corpus, damage, message):
+    trainer_for(tmp_path / "run", corpus, "fp32").train()
+    damage(tmp_path / "run")
+    with pytest.raises(DDLMError, match=message) as error:
+        DiffusionPipeline.from_pretrained(tmp_path / "run", device="cpu")
+    assert "\n" not in str(error.value)
+
+
+def test_a_second_run_into_the_same_directory_is_refused(tmp_path, corpus):
+    trainer_for(tmp_path / "run", corpus, "fp32").train(stop_after=1)
+    with pytest.raises(DDLMError, match="--resume"):
+        trainer_for(tmp_path / "run", corpus, "fp32")
