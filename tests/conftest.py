@@ -19,16 +19,16 @@ def shared_file(relative: str) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shakespeare_path() -> Path:
     return shared_file("tinyshakespeare.txt")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shakespeare_text(shakespeare_path: Path) -> str:
     return shakespeare_path.read_text(encoding="utf-8")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def gpt2_dir() -> Path:
     return shared_file("gpt2/vocab.json").parent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy.stats import chi2, chisquare
+from scipy.stats import chisquare
 
 from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer

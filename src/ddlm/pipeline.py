@@ -20,8 +20,8 @@ from ddlm.device import autocast, resolve_device
 from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path, write_json_atomic
 from ddlm.model import ModelConfig, Transformer
-from ddlm.processes import MaskedDiffusion, build_process
-from ddlm.samplers import SampleOutput, SamplingOptions, ancestral_sample
+from ddlm.processes import Process, Vocabulary, build_process
+from ddlm.samplers import SampleOutput, SamplingOptions, run_sampler
 from ddlm.tokenizers import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -36,7 +36,7 @@ class DiffusionPipeline:
         self,
         model: Transformer,
         tokenizer: Tokenizer,
-        process: MaskedDiffusion,
+        process: Process,
         summary: dict[str, Any] | None = None,
         precision: str = "fp32",
     ):
@@ -81,7 +81,7 @@ class DiffusionPipeline:
         tokenizer = load_tokenizer(directory)
         try:
             model_config = ModelConfig.from_dict(config["model"])
-            process = build_process(config["process"], mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id)
+            process = build_process(config["process"], Vocabulary.of(tokenizer))
         except (KeyError, TypeError) as error:
             raise DDLMError(f"{directory / CONFIG_FILE} is incomplete ({error}); re-export the model") from None
         if model_config.vocab_size != tokenizer.vocab_size:
@@ -119,18 +119,22 @@ class DiffusionPipeline:
         seed: int | None = None,
         use_cache: bool = True,
         trace: bool = False,
+        **sampler_options: Any,
     ) -> SampleOutput:
-        """Token-level sampling: the canvas is the prompt followed by ``length`` new tokens."""
+        """Token-level sampling: the canvas is the prompt followed by ``length`` new tokens.
+
+        Extra keyword arguments go to the process's sampler (see ``ddlm.samplers.SAMPLERS``).
+        """
         prompt_ids = self.encode_prompt(prompt)
         length = self.check_length(len(prompt_ids), length)
         if num_samples < 1:
             raise DDLMError(f"num_samples must be at least 1, got {num_samples}")
         options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
         with autocast(self.device, self.precision):
-            return ancestral_sample(
+            return run_sampler(
                 self.model, self.process, batch_size=num_samples, length=length, steps=steps,
                 prompt=prompt_ids, options=options, seed=seed if seed is not None else torch.seed(),
-                use_cache=use_cache, trace=trace,
+                use_cache=use_cache, trace=trace, **sampler_options,
             )
 
     def generate(self, prompt: str | None = None, **options: Any) -> list[str]:

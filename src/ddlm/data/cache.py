@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ddlm.errors import DDLMError
+from ddlm.fileio import atomic_path
 
 if TYPE_CHECKING:
     from ddlm.tokenizers.base import Tokenizer
@@ -106,14 +106,6 @@ def _tokenize(documents: list[str], tokenizer: Tokenizer) -> TokenizedCorpus:
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` via a temporary file and ``os.replace``."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.save(file, array)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Write ``array`` to ``path`` as .npy via a temporary file and ``os.replace``."""
+    with atomic_path(path) as temp, temp.open("wb") as file:
+        np.save(file, array)

@@ -1,7 +1,8 @@
 """A small transformer backbone: RMSNorm, rotary positions, SwiGLU, SDPA, tied embeddings.
 
 It knows nothing of diffusion: token ids (and optionally a noise level) in, one vector
-of vocabulary logits per position out.
+of vocabulary logits per position out. An optional key/value cache lets a forward pass
+process only new positions (one token or a chunk at a time) after those already seen.
 """
 
 from __future__ import annotations
@@ -29,6 +30,43 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
+class KVCache:
+    """Keys and values of the positions a model has already processed, per layer.
+
+    ``model(tokens, cache=cache)`` reads ``tokens`` as positions ``cache.length, ...``:
+    they attend to the stored positions and to each other (causally in a causal model,
+    fully in a bidirectional one, as a prefix cache for blockwise decoding), and their
+    keys and values are stored. Lowering ``length`` forgets the last positions, e.g. to
+    run a block again against the same prefix. Storage (batch, heads, capacity, head_dim)
+    is allocated on first use in the dtype of the keys, so it follows autocast.
+    """
+
+    def __init__(self, batch_size: int, n_layers: int, capacity: int):
+        self.batch_size = batch_size
+        self.capacity = capacity
+        self.length = 0
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``layer``'s keys and values (B, H, new, D) after ``length``; return all of them so far."""
+        end = self.length + keys.shape[2]
+        if self.keys[layer] is None:
+            shape = (keys.shape[0], keys.shape[1], self.capacity, keys.shape[3])
+            self.keys[layer], self.values[layer] = keys.new_empty(shape), values.new_empty(shape)
+        cached_keys, cached_values = self.keys[layer], self.values[layer]
+        cached_keys[:, :, self.length : end] = keys
+        cached_values[:, :, self.length : end] = values
+        return cached_keys[:, :, :end], cached_values[:, :, :end]
+
+
+def cached_attention_mask(causal: bool, new: int, cached: int, device: torch.device) -> torch.Tensor | None:
+    """Which of the cached + new keys each new query sees: all (None), or those up to its position."""
+    if not causal or new == 1:
+        return None
+    return torch.ones(new, cached + new, dtype=torch.bool, device=device).tril(cached)
+
+
 class NoiseEmbedding(nn.Module):
     """Sinusoidal features of a scalar noise level followed by a small MLP."""
 
@@ -53,12 +91,19 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is None:
+            mask, is_causal = None, self.causal
+        else:
+            mask, is_causal = cached_attention_mask(self.causal, length, cache.length, x.device), False
+            k, v = cache.store(layer, k, v)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )
         return self.out(y.transpose(1, 2).reshape(batch, length, width))
 
@@ -88,14 +133,20 @@ class Block(nn.Module):
         self.modulation = nn.Linear(config.d_model, 6 * config.d_model) if config.time_conditioning else None
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cond: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cond: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
     ) -> torch.Tensor:
         if self.modulation is None or cond is None:
-            x = x + self.drop(self.attn(self.attn_norm(x), cos, sin))
+            x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer))
             return x + self.drop(self.mlp(self.mlp_norm(x)))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)[:, None].chunk(6, dim=-1)
         h = self.attn_norm(x) * (1 + scale1) + shift1
-        x = x + gate1 * self.drop(self.attn(h, cos, sin))
+        x = x + gate1 * self.drop(self.attn(h, cos, sin, cache, layer))
         h = self.mlp_norm(x) * (1 + scale2) + shift2
         return x + gate2 * self.drop(self.mlp(h))
 
@@ -141,18 +192,38 @@ class Transformer(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total if include_embeddings else total - self.embed.weight.numel()
 
-    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (B, L, vocab_size) for token ids (B, L); ``noise`` (B,) when time-conditioned."""
-        length = tokens.shape[1]
-        if length > self.config.context_length:
-            raise ValueError(f"sequence length {length} exceeds context_length {self.config.context_length}")
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty key/value cache for ``batch_size`` sequences of up to context_length positions."""
+        return KVCache(batch_size, self.config.n_layers, self.config.context_length)
+
+    def forward(
+        self, tokens: torch.Tensor, noise: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """Logits (B, L, vocab_size) for token ids (B, L); ``noise`` (B,) when time-conditioned.
+
+        With a ``cache``, ``tokens`` are the L positions after the ``cache.length`` stored
+        ones; they also attend to those, and the cache is extended by them.
+        """
+        start, length = (cache.length if cache is not None else 0), tokens.shape[1]
+        if start + length > self.config.context_length:
+            after = f" after {start} cached positions" if start else ""
+            raise ValueError(
+                f"sequence length {length}{after} exceeds context_length {self.config.context_length}"
+            )
+        if cache is not None and tokens.shape[0] != cache.batch_size:
+            raise ValueError(
+                f"a batch of {tokens.shape[0]} sequences does not fit a cache made for {cache.batch_size}; "
+                f"use model.new_cache({tokens.shape[0]})"
+            )
         if self.noise_embed is not None and noise is None:
             raise ValueError("this model is conditioned on the noise level: pass noise=")
         cond = F.silu(self.noise_embed(noise)) if self.noise_embed is not None else None
-        cos, sin = self.rope_cos[:length], self.rope_sin[:length]
+        cos, sin = self.rope_cos[start : start + length], self.rope_sin[start : start + length]
         x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x, cos, sin, cond)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cond, cache, layer)
+        if cache is not None:
+            cache.length = start + length
         x = self.final_norm(x)
         if self.final_modulation is not None and cond is not None:
             shift, scale = self.final_modulation(cond)[:, None].chunk(2, dim=-1)

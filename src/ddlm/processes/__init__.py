@@ -1,28 +1,33 @@
-"""Diffusion processes: forward corruption, per-token NELBO, reverse-step distribution."""
+"""Processes: forward corruption, per-token NELBO, reverse-step distribution.
+
+Each process registers a builder here under the names users type (``process.name=...``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ddlm.errors import DDLMError
-from ddlm.processes.base import LossOutput
+from ddlm.processes.autoregressive import Autoregressive
+from ddlm.processes.base import LossOutput, Process, Vocabulary
 from ddlm.processes.masked import MaskedDiffusion
 from ddlm.processes.schedules import SCHEDULES, Schedule, build_schedule
 
-PROCESSES = ("masked",)
+PROCESS_BUILDERS: dict[str, Callable[[dict[str, Any], Vocabulary], Process]] = {
+    "masked": MaskedDiffusion.from_config,
+    "ar": Autoregressive.from_config,
+}
 
 
-def build_process(config: dict[str, Any], mask_id: int, pad_id: int) -> MaskedDiffusion:
+def build_process(config: dict[str, Any], vocab: Vocabulary) -> Process:
     """The process described by ``config`` (as written by ``process.to_dict()``)."""
     name = config.get("name", "masked")
-    if name not in PROCESSES:
-        raise DDLMError(f"unknown process {name!r}; choose one of {list(PROCESSES)}")
-    schedule_config = dict(config.get("schedule", {"name": "linear"}))
-    schedule = build_schedule(schedule_config.pop("name"), **schedule_config)
-    return MaskedDiffusion(
-        schedule, mask_id=mask_id, pad_id=pad_id,
-        eps=config.get("eps", 1e-3), antithetic=config.get("antithetic", True),
-    )
+    if name not in PROCESS_BUILDERS:
+        raise DDLMError(f"unknown process {name!r}; choose one of {sorted(PROCESS_BUILDERS)}")
+    return PROCESS_BUILDERS[name](config, vocab)
 
 
-__all__ = ["LossOutput", "MaskedDiffusion", "SCHEDULES", "Schedule", "build_process", "build_schedule"]
+__all__ = [
+    "Autoregressive", "LossOutput", "MaskedDiffusion", "PROCESS_BUILDERS", "Process", "SCHEDULES", "Schedule",
+    "Vocabulary", "build_process", "build_schedule",
+]

@@ -8,16 +8,19 @@ Loss: the continuous-time NELBO E_t[w(t) sum_{masked i} -log p(x0_i | x_t)] with
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from ddlm.processes.base import LossOutput
-from ddlm.processes.schedules import Schedule
+from typing import Any
+
+from ddlm.processes.base import LossOutput, Vocabulary, log_probs_without
+from ddlm.processes.schedules import Schedule, build_schedule
 
 
 class MaskedDiffusion:
     """The masked diffusion process for a vocabulary with ``mask_id`` and ``pad_id``."""
 
     name = "masked"
+    time_conditioned = False  # allowed (model.time_conditioning) but not needed
+    causal = False
 
     def __init__(
         self,
@@ -32,6 +35,13 @@ class MaskedDiffusion:
         self.pad_id = pad_id
         self.eps = eps
         self.antithetic = antithetic
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], vocab: Vocabulary) -> MaskedDiffusion:
+        schedule_config = dict(config.get("schedule", {"name": "linear"}))
+        schedule = build_schedule(schedule_config.pop("name"), **schedule_config)
+        return cls(schedule, mask_id=vocab.mask_id, pad_id=vocab.pad_id,
+                   eps=config.get("eps", 1e-3), antithetic=config.get("antithetic", True))
 
     def sample_times(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         """Times in [eps, 1]; antithetic (evenly spread over the batch) unless disabled."""
@@ -54,8 +64,7 @@ class MaskedDiffusion:
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
         """log p(x0 | x_t) in float32; MASK and PAD are never predicted (subs). Any leading shape."""
-        never = torch.tensor([self.mask_id, self.pad_id], device=logits.device)
-        return F.log_softmax(logits.float().index_fill(-1, never, -torch.inf), dim=-1)
+        return log_probs_without(logits, (self.mask_id, self.pad_id))
 
     def model_noise(self, model: torch.nn.Module, t: torch.Tensor) -> torch.Tensor | None:
         """The noise level passed to a time-conditioned model (None for one without)."""

@@ -40,7 +40,7 @@ class ModelSettings:
 
 @dataclass
 class ProcessSettings:
-    name: str = "masked"
+    name: str = "masked"  # see ddlm.processes.PROCESS_BUILDERS
     schedule: str = "linear"  # linear | cosine | polynomial | geometric
     eps: float = 1e-3
     antithetic: bool = True

@@ -20,7 +20,7 @@ from ddlm.device import autocast, resolve_device
 from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.pipeline import DiffusionPipeline
-from ddlm.processes import build_process
+from ddlm.processes import Process, Vocabulary, build_process
 from ddlm.tokenizers import Tokenizer
 from ddlm.training.checkpoint import (
     CHECKPOINT_FILE, load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint,
@@ -45,13 +45,24 @@ class TrainState:
     best_valid: float | None = None
 
 
-def build_model(config: RunConfig, tokenizer: Tokenizer) -> Transformer:
+def build_run_process(config: RunConfig, tokenizer: Tokenizer) -> Process:
+    settings = config.process
+    return build_process(
+        {"name": settings.name, "schedule": {"name": settings.schedule}, "eps": settings.eps,
+         "antithetic": settings.antithetic},
+        Vocabulary.of(tokenizer),
+    )
+
+
+def build_model(config: RunConfig, tokenizer: Tokenizer, process: Process) -> Transformer:
+    """The backbone, with noise conditioning and a causal mask where the process needs them."""
     settings = config.model
     return Transformer(ModelConfig(
         vocab_size=tokenizer.vocab_size, context_length=config.data.context_length,
         d_model=settings.d_model, n_layers=settings.n_layers, n_heads=settings.n_heads,
         mlp_hidden=settings.mlp_hidden, dropout=settings.dropout,
-        time_conditioning=settings.time_conditioning,
+        time_conditioning=settings.time_conditioning or process.time_conditioned,
+        causal=process.causal,
     ))
 
 
@@ -85,13 +96,9 @@ class Trainer:
         self.device = resolve_device(device)
         self.show_progress = show_progress
         torch.manual_seed(config.optim.seed)
-        self.model = build_model(config, tokenizer).to(self.device)
-        self.eval_model = build_model(config, tokenizer).to(self.device).eval()
-        self.process = build_process(
-            {"name": config.process.name, "schedule": {"name": config.process.schedule},
-             "eps": config.process.eps, "antithetic": config.process.antithetic},
-            mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
-        )
+        self.process = build_run_process(config, tokenizer)
+        self.model = build_model(config, tokenizer, self.process).to(self.device)
+        self.eval_model = build_model(config, tokenizer, self.process).to(self.device).eval()
         self.optimizer = build_optimizer(self.model, config)
         self.ema = EMA(self.model, config.optim.ema)
         self.noise_generator = torch.Generator(device=self.device)

@@ -1,0 +1,98 @@
+"""Training throughput in fp32 and bf16, and model FLOPs utilisation, side by side.
+
+    python benchmarks/train_throughput.py --preset char-small
+
+Runs the real Trainer step (forward, NELBO, backward, clipping, AdamW, EMA) on random
+tokens, then measures the matrix-multiply peak of this machine in the same run, and
+prints tokens/s, achieved TFLOP/s and MFU = achieved / peak for each precision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe_machine  # noqa: E402
+
+from ddlm.data import TokenizedCorpus  # noqa: E402
+from ddlm.device import autocast  # noqa: E402
+from ddlm.tokenizers import CharTokenizer  # noqa: E402
+from ddlm.training import Trainer, load_config  # noqa: E402
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n-&3$"  # 65 symbols, as tiny Shakespeare
+
+
+def model_flops_per_token(trainer: Trainer) -> float:
+    """Training FLOPs per token: 6 N for the matrix products (N includes the tied output head)
+    plus 12 * layers * width * context for attention scores and values (forward and backward)."""
+    config = trainer.model.config
+    return 6 * trainer.model.num_parameters() + 12 * config.n_layers * config.d_model * config.context_length
+
+
+def time_steps(trainer: Trainer, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        trainer.train_step()
+    durations = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        trainer.train_step()
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
+def matmul_peak(precision: str, size: int = 2048, repeats: int = 10) -> float:
+    """Median FLOP/s of a square matrix product under the same autocast as training."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    durations = []
+    with autocast(torch.device("cpu"), precision):
+        for index in range(repeats + 2):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            if index >= 2:
+                durations.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(durations)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="char-small")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    tokenizer = CharTokenizer.from_texts([ALPHABET])
+    tokens = np.random.default_rng(0).integers(0, len(ALPHABET), 2_000_000).astype(np.uint16)
+    corpus = TokenizedCorpus(tokens=tokens, doc_starts=np.zeros(1, dtype=np.int64))
+    print(f"machine: {describe_machine()}")
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        config = load_config(args.preset, overrides=[*args.overrides, f"optim.precision={precision}"])
+        with tempfile.TemporaryDirectory() as out:
+            trainer = Trainer(config, tokenizer, corpus, None, out, device="cpu", show_progress=False)
+            durations = time_steps(trainer, args.steps, args.warmup)
+        step_tokens = config.optim.batch_size * config.optim.grad_accum * config.data.context_length
+        tokens_per_s = step_tokens / statistics.median(durations)
+        achieved = tokens_per_s * model_flops_per_token(trainer)
+        peak = matmul_peak(precision)
+        rows[precision] = (tokens_per_s, achieved, peak)
+        if precision == "fp32":
+            print(f"model: {trainer.model.num_parameters():,} parameters, preset {args.preset}, "
+                  f"batch {config.optim.batch_size} x context {config.data.context_length}, "
+                  f"median of {args.steps} steps after {args.warmup} warm-up")
+    print(f"{'precision':<10}{'tokens/s':>12}{'model TFLOP/s':>15}{'matmul peak':>13}{'MFU':>8}")
+    for precision, (tokens_per_s, achieved, peak) in rows.items():
+        print(f"{precision:<10}{tokens_per_s:>12,.0f}{achieved / 1e12:>15.3f}{peak / 1e12:>13.3f}{achieved / peak:>8.1%}")
+    print(f"bf16 / fp32 training throughput: {rows['bf16'][0] / rows['fp32'][0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Train masked diffusion, SEDD (absorbing, uniform) and the AR baseline on one corpus under
+the same preset and time budget, one after the other, and print a markdown table.
+
+    python experiments/compare_processes.py --data ../shared/data/tinyshakespeare.txt \
+        --preset char-small --budget 600 --out runs/compare
+
+Each row: validation NELBO (an upper bound on the NLL; the exact NLL for AR) in nats and
+bits per token, training tokens per second, and the start of a sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from ddlm import DiffusionPipeline
+from ddlm.training import load_config, prepare_training
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from machine import describe_machine  # noqa: E402
+
+PROCESSES = ("masked", "sedd-absorb", "sedd-uniform", "ar")
+
+
+def train_one(process: str, args: argparse.Namespace) -> dict:
+    """Train one process (or reuse a finished run) and return its summary plus a sample."""
+    out = Path(args.out) / process
+    summary_path = out / "training_summary.json"
+    if not summary_path.is_file():
+        config = load_config(args.preset, overrides=[f"process.name={process}", *args.overrides])
+        config.optim.time_budget = args.budget
+        config.optim.max_steps = 10**9
+        trainer = prepare_training(config, out, data=args.data, valid=args.valid, show_progress=not args.quiet)
+        trainer.train()
+    summary = json.loads(summary_path.read_text())
+    pipe = DiffusionPipeline.from_pretrained(out)
+    summary["sample"] = pipe.generate(args.prompt, length=args.sample_length, steps=args.sample_steps, seed=0)[0]
+    return summary
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = [
+        "| process | valid NELBO (nats/token) | bits/token | training tokens/s | steps | sample |",
+        "|---|---|---|---|---|---|",
+    ]
+    for process, summary in results.items():
+        nats = summary["final_valid_nelbo"]
+        speed = summary["tokens"] / summary["train_seconds"]
+        sample = summary["sample"].replace("\n", " / ").replace("|", "\\|")[:120]
+        lines.append(f"| {process} | {nats:.3f} | {nats / math.log(2):.3f} | {speed:,.0f} | {summary['steps']} | `{sample}` |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--valid")
+    parser.add_argument("--preset", default="char-small")
+    parser.add_argument("--budget", type=float, default=600, help="training seconds per process")
+    parser.add_argument("--out", default="runs/compare")
+    parser.add_argument("--processes", nargs="+", default=list(PROCESSES), choices=PROCESSES)
+    parser.add_argument("--prompt", default="ROMEO:")
+    parser.add_argument("--sample-length", type=int, default=200)
+    parser.add_argument("--sample-steps", type=int, default=200)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args()
+    results = {process: train_one(process, args) for process in args.processes}
+    print(f"\n{args.budget:.0f} s of training each, preset {args.preset}; machine: {describe_machine()}\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

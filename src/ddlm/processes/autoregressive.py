@@ -1,0 +1,52 @@
+"""The autoregressive baseline: exact next-token likelihood on the same backbone.
+
+The causal model reads ``[eos] + x0[:-1]`` (EOS doubles as beginning-of-sequence) and
+predicts every token of x0, so it is scored on exactly the tokens a diffusion process
+is scored on: its NLL per token compares directly with their NELBO per token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ddlm.processes.base import LossOutput, Vocabulary, log_probs_without
+
+
+class Autoregressive:
+    """Left-to-right next-token prediction; MASK and PAD are never predicted."""
+
+    name = "ar"
+    time_conditioned = False
+    causal = True
+
+    def __init__(self, mask_id: int, eos_id: int, pad_id: int):
+        self.mask_id = mask_id
+        self.eos_id = eos_id
+        self.pad_id = pad_id
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], vocab: Vocabulary) -> Autoregressive:
+        """The process for ``vocab``; it has no settings (diffusion keys in ``config`` are ignored)."""
+        return cls(mask_id=vocab.mask_id, eos_id=vocab.eos_id, pad_id=vocab.pad_id)
+
+    def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """log p(next token) in float32, with MASK and PAD excluded. Any leading shape."""
+        return log_probs_without(logits, (self.mask_id, self.pad_id))
+
+    def model_noise(self, model: torch.nn.Module, batch_size: int, device: torch.device) -> torch.Tensor | None:
+        """Noise level 0 (clean tokens) for a time-conditioned backbone, None for one without."""
+        return torch.zeros(batch_size, device=device) if model.config.time_conditioning else None
+
+    def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
+        """Exact NLL per real (non-pad) token of the batch; ``generator`` is unused (no noise)."""
+        inputs = torch.cat((torch.full_like(x0[:, :1], self.eos_id), x0[:, :-1]), dim=1)  # [eos] + x0[:-1]
+        logits = model(inputs, self.model_noise(model, x0.shape[0], x0.device))
+        real = x0 != self.pad_id
+        nll = -self.log_probs(logits[real]).gather(-1, x0[real][:, None]).sum()
+        num_tokens = int(real.sum())
+        return LossOutput(loss=nll / num_tokens, nelbo_sum=float(nll.detach()), num_tokens=num_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name}

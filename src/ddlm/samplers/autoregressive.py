@@ -1,0 +1,56 @@
+"""Left-to-right sampling for the autoregressive baseline, with a KV cache and a trace."""
+
+from __future__ import annotations
+
+import torch
+
+from ddlm.processes.autoregressive import Autoregressive
+from ddlm.samplers.ancestral import initial_canvas
+from ddlm.samplers.categorical import SamplingOptions
+from ddlm.samplers.randomness import RowRandom
+from ddlm.samplers.trace import SampleOutput, TraceStep
+
+
+@torch.no_grad()
+def ar_sample(
+    model: torch.nn.Module,
+    process: Autoregressive,
+    *,
+    batch_size: int,
+    length: int,
+    steps: int | None = None,
+    prompt: list[int] | None = None,
+    options: SamplingOptions = SamplingOptions(),
+    seed: int = 0,
+    use_cache: bool = True,
+    trace: bool = False,
+) -> SampleOutput:
+    """Generate ``length`` tokens after ``prompt``, one model call per token.
+
+    The model reads ``[eos] + prompt`` and then each new token. With ``use_cache`` it sees
+    only the new positions (keys and values of the others come from its KV cache), else
+    the whole prefix at every step; both give the same samples. ``steps`` is ignored (it
+    is accepted so that every sampler takes the same options). The trace shows the
+    canvas as a diffusion trace does: not-yet-generated positions hold MASK. Sample i
+    depends only on (seed, i), not on how many samples are drawn with it.
+    """
+    device = next(model.parameters()).device
+    prompt = prompt or []
+    x = initial_canvas([process.eos_id, *prompt], length, batch_size, process.mask_id, device)
+    random = RowRandom(seed, batch_size, device)
+    rows = torch.arange(batch_size, device=device)
+    noise = process.model_noise(model, batch_size, device)
+    cache = model.new_cache(batch_size) if use_cache else None
+    steps_trace = []
+    first = 1 + len(prompt)
+    for step in range(length):
+        position = first + step
+        start = cache.length if cache is not None else 0
+        logits = model(x[:, start:position], noise, cache=cache)[:, -1]
+        x[:, position] = random.categorical(process.log_probs(logits), rows, options)
+        if trace:
+            changed = torch.zeros_like(x[:, 1:], dtype=torch.bool)
+            changed[:, position - 1] = True
+            time = 1 - (step + 1) / length  # fraction still to generate, as diffusion time runs 1 -> 0
+            steps_trace.append(TraceStep(step, time, tokens=x[:, 1:].clone(), changed=changed))
+    return SampleOutput(tokens=x[:, 1:].contiguous(), model_calls=length, trace=steps_trace)
