@@ -6,7 +6,9 @@ import math
 
 import pytest
 import torch
+from scipy.stats import chisquare
 
+from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import MaskedDiffusion, build_schedule
 from tests.helpers import IIDOracle, entropy
@@ -128,3 +130,54 @@ def test_reveal_probability_is_alpha_ratio(schedule):
     t, s = torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
     expected = (sched.alpha(s) - sched.alpha(t)) / (1 - sched.alpha(t))
     assert process.reveal_probability(t, s).item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+def count_draws(process: MaskedDiffusion, model: torch.nn.Module, x0: torch.Tensor, seed: int) -> torch.Tensor:
+    """One count-estimator NELBO draw per sequence of x0, in float64."""
+    xt, weight = process.corrupt_by_count(x0, torch.Generator().manual_seed(seed))
+    return (weight * process.masked_nll(model(xt), x0, xt).sum(dim=1)).double()
+
+
+def test_count_estimator_oracle_nelbo_equals_length_times_entropy():
+    length, draws = 16, 40000
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.multinomial(PI.float(), draws * length, replacement=True, generator=generator).view(draws, length)
+    values = count_draws(MaskedDiffusion(build_schedule("linear"), MASK, PAD, estimator="count"), IIDOracle(PI.float()), x0, 1)
+    mean, stderr = values.mean().item(), (values.std() / math.sqrt(draws)).item()
+    assert abs(mean - length * entropy(PI)) < 4 * stderr, (mean, length * entropy(PI), stderr)
+
+
+def test_count_estimator_agrees_with_the_time_estimator_and_has_lower_variance():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=8, context_length=12, d_model=16, n_layers=1, n_heads=2)).eval()
+    draws = 6000
+    x0 = torch.multinomial(PI.float(), draws * 12, replacement=True).view(draws, 12)
+    with torch.no_grad():
+        by_time = nelbo_draws(make_process("linear"), model, x0, seed=7)
+        by_count = count_draws(MaskedDiffusion(build_schedule("linear"), MASK, PAD, estimator="count"), model, x0, 8)
+    se = math.hypot(by_time.std().item(), by_count.std().item()) / math.sqrt(draws)
+    assert abs(by_time.mean().item() - by_count.mean().item()) < 4 * se
+    assert by_count.std() < by_time.std()
+
+
+def test_count_corruption_masks_k_uniform_in_one_to_n_and_never_padding():
+    process = MaskedDiffusion(build_schedule("linear"), MASK, PAD, estimator="count", antithetic=False)
+    x0 = torch.zeros(60000, 8, dtype=torch.long)
+    x0[:, 6:] = PAD  # n = 6 real tokens per row
+    xt, weight = process.corrupt_by_count(x0, torch.Generator().manual_seed(0))
+    assert not (xt[:, 6:] == MASK).any()
+    k = (xt == MASK).sum(dim=1)
+    counts = torch.bincount(k, minlength=7)[1:].double()
+    assert counts.sum() == 60000 and (torch.bincount(k, minlength=7)[0] == 0)
+    assert chisquare(counts.numpy()).pvalue > 1e-4
+    torch.testing.assert_close(weight, 6 / k.float())
+    positions = (xt[:, :6] == MASK).double().mean(dim=0)  # every real position equally likely
+    assert chisquare((positions * 60000).numpy()).pvalue > 1e-4
+
+
+def test_count_estimator_refuses_a_time_conditioned_model():
+    process = MaskedDiffusion(build_schedule("linear"), MASK, PAD, estimator="count")
+    model = Transformer(ModelConfig(vocab_size=8, context_length=12, d_model=16, n_layers=1, n_heads=2,
+                                    time_conditioning=True))
+    with pytest.raises(DDLMError, match="estimator=time"):
+        process.loss(model, torch.zeros(2, 12, dtype=torch.long))

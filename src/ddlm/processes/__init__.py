@@ -12,10 +12,13 @@ from ddlm.processes.autoregressive import Autoregressive
 from ddlm.processes.base import LossOutput, Process, Vocabulary
 from ddlm.processes.masked import MaskedDiffusion
 from ddlm.processes.schedules import SCHEDULES, Schedule, build_schedule
+from ddlm.processes.sedd import ScoreEntropyDiffusion
 
 PROCESS_BUILDERS: dict[str, Callable[[dict[str, Any], Vocabulary], Process]] = {
     "masked": MaskedDiffusion.from_config,
     "ar": Autoregressive.from_config,
+    "sedd-absorb": ScoreEntropyDiffusion.from_config,
+    "sedd-uniform": ScoreEntropyDiffusion.from_config,
 }
 
 

@@ -14,11 +14,14 @@ from ddlm.errors import DDLMError
 from ddlm.samplers.ancestral import ancestral_sample
 from ddlm.samplers.autoregressive import ar_sample
 from ddlm.samplers.categorical import SamplingOptions, filter_logits, sample_categorical
+from ddlm.samplers.sedd import sedd_sample
 from ddlm.samplers.trace import SampleOutput, TraceStep
 
 SAMPLERS: dict[str, Callable[..., SampleOutput]] = {
     "masked": ancestral_sample,
     "ar": ar_sample,
+    "sedd-absorb": sedd_sample,
+    "sedd-uniform": sedd_sample,
 }
 
 

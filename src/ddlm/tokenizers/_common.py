@@ -15,6 +15,37 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
+class ConfigTokenizer:
+    """Shared by the tokenizers: the config file holding kind and special ids, and its hash.
+
+    Subclasses set ``kind``, ``vocab_size`` and the special ids, and extend ``config``.
+    """
+
+    kind: str
+    vocab_size: int
+    mask_id: int
+    eos_id: int
+    pad_id: int
+
+    def config(self) -> dict[str, Any]:
+        """What ``tokenizer_config.json`` holds."""
+        return {
+            "kind": self.kind,
+            "vocab_size": self.vocab_size,
+            "mask_id": self.mask_id,
+            "eos_id": self.eos_id,
+            "pad_id": self.pad_id,
+        }
+
+    def save(self, directory: str | Path) -> None:
+        """Write the tokenizer files into ``directory`` (which exists)."""
+        write_config(directory, self.config())
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the vocabulary, used to key the data cache."""
+        return short_hash(self.config())
+
+
 def write_config(directory: str | Path, config: dict[str, Any]) -> None:
     """Write ``config`` atomically as ``tokenizer_config.json`` in ``directory``."""
     text = json.dumps(config, indent=2) + "\n"

@@ -12,13 +12,13 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from ddlm.errors import DDLMError
 from ddlm.fileio import write_text_atomic
 from ddlm.tokenizers._common import (
+    ConfigTokenizer,
     EOS_TOKEN,
     MASK_TOKEN,
     PAD_TOKEN,
     as_id_list,
     one_line,
     short_hash,
-    write_config,
 )
 
 TOKENIZER_JSON = "tokenizer.json"
@@ -34,7 +34,7 @@ _CHUNK_CHARS = 4096
 _SAFE_SPLIT = re.compile(r"(?<=[^\s\u180e]\n)(?=[^\s\u180e])")
 
 
-class BPETokenizer:
+class BPETokenizer(ConfigTokenizer):
     """Byte-level BPE; the special tokens are ``<|endoftext|>``, ``<|mask|>`` and ``<|pad|>``.
 
     Literal special-token strings in the text (for example ``"<|endoftext|>"``) are encoded
@@ -129,21 +129,12 @@ class BPETokenizer:
 
     def save(self, directory: str | Path) -> None:
         write_text_atomic(Path(directory) / TOKENIZER_JSON, self._tokenizer.to_str())
-        write_config(directory, self._config())
+        super().save(directory)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            self._fingerprint = short_hash({**self._config(), "tokenizer": self._tokenizer.to_str()})
+            self._fingerprint = short_hash({**self.config(), "tokenizer": self._tokenizer.to_str()})
         return self._fingerprint
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "vocab_size": self.vocab_size,
-            "mask_id": self.mask_id,
-            "eos_id": self.eos_id,
-            "pad_id": self.pad_id,
-        }
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"

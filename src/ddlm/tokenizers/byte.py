@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from ddlm.tokenizers._common import (
+    ConfigTokenizer,
     EOS_TOKEN,
     MASK_TOKEN,
     PAD_TOKEN,
     as_id_list,
-    short_hash,
-    write_config,
 )
 
 
-class ByteTokenizer:
+class ByteTokenizer(ConfigTokenizer):
     """Ids 0..255 are UTF-8 bytes; mask=256, eos=257, pad=258."""
 
     kind = "byte"
@@ -48,20 +47,6 @@ class ByteTokenizer:
                 parts.extend(self._SPECIAL_TEXT[i] for i in run)
         return "".join(parts)
 
-    def save(self, directory: str | Path) -> None:
-        write_config(directory, self._config())
-
-    def fingerprint(self) -> str:
-        return short_hash(self._config())
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "vocab_size": self.vocab_size,
-            "mask_id": self.mask_id,
-            "eos_id": self.eos_id,
-            "pad_id": self.pad_id,
-        }
 
     def __repr__(self) -> str:
         return "ByteTokenizer()"

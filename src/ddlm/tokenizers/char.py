@@ -7,18 +7,17 @@ from typing import Any, Iterable, Sequence
 
 from ddlm.errors import DDLMError
 from ddlm.tokenizers._common import (
+    ConfigTokenizer,
     EOS_TOKEN,
     MASK_TOKEN,
     PAD_TOKEN,
     as_id_list,
-    short_hash,
-    write_config,
 )
 
 _SHOWN_UNKNOWN = 5  # offending characters named in the error message
 
 
-class CharTokenizer:
+class CharTokenizer(ConfigTokenizer):
     """Ids ``0..len(chars)-1`` are the characters, then mask, eos and pad."""
 
     kind = "char"
@@ -63,21 +62,8 @@ class CharTokenizer:
             ids = [i for i in ids if i < self.mask_id]  # the special ids come last
         return "".join(map(self._pieces.__getitem__, ids))
 
-    def save(self, directory: str | Path) -> None:
-        write_config(directory, self._config())
-
-    def fingerprint(self) -> str:
-        return short_hash(self._config())
-
-    def _config(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "vocab_size": self.vocab_size,
-            "mask_id": self.mask_id,
-            "eos_id": self.eos_id,
-            "pad_id": self.pad_id,
-            "chars": self.chars,
-        }
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "chars": self.chars}
 
     def _unknown_characters(self, text: str) -> DDLMError:
         unknown = list(dict.fromkeys(c for c in text if c not in self._index))

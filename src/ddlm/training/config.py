@@ -44,6 +44,7 @@ class ProcessSettings:
     schedule: str = "linear"  # linear | cosine | polynomial | geometric
     eps: float = 1e-3
     antithetic: bool = True
+    estimator: str = "time"  # masked process: time | count (same NELBO, lower variance)
 
 
 @dataclass

@@ -49,7 +49,7 @@ def build_run_process(config: RunConfig, tokenizer: Tokenizer) -> Process:
     settings = config.process
     return build_process(
         {"name": settings.name, "schedule": {"name": settings.schedule}, "eps": settings.eps,
-         "antithetic": settings.antithetic},
+         "antithetic": settings.antithetic, "estimator": settings.estimator},
         Vocabulary.of(tokenizer),
     )
 
@@ -128,8 +128,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.log is None:
             self.log = MetricsLog(self.out_dir)
-        bar = tqdm(total=settings.max_steps, initial=self.state.step, disable=not self.show_progress,
-                   dynamic_ncols=True, desc="train")
+        bar = self.progress_bar()
         window_tokens, window_start = 0, time.perf_counter()
         try:
             while not self.finished(stop_after):
@@ -140,7 +139,7 @@ class Trainer:
                 self.state.tokens += tokens
                 window_tokens += tokens
                 step = self.state.step
-                bar.update(1)
+                self.advance(bar)
                 if step % self.config.log.log_every == 0 or step == 1:
                     speed = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:,.0f}")
@@ -155,6 +154,23 @@ class Trainer:
         bar.close()
         self.save_checkpoint()
         return self.finish()
+
+    def progress_bar(self) -> tqdm:
+        """Counts steps, or seconds of the time budget when one is set."""
+        budget = self.config.optim.time_budget
+        if budget is None:
+            return tqdm(total=self.config.optim.max_steps, initial=self.state.step, unit="step",
+                        disable=not self.show_progress, dynamic_ncols=True, desc="train")
+        return tqdm(total=round(budget), initial=round(self.state.elapsed), unit="s",
+                    disable=not self.show_progress, dynamic_ncols=True, desc="train",
+                    bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
+
+    def advance(self, bar: tqdm) -> None:
+        if self.config.optim.time_budget is None:
+            bar.update(1)
+        else:
+            bar.update(min(self.state.elapsed, bar.total) - bar.n)
+        bar.set_description(f"train step {self.state.step}", refresh=False)
 
     def finished(self, stop_after: int | None) -> bool:
         settings = self.config.optim
