@@ -16,8 +16,11 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ddlm import DiffusionPipeline
 from ddlm.training import load_config, prepare_training
+from ddlm.training.run import load_corpora
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from machine import describe_machine  # noqa: E402
@@ -41,10 +44,23 @@ def train_one(process: str, args: argparse.Namespace) -> dict:
     return summary
 
 
-def table(results: dict[str, dict]) -> str:
+def unigram_nats(args: argparse.Namespace, reference_run: Path) -> float:
+    """Cross-entropy (nats/token) of the validation tokens under the training unigram
+    frequencies (add-one smoothed): the baseline every model must beat."""
+    pipe = DiffusionPipeline.from_pretrained(reference_run)
+    config = load_config(args.preset, overrides=args.overrides)
+    train, valid = load_corpora(config, pipe.tokenizer, args.data, args.valid, None)
+    vocab = pipe.tokenizer.vocab_size
+    counts = np.bincount(np.asarray(train.tokens), minlength=vocab) + 1.0
+    log_probs = np.log(counts / counts.sum())
+    return float(-log_probs[np.asarray(valid.tokens)].mean())
+
+
+def table(results: dict[str, dict], unigram: float) -> str:
     lines = [
         "| process | valid NELBO (nats/token) | bits/token | training tokens/s | steps | sample |",
         "|---|---|---|---|---|---|",
+        f"| unigram baseline | {unigram:.3f} | {unigram / math.log(2):.3f} | | | |",
     ]
     for process, summary in results.items():
         nats = summary["final_valid_nelbo"]
@@ -70,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     results = {process: train_one(process, args) for process in args.processes}
     print(f"\n{args.budget:.0f} s of training each, preset {args.preset}; machine: {describe_machine()}\n")
-    print(table(results))
+    print(table(results, unigram_nats(args, Path(args.out) / args.processes[0])))
 
 
 if __name__ == "__main__":

@@ -32,3 +32,8 @@ def shakespeare_text(shakespeare_path: Path) -> str:
 @pytest.fixture(scope="session")
 def gpt2_dir() -> Path:
     return shared_file("gpt2/vocab.json").parent
+
+
+@pytest.fixture(scope="session")
+def tinystories_dir() -> Path:
+    return shared_file("tinystories/train.txt").parent

@@ -104,3 +104,8 @@ def test_debug_shows_the_traceback(tmp_path, trained, capsys):
 @pytest.mark.parametrize("text, seconds", [("600", 600), ("90s", 90), ("10m", 600), ("1.5h", 5400)])
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
+
+
+def test_an_option_the_sampler_does_not_take_is_one_line(trained, capsys):
+    code, _, err = run_cli(["sample", "--model", str(trained), "--method", "euler"], capsys)
+    assert code == 2 and "has no option method" in err and len(err.strip().splitlines()) == 1

@@ -6,8 +6,8 @@ import json
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from tokenizers import Tokenizer as HFTokenizer

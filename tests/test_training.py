@@ -9,8 +9,8 @@ import torch
 
 from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
-from ddlm.training import load_config, prepare_training
 from ddlm.training import checkpoint as checkpoint_module
+from ddlm.training import load_config, prepare_training
 
 
 @pytest.fixture
@@ -110,3 +110,27 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path, corpus):
     trainer_for(tmp_path / "run", corpus, "fp32").train(stop_after=1)
     with pytest.raises(DDLMError, match="--resume"):
         trainer_for(tmp_path / "run", corpus, "fp32")
+
+
+def test_bpe_preset_trains_on_stories_with_a_separate_validation_file(tmp_path, tinystories_dir):
+    """The bpe-small path end to end: BPE trained on the corpus, documents split on the
+    separator, validation from its own file, export, reload, generation."""
+    train = tmp_path / "train.txt"
+    train.write_text((tinystories_dir / "train.txt").read_text(encoding="utf-8")[:60000], encoding="utf-8")
+    valid = tmp_path / "valid.txt"
+    valid.write_text((tinystories_dir / "valid.txt").read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    config = load_config("bpe-small", overrides=[
+        "tokenizer.vocab_size=400", "data.context_length=32", "model.d_model=32", "model.n_layers=1",
+        "model.n_heads=2", "optim.batch_size=4", "optim.max_steps=3", "log.eval_every=0", "log.sample_every=0",
+    ])
+    trainer = prepare_training(config, tmp_path / "run", data=train, valid=valid, device="cpu",
+                               cache_dir=tmp_path / "cache", show_progress=False)
+    assert trainer.tokenizer.kind == "bpe" and trainer.tokenizer.vocab_size == 400
+    stream = trainer.train_loader.corpus.tokens
+    separator_ids = trainer.tokenizer.encode("<|endoftext|>")
+    assert int((stream == trainer.tokenizer.eos_id).sum()) == len(trainer.train_loader.corpus.doc_starts)
+    assert not any(list(stream[i:i + len(separator_ids)]) == separator_ids for i in range(0, 2000))
+    summary = trainer.train()
+    assert summary["final_valid_nelbo"] > 0
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "run", device="cpu")
+    assert pipe.generate("Once upon a time", length=8, steps=4, seed=0)[0].startswith("Once upon a time")

@@ -8,7 +8,7 @@ import math
 import re
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 from ddlm.errors import DDLMError
 
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int)
     sample.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     sample.add_argument("--no-cache", action="store_true", help="call the model at every step")
+    sample.add_argument("--method", help="sampler variant where the process has several (SEDD: analytic, euler)")
     sample.add_argument("--format", choices=["text", "jsonl"], default="text")
 
     commands.add_parser("presets", parents=[common], help="list the named configurations")
@@ -82,12 +83,18 @@ def run_train(args: argparse.Namespace) -> int:
         config, args.out, data=args.data, valid=args.valid, resume=args.resume, device=args.device,
         cache_dir=args.cache_dir, show_progress=not args.no_progress,
     )
-    print(f"model: {trainer.model.num_parameters():,} parameters, vocabulary {trainer.tokenizer.vocab_size}", file=sys.stderr)
+    main_process = trainer.dist.is_main
+    if main_process:
+        print(f"model: {trainer.model.num_parameters():,} parameters, vocabulary {trainer.tokenizer.vocab_size}",
+              file=sys.stderr)
     try:
         summary = trainer.train(stop_after=args.stop_after)
     except KeyboardInterrupt:
-        print(f"interrupted at step {trainer.state.step}; checkpoint saved, continue with --resume", file=sys.stderr)
+        if main_process:
+            print(f"interrupted at step {trainer.state.step}; continue with --resume", file=sys.stderr)
         return 130
+    if not main_process:
+        return 0
     if "final_valid_nelbo" in summary:
         nats = summary["final_valid_nelbo"]
         print(f"validation NELBO: {nats:.4f} nats/token, {nats / math.log(2):.4f} bits/token, "
@@ -103,7 +110,7 @@ def run_sample(args: argparse.Namespace) -> int:
     texts = pipe.generate(
         args.prompt, num_samples=args.num_samples, length=args.length, steps=args.steps,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        use_cache=not args.no_cache,
+        use_cache=not args.no_cache, **({"method": args.method} if args.method else {}),
     )
     for index, text in enumerate(texts):
         if args.format == "jsonl":

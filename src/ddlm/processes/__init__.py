@@ -5,7 +5,8 @@ Each process registers a builder here under the names users type (``process.name
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ddlm.errors import DDLMError
 from ddlm.processes.autoregressive import Autoregressive

@@ -23,7 +23,6 @@ from ddlm.errors import DDLMError
 from ddlm.processes.base import LossOutput, Vocabulary, log_probs_without
 from ddlm.processes.schedules import Schedule, build_schedule
 
-
 ESTIMATORS = ("time", "count")
 
 

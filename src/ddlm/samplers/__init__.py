@@ -6,7 +6,9 @@ process and the keyword arguments of :func:`run_sampler` and returns a SampleOut
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -33,7 +35,12 @@ def run_sampler(model: torch.nn.Module, process: Any, **options: Any) -> SampleO
     """
     if process.name not in SAMPLERS:
         raise DDLMError(f"no sampler for process {process.name!r}; known: {sorted(SAMPLERS)}")
-    return SAMPLERS[process.name](model, process, **options)
+    sampler = SAMPLERS[process.name]
+    accepted = inspect.signature(sampler).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DDLMError(f"the {process.name} sampler has no option {', '.join(unknown)}; drop it for this model")
+    return sampler(model, process, **options)
 
 
 __all__ = [

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ddlm.fileio import write_text_atomic
 from ddlm.tokenizers.base import TOKENIZER_CONFIG

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -12,10 +13,10 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 from ddlm.errors import DDLMError
 from ddlm.fileio import write_text_atomic
 from ddlm.tokenizers._common import (
-    ConfigTokenizer,
     EOS_TOKEN,
     MASK_TOKEN,
     PAD_TOKEN,
+    ConfigTokenizer,
     as_id_list,
     one_line,
     short_hash,

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from ddlm.tokenizers._common import (
-    ConfigTokenizer,
     EOS_TOKEN,
     MASK_TOKEN,
     PAD_TOKEN,
+    ConfigTokenizer,
     as_id_list,
 )
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ddlm.errors import DDLMError
 from ddlm.tokenizers._common import (
-    ConfigTokenizer,
     EOS_TOKEN,
     MASK_TOKEN,
     PAD_TOKEN,
+    ConfigTokenizer,
     as_id_list,
 )
 

@@ -64,7 +64,7 @@ def prepare_training(
     trainer = Trainer(config, tokenizer, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
     if resume:
         trainer.resume()
-    else:
+    elif trainer.dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out_dir)
         write_json_atomic(out_dir / RUN_FILE, {

@@ -6,6 +6,7 @@ go into one checkpoint, so N steps + resume + N steps equals 2N steps in one go.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -23,10 +24,16 @@ from ddlm.pipeline import DiffusionPipeline
 from ddlm.processes import Process, Vocabulary, build_process
 from ddlm.tokenizers import Tokenizer
 from ddlm.training.checkpoint import (
-    CHECKPOINT_FILE, load_checkpoint, optimizer_from_flat, optimizer_to_flat, save_checkpoint,
-    take_prefix, with_prefix,
+    CHECKPOINT_FILE,
+    load_checkpoint,
+    optimizer_from_flat,
+    optimizer_to_flat,
+    save_checkpoint,
+    take_prefix,
+    with_prefix,
 )
 from ddlm.training.config import RunConfig
+from ddlm.training.distributed import Distributed
 from ddlm.training.ema import EMA
 from ddlm.training.logger import MetricsLog
 from ddlm.training.schedule import learning_rate
@@ -78,7 +85,11 @@ def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Ad
 
 
 class Trainer:
-    """Trains one model on one corpus and writes its model directory to ``out_dir``."""
+    """Trains one model on one corpus and writes its model directory to ``out_dir``.
+
+    Under ``torchrun`` each rank trains on its slice of every batch (DistributedDataParallel);
+    rank 0 alone evaluates, logs and writes files.
+    """
 
     def __init__(
         self,
@@ -93,20 +104,22 @@ class Trainer:
         self.config = config
         self.tokenizer = tokenizer
         self.out_dir = Path(out_dir)
-        self.device = resolve_device(device)
-        self.show_progress = show_progress
+        self.dist = Distributed.from_environment()
+        self.device = self.dist.setup(resolve_device(device))
+        self.show_progress = show_progress and self.dist.is_main
         torch.manual_seed(config.optim.seed)
         self.process = build_run_process(config, tokenizer)
         self.model = build_model(config, tokenizer, self.process).to(self.device)
         self.eval_model = build_model(config, tokenizer, self.process).to(self.device).eval()
+        self.trained_model = self.wrap_for_data_parallel(self.model)
         self.optimizer = build_optimizer(self.model, config)
         self.ema = EMA(self.model, config.optim.ema)
         self.noise_generator = torch.Generator(device=self.device)
-        self.noise_generator.manual_seed(config.optim.seed + 1)
+        self.noise_generator.manual_seed(config.optim.seed + 1 + self.dist.rank)
         data = config.data
         self.train_loader = BatchLoader(
-            train_corpus, config.optim.batch_size, data.context_length,
-            layout=data.layout, seed=config.optim.seed, pad_id=tokenizer.pad_id,
+            train_corpus, config.optim.batch_size, data.context_length, layout=data.layout,
+            seed=config.optim.seed, pad_id=tokenizer.pad_id, rank=self.dist.rank, world_size=self.dist.world_size,
         )
         self.valid_loader = (
             BatchLoader(valid_corpus, config.optim.batch_size, data.context_length,
@@ -115,6 +128,13 @@ class Trainer:
         )
         self.state = TrainState()
         self.log: MetricsLog | None = None
+
+    def wrap_for_data_parallel(self, model: Transformer) -> torch.nn.Module:
+        if not self.dist.enabled:
+            return model
+        wrapped = torch.nn.parallel.DistributedDataParallel(model)
+        wrapped.config = model.config  # processes read model.config (e.g. time conditioning)
+        return wrapped
 
     @property
     def checkpoint_path(self) -> Path:
@@ -126,7 +146,7 @@ class Trainer:
         """Train until max_steps or the time budget (or ``stop_after`` steps); export the model."""
         settings = self.config.optim
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.log is None:
+        if self.log is None and self.dist.is_main:
             self.log = MetricsLog(self.out_dir)
         bar = self.progress_bar()
         window_tokens, window_start = 0, time.perf_counter()
@@ -134,13 +154,15 @@ class Trainer:
             while not self.finished(stop_after):
                 step_start = time.perf_counter()
                 loss, lr = self.train_step()
-                self.state.elapsed += time.perf_counter() - step_start
+                # every rank must agree on the elapsed time: it drives the LR and the stop
+                self.state.elapsed += self.dist.max(time.perf_counter() - step_start, self.device)
                 tokens = settings.batch_size * settings.grad_accum * self.config.data.context_length
+                tokens *= self.dist.world_size
                 self.state.tokens += tokens
                 window_tokens += tokens
                 step = self.state.step
                 self.advance(bar)
-                if step % self.config.log.log_every == 0 or step == 1:
+                if self.log is not None and (step % self.config.log.log_every == 0 or step == 1):
                     speed = window_tokens / max(time.perf_counter() - window_start, 1e-9)
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:,.0f}")
                     self.log.write(step=step, tokens=self.state.tokens, elapsed_s=f"{self.state.elapsed:.1f}",
@@ -149,11 +171,14 @@ class Trainer:
                 self.periodic(step, bar)
         except KeyboardInterrupt:
             bar.close()
-            self.save_checkpoint()
+            if not self.dist.enabled:  # ranks may stop at different points: keep the last periodic save
+                self.save_checkpoint()
             raise
         bar.close()
         self.save_checkpoint()
-        return self.finish()
+        summary = self.finish()
+        self.dist.shutdown()
+        return summary
 
     def progress_bar(self) -> tqdm:
         """Counts steps, or seconds of the time budget when one is set."""
@@ -195,13 +220,17 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         nelbo_sum, token_count = 0.0, 0
-        for _ in range(settings.grad_accum):
+        for micro_step in range(settings.grad_accum):
             batch = next(self.train_loader).to(self.device)
-            with autocast(self.device, settings.precision):
-                output = self.process.loss(self.model, batch, self.noise_generator)
-            (output.loss / settings.grad_accum).backward()
+            last = micro_step == settings.grad_accum - 1
+            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.trained_model.no_sync()
+            with sync:
+                with autocast(self.device, settings.precision):
+                    output = self.process.loss(self.trained_model, batch, self.noise_generator)
+                (output.loss / settings.grad_accum).backward()
             nelbo_sum += output.nelbo_sum
             token_count += output.num_tokens
+        nelbo_sum, token_count = self.dist.sum([nelbo_sum, token_count], self.device)
         if not math.isfinite(nelbo_sum):
             raise DDLMError(
                 f"the loss became {nelbo_sum} at step {self.state.step}; lower optim.lr or use precision=fp32, "
@@ -218,6 +247,10 @@ class Trainer:
     def periodic(self, step: int, bar: tqdm) -> None:
         """Validation, sample previews and checkpoints at their intervals."""
         log = self.config.log
+        if log.save_every and step % log.save_every == 0:
+            self.save_checkpoint()
+        if not self.dist.is_main:
+            return
         if self.valid_loader is not None and log.eval_every and step % log.eval_every == 0:
             valid = self.evaluate(log.eval_batches)
             self.state.best_valid = valid if self.state.best_valid is None else min(valid, self.state.best_valid)
@@ -227,8 +260,6 @@ class Trainer:
                            valid_nelbo=f"{valid:.4f}")
         if log.sample_every and step % log.sample_every == 0:
             bar.write(f"step {step} sample: {self.preview()!r}")
-        if log.save_every and step % log.save_every == 0:
-            self.save_checkpoint()
 
     # ----- evaluation and export -----
 
@@ -276,7 +307,10 @@ class Trainer:
         }
 
     def finish(self) -> dict[str, Any]:
-        """Final validation over the whole validation set, then the model directory."""
+        """Final validation over the whole validation set, then the model directory (rank 0)."""
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return self.summary()
         if self.valid_loader is not None:
             final = self.evaluate(draws=2)
             self.state.best_valid = final if self.state.best_valid is None else min(final, self.state.best_valid)
@@ -288,29 +322,45 @@ class Trainer:
         pipe.save_pretrained(self.out_dir)
         if self.log is not None:
             self.log.close()
+        self.dist.barrier()
         return summary
 
     # ----- checkpoints -----
 
+    def rng_states(self) -> dict[str, torch.Tensor]:
+        """Every rank's random states (collective: all ranks call it), keyed "name/rank"."""
+        states = {"torch": torch.get_rng_state(), "noise": self.noise_generator.get_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            f"{name}/{rank}": part.cpu()
+            for name, state in states.items()
+            for rank, part in enumerate(self.dist.gather(state.to(self.device)))
+        }
+
     def save_checkpoint(self) -> None:
+        """Write the checkpoint (collective: every rank calls it, rank 0 writes)."""
+        rng = self.rng_states()
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return
         optim_tensors, optim_meta = optimizer_to_flat(self.optimizer)
         tensors = {
             **with_prefix("model", self.model.state_dict()),
             **with_prefix("ema", self.ema.shadow),
             **with_prefix("optim", optim_tensors),
-            "rng/torch": torch.get_rng_state(),
-            "rng/noise": self.noise_generator.get_state(),
+            **with_prefix("rng", rng),
         }
-        if self.device.type == "cuda":
-            tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         state = {
             "train": vars(self.state),
             "loader": self.train_loader.state_dict(),
             "ema_updates": self.ema.updates,
             "optimizer": optim_meta,
             "run_config": self.config.to_dict(),
+            "world_size": self.dist.world_size,
         }
         save_checkpoint(self.checkpoint_path, tensors, state)
+        self.dist.barrier()
 
     def resume(self) -> None:
         """Restore every stateful part from the checkpoint in ``out_dir``."""
@@ -325,10 +375,18 @@ class Trainer:
         self.ema.shadow = take_prefix("ema", tensors)
         self.ema.updates = state["ema_updates"]
         self.optimizer.load_state_dict(optimizer_from_flat(take_prefix("optim", tensors), state["optimizer"]))
-        torch.set_rng_state(tensors["rng/torch"])
-        self.noise_generator.set_state(tensors["rng/noise"])
-        if "rng/cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise DDLMError(
+                f"the checkpoint was written by {saved_world} process(es) and this run has {self.dist.world_size}; "
+                f"resume with the same number of processes (torchrun --nproc_per_node {saved_world})"
+            )
+        rank = self.dist.rank
+        torch.set_rng_state(tensors[f"rng/torch/{rank}"])
+        self.noise_generator.set_state(tensors[f"rng/noise/{rank}"])
+        if f"rng/cuda/{rank}" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors[f"rng/cuda/{rank}"], self.device)
         self.train_loader.load_state_dict(state["loader"])
         self.state = TrainState(**state["train"])
-        self.log = MetricsLog(self.out_dir, resume_step=self.state.step)
+        if self.dist.is_main:
+            self.log = MetricsLog(self.out_dir, resume_step=self.state.step)
