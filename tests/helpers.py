@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ddlm.model import ModelConfig
+from ddlm.samplers import Canvas
 
 
 class IIDOracle(nn.Module):
@@ -25,10 +26,15 @@ class IIDOracle(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(()))  # samplers read the device from a parameter
         self.calls = 0
 
-    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None, key_mask=None) -> torch.Tensor:
         self.calls += 1
         return self.logits.expand(*tokens.shape, -1).clone()
 
 
 def entropy(pi: torch.Tensor) -> float:
     return float(-(pi * pi.log()).sum())
+
+
+def prefix_canvas(batch_size: int, length: int, prompt: list[int] | tuple[int, ...] = ()) -> Canvas:
+    """``batch_size`` rows of ``prompt`` followed by ``length`` positions to generate (samplers set their MASK)."""
+    return Canvas.from_prompts([list(prompt)] * batch_size, length, mask_id=0, pad_id=0)

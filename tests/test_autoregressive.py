@@ -16,6 +16,7 @@ from ddlm.model.transformer import KVCache
 from ddlm.processes import Autoregressive
 from ddlm.samplers import SamplingOptions, ar_sample
 from ddlm.training import load_config, prepare_training
+from tests.helpers import prefix_canvas
 
 K = 3  # real tokens 0..K-1, then the special ids
 MASK, EOS, PAD = K, K + 1, K + 2
@@ -102,7 +103,7 @@ def test_loss_of_the_exact_model_is_the_entropy_of_the_chain():
 
 def test_sampler_reproduces_the_chain():
     batch, length = 400, 30
-    tokens = ar_sample(MarkovOracle(), PROCESS, batch_size=batch, length=length, seed=0).tokens
+    tokens = ar_sample(MarkovOracle(), PROCESS, canvas=prefix_canvas(batch, length), seed=0).tokens
     assert (tokens < K).all()
     previous = torch.cat((torch.full((batch, 1), K), tokens[:, :-1]), dim=1)  # row K stands for EOS
     counts = torch.bincount((previous * K + tokens).flatten(), minlength=(K + 1) * K).view(K + 1, K).double()
@@ -116,7 +117,7 @@ def test_sampler_reproduces_the_chain():
 def test_kv_cache_gives_the_same_samples_as_full_forward_passes(temperature):
     net = tiny_model()
     runs = [
-        ar_sample(net, PROCESS, batch_size=3, length=20, prompt=[0, 2], seed=7, use_cache=use_cache,
+        ar_sample(net, PROCESS, canvas=prefix_canvas(3, 20, [0, 2]), seed=7, use_cache=use_cache,
                   options=SamplingOptions(temperature=temperature))
         for use_cache in (True, False)
     ]
@@ -126,7 +127,7 @@ def test_kv_cache_gives_the_same_samples_as_full_forward_passes(temperature):
 
 def test_prompt_is_kept_and_the_trace_fills_one_position_per_step():
     prompt = [2, 0, 1]
-    out = ar_sample(tiny_model(), PROCESS, batch_size=4, length=9, prompt=prompt, seed=1, trace=True)
+    out = ar_sample(tiny_model(), PROCESS, canvas=prefix_canvas(4, 9, prompt), seed=1, trace=True)
     assert out.tokens.shape == (4, 12)
     assert (out.tokens[:, :3] == torch.tensor(prompt)).all()
     assert not torch.isin(out.tokens, torch.tensor([MASK, PAD])).any()
@@ -140,8 +141,8 @@ def test_prompt_is_kept_and_the_trace_fills_one_position_per_step():
 
 def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in():
     net = tiny_model()
-    alone = ar_sample(net, PROCESS, batch_size=1, length=12, seed=3)
-    batch = ar_sample(net, PROCESS, batch_size=4, length=12, seed=3)
+    alone = ar_sample(net, PROCESS, canvas=prefix_canvas(1, 12), seed=3)
+    batch = ar_sample(net, PROCESS, canvas=prefix_canvas(4, 12), seed=3)
     assert torch.equal(alone.tokens[0], batch.tokens[0])
     assert not torch.equal(batch.tokens[0], batch.tokens[1])
 
@@ -149,7 +150,7 @@ def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in():
 def test_a_time_conditioned_backbone_sees_noise_level_zero():
     net = tiny_model(time_conditioning=True)
     assert math.isfinite(PROCESS.loss(net, torch.tensor([[0, 1, 2, 1]])).nelbo_sum)
-    assert ar_sample(net, PROCESS, batch_size=2, length=5, seed=0).tokens.shape == (2, 5)
+    assert ar_sample(net, PROCESS, canvas=prefix_canvas(2, 5), seed=0).tokens.shape == (2, 5)
 
 
 def test_training_builds_a_causal_model_and_the_pipeline_samples_left_to_right(tmp_path: Path):

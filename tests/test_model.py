@@ -105,3 +105,25 @@ def test_cache_overflow_and_batch_mismatch_are_clear_errors():
             net(torch.zeros(2, 1, dtype=torch.long), cache=cache)
         with pytest.raises(ValueError, match=r"new_cache\(3\)"):
             net(torch.zeros(3, 1, dtype=torch.long), cache=net.new_cache(batch_size=2))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_mask_hides_padding_exactly(causal):
+    net = model(causal=causal)
+    tokens = torch.randint(0, 11, (1, 6))
+    alone = net(tokens)
+    padded = torch.cat((tokens, torch.full((1, 5), 3)), dim=1)
+    key_mask = torch.arange(11)[None, :] < 6
+    torch.testing.assert_close(net(padded, key_mask=key_mask)[:, :6], alone, atol=1e-5, rtol=0)
+    assert not torch.allclose(net(padded)[:, :6], alone, atol=1e-3) or causal  # without the mask it leaks
+
+
+def test_key_mask_with_a_prefix_cache_matches_the_full_pass():
+    net = model()
+    tokens = torch.randint(0, 11, (2, 10))
+    key_mask = torch.tensor([[True] * 10, [True] * 7 + [False] * 3])
+    full = net(tokens, key_mask=key_mask)
+    cache = net.new_cache(2)
+    net(tokens, cache=cache, key_mask=key_mask)
+    cache.length = 4
+    torch.testing.assert_close(net(tokens[:, 4:], cache=cache, key_mask=key_mask), full[:, 4:], atol=1e-5, rtol=0)

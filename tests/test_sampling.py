@@ -9,8 +9,8 @@ from scipy.stats import chisquare
 from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import MaskedDiffusion, build_schedule
-from ddlm.samplers import SamplingOptions, ancestral_sample, filter_logits, sample_categorical
-from tests.helpers import IIDOracle
+from ddlm.samplers import SamplingOptions, filter_logits, masked_sample, sample_categorical
+from tests.helpers import IIDOracle, prefix_canvas
 
 # A distribution with a long low-probability tail: float32 Gumbel noise loses such tails.
 TAIL = torch.tensor([0.6, 0.25, 0.1, 0.04, 0.009, 0.0009, 0.0001], dtype=torch.float64)
@@ -76,13 +76,13 @@ def process(schedule: str = "linear") -> MaskedDiffusion:
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "geometric"])
 @pytest.mark.parametrize("steps", [1, 2, 3, 7, 50])
 def test_no_mask_survives_the_last_step(schedule, steps):
-    out = ancestral_sample(IIDOracle(PI), process(schedule), batch_size=4, length=30, steps=steps,
+    out = masked_sample(IIDOracle(PI), process(schedule), canvas=prefix_canvas(4, 30), steps=steps,
                            seed=steps)
     assert not (out.tokens == MASK).any()
 
 
-def test_ancestral_sampler_reproduces_the_oracle_distribution():
-    out = ancestral_sample(IIDOracle(PI), process("cosine"), batch_size=200, length=50, steps=16,
+def test_masked_sampler_reproduces_the_oracle_distribution():
+    out = masked_sample(IIDOracle(PI), process("cosine"), canvas=prefix_canvas(200, 50), steps=16,
                            seed=0)
     counts = torch.bincount(out.tokens.flatten(), minlength=7).double()
     assert_matches(counts, torch.cat([PI.double(), torch.zeros(3, dtype=torch.float64)]))
@@ -90,7 +90,7 @@ def test_ancestral_sampler_reproduces_the_oracle_distribution():
 
 def test_prompt_is_never_changed():
     prompt = [3, 3, 0, 1]
-    out = ancestral_sample(IIDOracle(PI), process(), batch_size=8, length=10, steps=5, prompt=prompt,
+    out = masked_sample(IIDOracle(PI), process(), canvas=prefix_canvas(8, 10, prompt), steps=5,
                            seed=0)
     assert out.tokens.shape == (8, 14)
     assert (out.tokens[:, :4] == torch.tensor(prompt)).all()
@@ -106,7 +106,7 @@ def tiny_model(time_conditioning: bool = False) -> Transformer:
 def test_cached_sampler_gives_identical_samples_with_fewer_calls():
     model = tiny_model()
     runs = {
-        cache: ancestral_sample(model, process(), batch_size=3, length=12, steps=64, prompt=[1],
+        cache: masked_sample(model, process(), canvas=prefix_canvas(3, 12, [1]), steps=64,
                                 seed=5, use_cache=cache)
         for cache in (True, False)
     }
@@ -116,13 +116,13 @@ def test_cached_sampler_gives_identical_samples_with_fewer_calls():
 
 
 def test_time_conditioned_model_is_called_every_step():
-    out = ancestral_sample(tiny_model(time_conditioning=True), process(), batch_size=2, length=8, steps=20,
+    out = masked_sample(tiny_model(time_conditioning=True), process(), canvas=prefix_canvas(2, 8), steps=20,
                            seed=0)
     assert out.model_calls == 20
 
 
 def test_trace_records_each_reveal_once_and_ends_at_the_output():
-    out = ancestral_sample(tiny_model(), process(), batch_size=2, length=12, steps=10, prompt=[2, 2],
+    out = masked_sample(tiny_model(), process(), canvas=prefix_canvas(2, 12, [2, 2]), steps=10,
                            seed=1, trace=True)
     assert len(out.trace) == 10
     assert torch.equal(out.trace[-1].tokens, out.tokens)
@@ -134,12 +134,12 @@ def test_trace_records_each_reveal_once_and_ends_at_the_output():
 
 def test_zero_steps_is_an_error():
     with pytest.raises(DDLMError, match="steps"):
-        ancestral_sample(tiny_model(), process(), batch_size=1, length=4, steps=0)
+        masked_sample(tiny_model(), process(), canvas=prefix_canvas(1, 4), steps=0)
 
 
 def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in():
     model = tiny_model()
-    alone = ancestral_sample(model, process(), batch_size=1, length=12, steps=8, seed=3)
-    batch = ancestral_sample(model, process(), batch_size=4, length=12, steps=8, seed=3)
+    alone = masked_sample(model, process(), canvas=prefix_canvas(1, 12), steps=8, seed=3)
+    batch = masked_sample(model, process(), canvas=prefix_canvas(4, 12), steps=8, seed=3)
     assert torch.equal(alone.tokens[0], batch.tokens[0])
     assert not torch.equal(batch.tokens[0], batch.tokens[1])

@@ -21,7 +21,7 @@ from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path, write_json_atomic
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Process, Vocabulary, build_process
-from ddlm.samplers import SampleOutput, SamplingOptions, run_sampler
+from ddlm.samplers import Canvas, SampleOutput, SamplingOptions, parse_template, run_sampler
 from ddlm.tokenizers import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -104,12 +104,35 @@ class DiffusionPipeline:
 
     # ----- generation -----
 
-    def encode_prompt(self, prompt: str | None) -> list[int]:
-        return self.tokenizer.encode(prompt) if prompt else []
+    def build_canvas(
+        self,
+        prompt: str | list[str] | None,
+        num_samples: int,
+        length: int | None,
+        infill: str | None = None,
+        suffix: str | None = None,
+    ) -> Canvas:
+        """The canvas for ``num_samples`` samples of each prompt (or of the infill template)."""
+        if num_samples < 1:
+            raise DDLMError(f"num_samples must be at least 1, got {num_samples}")
+        mask_id, pad_id = self.tokenizer.mask_id, self.tokenizer.pad_id
+        if infill is not None:
+            if prompt or suffix or length is not None:
+                raise DDLMError("an infill template sets the whole canvas; drop the prompt, suffix and length")
+            row = parse_template(infill, self.tokenizer.encode)
+            self.check_fits(len(row), "the infill template")
+            return Canvas.from_rows([row] * num_samples, mask_id, pad_id, self.device)
+        prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
+        encoded = [self.tokenizer.encode(text) if text else [] for text in prompts]
+        suffix_ids = self.tokenizer.encode(suffix) if suffix else []
+        longest = max(len(ids) for ids in encoded) + len(suffix_ids)
+        length = self.check_length(longest, length)
+        rows = [ids for ids in encoded for _ in range(num_samples)]
+        return Canvas.from_prompts(rows, length, mask_id, pad_id, self.device, suffix=suffix_ids)
 
     def sample(
         self,
-        prompt: str | None = None,
+        prompt: str | list[str] | None = None,
         num_samples: int = 1,
         length: int | None = None,
         steps: int = 128,
@@ -119,31 +142,61 @@ class DiffusionPipeline:
         seed: int | None = None,
         use_cache: bool = True,
         trace: bool = False,
+        infill: str | None = None,
+        suffix: str | None = None,
         **sampler_options: Any,
     ) -> SampleOutput:
-        """Token-level sampling: the canvas is the prompt followed by ``length`` new tokens.
+        """Token-level sampling; the output's ``canvas`` says which positions were generated.
 
-        Extra keyword arguments go to the process's sampler (see ``ddlm.samplers.SAMPLERS``).
+        ``prompt``: text the samples start with, or a list of them (``num_samples`` samples
+        of each). ``infill``: a template such as ``"The [MASK*5] sat on the [MASK] mat"``
+        instead of a prompt. ``suffix``: text fixed after the generated positions. Extra
+        keyword arguments go to the process's sampler: for masked models ``policy``,
+        ``block_length``, ``threshold``, ``remask``, ``remask_eta``, ``prefix_cache``,
+        ``min_length`` (see ``ddlm.samplers.masked``); for SEDD ``method``.
         """
-        prompt_ids = self.encode_prompt(prompt)
-        length = self.check_length(len(prompt_ids), length)
-        if num_samples < 1:
-            raise DDLMError(f"num_samples must be at least 1, got {num_samples}")
+        canvas = self.build_canvas(prompt, num_samples, length, infill, suffix)
         options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
         with autocast(self.device, self.precision):
-            return run_sampler(
-                self.model, self.process, batch_size=num_samples, length=length, steps=steps,
-                prompt=prompt_ids, options=options, seed=seed if seed is not None else torch.seed(),
-                use_cache=use_cache, trace=trace, **sampler_options,
+            output = run_sampler(
+                self.model, self.process, canvas=canvas, steps=steps, options=options,
+                seed=seed if seed is not None else torch.seed(), use_cache=use_cache, trace=trace, **sampler_options,
+            )
+        output.canvas = canvas
+        return output
+
+    def generate(self, prompt: str | list[str] | None = None, stop_at_eos: bool = True, **options: Any) -> list[str]:
+        """Texts (prompt included) of the samples; options as in :meth:`sample`.
+
+        With ``stop_at_eos`` a generated end-of-text token ends its stretch of generated
+        text: it and the generated tokens after it (up to the next given token) are dropped.
+        """
+        output = self.sample(prompt, **options)
+        return [self.decode(output, row, stop_at_eos) for row in range(output.tokens.shape[0])]
+
+    def decode(self, output: SampleOutput, row: int, stop_at_eos: bool = True) -> str:
+        """The text of sample ``row``: padding removed, cut at end-of-text as :meth:`generate` says."""
+        canvas = output.canvas
+        kept, skipping = [], False
+        for token, generated, active in zip(
+            output.tokens[row].tolist(), canvas.generated[row].tolist(), canvas.active[row].tolist()
+        ):
+            if not generated:
+                skipping = False
+            elif stop_at_eos and token == self.tokenizer.eos_id:
+                skipping = True
+            if active and not skipping:
+                kept.append(token)
+        return self.tokenizer.decode(kept)
+
+    def check_fits(self, tokens: int, what: str) -> None:
+        if tokens > self.context_length:
+            raise DDLMError(
+                f"{what} is {tokens} tokens but the model's context is {self.context_length}; shorten it"
             )
 
-    def generate(self, prompt: str | None = None, **options: Any) -> list[str]:
-        """Texts (prompt included) of ``num_samples`` samples; options as in :meth:`sample`."""
-        output = self.sample(prompt, **options)
-        return [self.tokenizer.decode(row.tolist()) for row in output.tokens]
-
     def check_length(self, prompt_length: int, length: int | None) -> int:
-        """The number of tokens to generate, checked against the context length."""
+        """The number of tokens to generate after ``prompt_length`` given ones, checked against the context."""
         room = self.context_length - prompt_length
         if room < 1:
             raise DDLMError(

@@ -60,11 +60,23 @@ class KVCache:
         return cached_keys[:, :, :end], cached_values[:, :, :end]
 
 
-def cached_attention_mask(causal: bool, new: int, cached: int, device: torch.device) -> torch.Tensor | None:
-    """Which of the cached + new keys each new query sees: all (None), or those up to its position."""
-    if not causal or new == 1:
-        return None
-    return torch.ones(new, cached + new, dtype=torch.bool, device=device).tril(cached)
+def attention_mask(
+    causal: bool, new: int, cached: int, key_mask: torch.Tensor | None, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """SDPA's ``attn_mask`` and ``is_causal`` for ``new`` queries after ``cached`` positions.
+
+    ``key_mask`` (B, cached + new) marks the keys that exist (False: batch padding).
+    """
+    if key_mask is None:
+        if not causal or (cached > 0 and new == 1):
+            return None, False
+        if cached == 0:
+            return None, True
+        return torch.ones(new, cached + new, dtype=torch.bool, device=device).tril(cached), False
+    allowed = key_mask[:, None, None, :]
+    if causal:
+        allowed = allowed & torch.ones(new, cached + new, dtype=torch.bool, device=device).tril(cached)
+    return allowed, False
 
 
 class NoiseEmbedding(nn.Module):
@@ -92,18 +104,22 @@ class Attention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None, layer: int = 0
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: tuple[torch.Tensor | None, bool],
+        cache: KVCache | None = None,
+        layer: int = 0,
     ) -> torch.Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if cache is None:
-            mask, is_causal = None, self.causal
-        else:
-            mask, is_causal = cached_attention_mask(self.causal, length, cache.length, x.device), False
+        if cache is not None:
             k, v = cache.store(layer, k, v)
+        attn_mask, is_causal = mask
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )
         return self.out(y.transpose(1, 2).reshape(batch, length, width))
 
@@ -138,15 +154,16 @@ class Block(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         cond: torch.Tensor | None,
+        mask: tuple[torch.Tensor | None, bool],
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
         if self.modulation is None or cond is None:
-            x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache, layer))
+            x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, mask, cache, layer))
             return x + self.drop(self.mlp(self.mlp_norm(x)))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)[:, None].chunk(6, dim=-1)
         h = self.attn_norm(x) * (1 + scale1) + shift1
-        x = x + gate1 * self.drop(self.attn(h, cos, sin, cache, layer))
+        x = x + gate1 * self.drop(self.attn(h, cos, sin, mask, cache, layer))
         h = self.mlp_norm(x) * (1 + scale2) + shift2
         return x + gate2 * self.drop(self.mlp(h))
 
@@ -197,12 +214,17 @@ class Transformer(nn.Module):
         return KVCache(batch_size, self.config.n_layers, self.config.context_length)
 
     def forward(
-        self, tokens: torch.Tensor, noise: torch.Tensor | None = None, cache: KVCache | None = None
+        self,
+        tokens: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, L, vocab_size) for token ids (B, L); ``noise`` (B,) when time-conditioned.
 
         With a ``cache``, ``tokens`` are the L positions after the ``cache.length`` stored
-        ones; they also attend to those, and the cache is extended by them.
+        ones; they also attend to those, and the cache is extended by them. ``key_mask``
+        (B, cached + L) bool hides padding positions from every query.
         """
         start, length = (cache.length if cache is not None else 0), tokens.shape[1]
         if start + length > self.config.context_length:
@@ -219,9 +241,10 @@ class Transformer(nn.Module):
             raise ValueError("this model is conditioned on the noise level: pass noise=")
         cond = F.silu(self.noise_embed(noise)) if self.noise_embed is not None else None
         cos, sin = self.rope_cos[start : start + length], self.rope_sin[start : start + length]
+        mask = attention_mask(self.config.causal, length, start, key_mask, tokens.device)
         x = self.embed(tokens)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cos, sin, cond, cache, layer)
+            x = block(x, cos, sin, cond, mask, cache, layer)
         if cache is not None:
             cache.length = start + length
         x = self.final_norm(x)

@@ -41,6 +41,7 @@ class MaskedDiffusion:
         eps: float = 1e-3,
         antithetic: bool = True,
         estimator: str = "time",
+        eos_id: int | None = None,
     ):
         if estimator not in ESTIMATORS:
             raise DDLMError(f"unknown NELBO estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
@@ -50,6 +51,7 @@ class MaskedDiffusion:
         self.eps = eps
         self.antithetic = antithetic
         self.estimator = estimator
+        self.eos_id = eos_id
 
     @classmethod
     def from_config(cls, config: dict[str, Any], vocab: Vocabulary) -> MaskedDiffusion:
@@ -57,7 +59,7 @@ class MaskedDiffusion:
         schedule = build_schedule(schedule_config.pop("name"), **schedule_config)
         return cls(schedule, mask_id=vocab.mask_id, pad_id=vocab.pad_id,
                    eps=config.get("eps", 1e-3), antithetic=config.get("antithetic", True),
-                   estimator=config.get("estimator", "time"))
+                   estimator=config.get("estimator", "time"), eos_id=vocab.eos_id)
 
     def uniforms(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
         """(B,) float64 uniforms in [0, 1); antithetic (evenly spread over the batch) unless disabled."""

@@ -6,6 +6,7 @@ import torch
 
 from ddlm.errors import DDLMError
 from ddlm.processes.sedd import ScoreEntropyDiffusion
+from ddlm.samplers.canvas import Canvas
 from ddlm.samplers.categorical import SamplingOptions
 from ddlm.samplers.randomness import RowRandom
 from ddlm.samplers.trace import SampleOutput, TraceStep
@@ -46,10 +47,8 @@ def sedd_sample(
     model: torch.nn.Module,
     process: ScoreEntropyDiffusion,
     *,
-    batch_size: int,
-    length: int,
+    canvas: Canvas,
     steps: int,
-    prompt: list[int] | None = None,
     options: SamplingOptions = SamplingOptions(),
     seed: int = 0,
     use_cache: bool = True,
@@ -61,23 +60,25 @@ def sedd_sample(
     Starts from the prior (all MASK for the absorbing graph, uniform real tokens for the
     uniform one). Each step but the last is an Euler step (reverse rate x -> y equal to
     sigma(t) Q(y -> x) s_y, times dt) or the analytic Tweedie tau-leaping step (``method``);
-    the last is the analytic step to zero noise, after which no MASK remains. Negative step
-    probabilities (learned scores, large steps) are clipped and rows renormalised; options
-    (temperature, top-k, top-p) apply to these step distributions. The prompt is never
-    changed. ``use_cache`` is accepted for a uniform interface and ignored: the model sees
-    the noise level, so every step needs a fresh prediction (a step with nothing movable
-    skips the model). Sample i depends only on (seed, i), not on the batch size.
+    the last is the analytic step to zero noise, after which no MASK remains. Only the
+    canvas's generated positions move: the prompt, infill context and suffix are re-imposed
+    at every step by never being moved, and batch padding is hidden from attention. Negative
+    step probabilities (learned scores, large steps) are clipped and rows renormalised;
+    options (temperature, top-k, top-p) apply to these step distributions. ``use_cache`` is
+    accepted for a uniform interface and ignored: the model sees the noise level, so every
+    step needs a fresh prediction (a step with nothing movable skips the model). Sample i
+    depends only on (seed, i), not on the batch size.
     """
     if steps < 1:
         raise DDLMError(f"steps must be at least 1, got {steps}")
     if method not in METHODS:
         raise DDLMError(f"unknown SEDD sampling method {method!r}; choose one of {list(METHODS)}")
     device = next(model.parameters()).device
-    prompt = prompt or []
+    batch_size = canvas.batch_size
     random = RowRandom(seed, batch_size, device)
-    x = process.draw_prior(random.uniform(len(prompt) + length))
-    x[:, : len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=device)
-    free = torch.arange(x.shape[1], device=device) >= len(prompt)
+    free = canvas.generated.to(device)
+    x = torch.where(free, process.draw_prior(random.uniform(canvas.width)), canvas.tokens.to(device))
+    key_mask = canvas.key_mask.to(device) if canvas.key_mask is not None else None
     times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
     calls, steps_trace = 0, []
     for step in range(steps):
@@ -86,7 +87,7 @@ def sedd_sample(
         previous = x.clone()
         if active.any():
             t_batch = torch.full((batch_size,), float(t), dtype=torch.float64, device=device)
-            logits = model(x, process.model_noise(model, t_batch))
+            logits = model(x, process.model_noise(model, t_batch), key_mask=key_mask)
             calls += 1
             probs = reverse_step(process, logits[active], x[active], t, s, method, final=step == steps - 1)
             x[active] = random.categorical(step_log_probs(probs), active.nonzero()[:, 0], options)

@@ -1,0 +1,276 @@
+"""Sampling from masked diffusion models: one loop, composed from small policies.
+
+A *policy* picks which masked positions a step reveals:
+
+- ``ancestral``: each masked position is revealed with probability (alpha_s - alpha_t) / (1 - alpha_t)
+  on the step t -> s (the exact reverse process); optional ReMDM remasking.
+- ``first-hitting``: one position per model call, at the exact next reveal time (Zheng et al.).
+- ``confidence`` / ``margin`` / ``entropy`` / ``random``: every masked position gets a token and a
+  score; each step reveals the best-scored ones, as many as the step schedule says (LLaDA).
+- ``threshold``: as ``confidence``, and also every position whose probability exceeds
+  ``threshold`` (Fast-dLLM), so confident steps reveal many tokens at once.
+
+A *block schedule* (``block_length``) makes any policy semi-autoregressive: the generated
+positions are filled block by block, left to right, with the step budget split over blocks.
+*Caching*: a time-agnostic model is not called again when no token changed, and
+``prefix_cache`` reuses the keys/values of positions left of the current block (an
+approximation under bidirectional attention: the benchmark reports its effect).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ddlm.errors import DDLMError
+from ddlm.processes.masked import MaskedDiffusion
+from ddlm.samplers.canvas import Canvas
+from ddlm.samplers.categorical import SamplingOptions
+from ddlm.samplers.policies import (
+    DEFAULT_THRESHOLD,
+    POLICIES,
+    blocks,
+    confidence_scores,
+    remask_probability,
+    reveal_counts,
+    split_evenly,
+    top_k_per_row,
+)
+from ddlm.samplers.randomness import RowRandom
+from ddlm.samplers.trace import SampleOutput, TraceStep
+
+
+class ModelCaller:
+    """Calls the model for the sampler and counts the calls.
+
+    Reuses the last logits when the canvas has not changed and the model does not see the
+    noise level; with a prefix cache, only positions from ``prefix`` on are recomputed after
+    the first call of a block.
+    """
+
+    def __init__(self, model: torch.nn.Module, canvas: Canvas, reuse: bool, prefix_cache: bool):
+        self.model = model
+        self.key_mask = canvas.key_mask
+        self.reuse = reuse and not model.config.time_conditioning
+        self.cache = model.new_cache(canvas.batch_size) if prefix_cache else None
+        self.prefix = 0
+        self.fresh_block = True
+        self.logits: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
+        self.calls = 0
+
+    def start_block(self, block: torch.Tensor) -> None:
+        """Positions left of every row's first position in ``block`` (B, L) become the cached prefix."""
+        self.prefix = int(block.long().argmax(dim=1).min())
+        self.fresh_block = True
+
+    def __call__(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if self.reuse and self.seen is not None and torch.equal(x, self.seen):
+            return self.logits
+        if self.cache is None:
+            logits = self.model(x, noise, key_mask=self.key_mask)
+        elif self.fresh_block:
+            self.cache.length = 0
+            logits = self.model(x, noise, cache=self.cache, key_mask=self.key_mask)
+            self.fresh_block = False
+        else:
+            self.cache.length = self.prefix
+            logits = self.logits.clone()
+            logits[:, self.prefix :] = self.model(x[:, self.prefix :], noise, cache=self.cache, key_mask=self.key_mask)
+        self.calls += 1
+        self.logits, self.seen = logits, x.clone()
+        return logits
+
+
+class MaskedSampler:
+    """The state of one masked-diffusion sampling run; :func:`masked_sample` is its entry point."""
+
+    def __init__(
+        self, model: torch.nn.Module, process: MaskedDiffusion, canvas: Canvas, options: SamplingOptions, seed: int,
+        use_cache: bool, prefix_cache: bool, trace: bool, min_length: int,
+    ):
+        self.model, self.process, self.canvas, self.options = model, process, canvas, options
+        self.x = canvas.tokens.masked_fill(canvas.generated, process.mask_id)
+        self.random = RowRandom(seed, canvas.batch_size, self.x.device)
+        self.caller = ModelCaller(model, canvas, use_cache, prefix_cache)
+        self.keep_trace = trace
+        self.trace: list[TraceStep] = []
+        self.steps_done = 0
+        self.no_eos = canvas.generated & (canvas.generated_rank() < min_length) if min_length > 0 else None
+
+    # ----- shared pieces -----
+
+    def masked_in(self, block: torch.Tensor) -> torch.Tensor:
+        return (self.x == self.process.mask_id) & block
+
+    def masked_fraction(self) -> torch.Tensor:
+        """(B,) fraction of each row's generated positions still masked: the noise level of the canvas."""
+        generated = self.canvas.generated
+        return self.masked_in(generated).sum(dim=1).double() / generated.sum(dim=1).clamp_min(1)
+
+    def predict(self, mask_probability: torch.Tensor) -> torch.Tensor:
+        """log p(x0 | x_t) (B, L, V) in float32, with EOS forbidden before ``min_length``."""
+        time_conditioned = self.model.config.time_conditioning
+        noise = mask_probability.to(self.x.device, torch.float32) if time_conditioned else None
+        log_probs = self.process.log_probs(self.caller(self.x, noise))
+        if self.no_eos is not None and self.process.eos_id is not None:
+            log_probs[..., self.process.eos_id] = log_probs[..., self.process.eos_id].masked_fill(self.no_eos, -torch.inf)
+            log_probs = log_probs.log_softmax(dim=-1)
+        return log_probs
+
+    def draw(self, log_probs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens (N,) drawn at ``positions`` (B, L) and the model's probability of each."""
+        rows = positions.nonzero()[:, 0]
+        selected = log_probs[positions]
+        tokens = self.random.categorical(selected, rows, self.options)
+        return tokens, selected.gather(-1, tokens[:, None])[:, 0].double().exp()
+
+    def apply(
+        self, time: float, reveal: torch.Tensor, tokens: torch.Tensor,
+        confidence: torch.Tensor | None = None, remasked: torch.Tensor | None = None,
+    ) -> None:
+        """Write ``tokens`` at ``reveal`` (B, L), mask ``remasked`` again, record the trace."""
+        self.x[reveal] = tokens
+        changed = reveal
+        if remasked is not None:
+            self.x[remasked] = self.process.mask_id
+            changed = reveal | remasked
+        if self.keep_trace:
+            self.trace.append(TraceStep(self.steps_done, time, self.x.clone(), changed.clone(), confidence))
+        self.steps_done += 1
+
+    def full_confidence(self, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """(B, L) float32: ``values`` at ``positions``, NaN elsewhere."""
+        confidence = torch.full(self.x.shape, torch.nan, dtype=torch.float32, device=self.x.device)
+        confidence[positions] = values.float()
+        return confidence
+
+    # ----- policies -----
+
+    def ancestral(self, block: torch.Tensor, steps: int, whole: bool, remask: str | None, eta: float) -> None:
+        """The exact reverse step t -> s, optionally with ReMDM remasking of visible generated tokens."""
+        schedule = self.process.schedule
+        times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+        for step in range(steps):
+            t, s = times[step], times[step + 1]
+            masked = self.masked_in(block)
+            if remask is None and not masked.any():
+                return
+            level = self.process.mask_probability(t).expand(self.canvas.batch_size) if whole else self.masked_fraction()
+            log_probs = self.predict(level)
+            alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
+            remasked = None
+            if remask is not None:
+                sigma = remask_probability(remask, eta, alpha_t, alpha_s)
+                visible = block & ~masked
+                remasked = visible & (self.random.uniform(self.canvas.width) < sigma)
+                reveal_probability = ((alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t)).clamp(0, 1)
+            else:
+                reveal_probability = self.process.reveal_probability(t, s)
+            uniform = self.random.uniform(self.canvas.width)
+            reveal = masked if step == steps - 1 else masked & (uniform < reveal_probability)
+            tokens, probs = self.draw(log_probs, reveal)
+            self.apply(float(s), reveal, tokens, self.full_confidence(reveal, probs), remasked)
+
+    def first_hitting(self, block: torch.Tensor, whole: bool) -> None:
+        """One position per call, chosen uniformly among the masked ones, at the exact next reveal time.
+
+        With n masked positions at mask probability p, the next reveal happens at mask
+        probability p * u^(1/n), u ~ U(0, 1) (for alpha = 1 - t this is time t * u^(1/n)).
+        """
+        level = self.masked_fraction()
+        while True:
+            masked = self.masked_in(block)
+            remaining = masked.sum(dim=1)
+            if not remaining.any():
+                return
+            log_probs = self.predict(level if whole else self.masked_fraction())
+            u = self.random.uniform(1)[:, 0]
+            level = torch.where(remaining > 0, level * u ** (1.0 / remaining.clamp_min(1).double()), level)
+            pick = self.random.uniform(self.canvas.width).masked_fill(~masked, -1.0)
+            reveal = masked & (pick == pick.max(dim=1, keepdim=True).values)
+            tokens, probs = self.draw(log_probs, reveal)
+            self.apply(float(level.mean()), reveal, tokens, self.full_confidence(reveal, probs))
+
+    def ranked(self, block: torch.Tensor, steps: int, policy: str, threshold: float | None) -> None:
+        """Reveal the best-scored masked positions: the step schedule's count, plus any above ``threshold``."""
+        counts = reveal_counts(self.masked_in(block).sum(dim=1), steps)
+        for step in range(steps):
+            masked = self.masked_in(block)
+            remaining = masked.sum(dim=1)
+            if not remaining.any():
+                return
+            log_probs = self.predict(self.masked_fraction())
+            tokens, probs = self.draw(log_probs, masked)
+            uniform = self.random.uniform(self.canvas.width)
+            scores = torch.full(self.x.shape, -torch.inf, dtype=torch.float64, device=self.x.device)
+            scores[masked] = confidence_scores(policy, log_probs[masked], tokens, uniform[masked])
+            wanted = remaining if step == steps - 1 else counts[:, step]
+            if threshold is not None:
+                wanted = wanted.clamp_min(1)
+            reveal = top_k_per_row(scores, masked, torch.minimum(wanted, remaining))
+            if threshold is not None:
+                reveal |= masked & (scores > threshold)
+            self.apply(float(self.masked_fraction().mean()), reveal, tokens[reveal[masked]],
+                       self.full_confidence(masked, probs))
+
+
+@torch.no_grad()
+def masked_sample(
+    model: torch.nn.Module,
+    process: MaskedDiffusion,
+    *,
+    canvas: Canvas,
+    steps: int,
+    options: SamplingOptions = SamplingOptions(),
+    seed: int = 0,
+    use_cache: bool = True,
+    trace: bool = False,
+    policy: str = "ancestral",
+    block_length: int | None = None,
+    threshold: float | None = None,
+    remask: str | None = None,
+    remask_eta: float = 0.05,
+    prefix_cache: bool = False,
+    min_length: int = 0,
+) -> SampleOutput:
+    """Fill the MASK positions of ``canvas`` with the masked-diffusion model.
+
+    ``steps`` is the total step budget, split evenly over blocks (remainder to the first
+    blocks); ``first-hitting`` ignores it (one call per token). ``threshold`` defaults to
+    0.9 for the threshold policy. ``remask`` ('cap' or 'rescale', strength ``remask_eta``)
+    needs the ancestral policy. ``min_length``: the first ``min_length`` generated positions
+    cannot be end-of-text. Given positions never change; no MASK survives. Sample i depends
+    only on (seed, i), not on how many samples are drawn with it.
+    """
+    if policy not in POLICIES:
+        raise DDLMError(f"unknown sampling policy {policy!r}; choose one of {list(POLICIES)}")
+    if steps < 1:
+        raise DDLMError(f"steps must be at least 1, got {steps}")
+    if remask is not None and policy != "ancestral":
+        raise DDLMError(f"remasking works with the ancestral policy, not {policy!r}; drop remask or use policy=ancestral")
+    if not 0 <= remask_eta <= 1:
+        raise DDLMError(f"remask_eta must be in [0, 1], got {remask_eta}")
+    if threshold is not None and policy in ("ancestral", "first-hitting"):
+        raise DDLMError(f"a threshold needs a ranked policy (threshold, confidence, ...), not {policy!r}")
+    if policy == "threshold" and threshold is None:
+        threshold = DEFAULT_THRESHOLD
+    if min_length < 0:
+        raise DDLMError(f"min_length must be >= 0, got {min_length}")
+    if min_length > int(canvas.generated.sum(dim=1).min()):
+        raise DDLMError(f"min_length {min_length} exceeds the {int(canvas.generated.sum(dim=1).min())} generated positions")
+    device = next(model.parameters()).device
+    canvas = Canvas(canvas.tokens.to(device), canvas.generated.to(device), canvas.active.to(device))
+    block_masks = blocks(canvas, block_length)
+    if steps < len(block_masks) and policy != "first-hitting":
+        raise DDLMError(f"{steps} steps cannot cover {len(block_masks)} blocks; use at least one step per block")
+    sampler = MaskedSampler(model, process, canvas, options, seed, use_cache, prefix_cache, trace, min_length)
+    whole = len(block_masks) == 1
+    for block, block_steps in zip(block_masks, split_evenly(steps, len(block_masks))):
+        sampler.caller.start_block(block)
+        if policy == "ancestral":
+            sampler.ancestral(block, block_steps, whole, remask, remask_eta)
+        elif policy == "first-hitting":
+            sampler.first_hitting(block, whole)
+        else:
+            sampler.ranked(block, block_steps, policy, threshold)
+    return SampleOutput(tokens=sampler.x, model_calls=sampler.caller.calls, trace=sampler.trace)
