@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe_machine  # noqa: E402
-
-from ddlm.data import TokenizedCorpus  # noqa: E402
-from ddlm.device import autocast  # noqa: E402
-from ddlm.tokenizers import CharTokenizer  # noqa: E402
-from ddlm.training import Trainer, load_config  # noqa: E402
+from ddlm.data import TokenizedCorpus
+from ddlm.device import autocast, describe_machine
+from ddlm.tokenizers import CharTokenizer
+from ddlm.training import Trainer, load_config
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n-&3$"  # 65 symbols, as tiny Shakespeare
 

@@ -13,32 +13,35 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from ddlm import DiffusionPipeline
+from ddlm.device import describe_machine
 from ddlm.training import load_config, prepare_training
 from ddlm.training.run import load_corpora
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from machine import describe_machine  # noqa: E402
-
 PROCESSES = ("masked", "sedd-absorb", "sedd-uniform", "ar")
+
+
+def train_or_reuse(out: Path, overrides: list[str], args: argparse.Namespace) -> dict:
+    """Train ``args.preset`` with ``overrides`` for ``args.budget`` seconds into ``out`` (or reuse
+    a finished run there) and return its training summary."""
+    summary_path = out / "training_summary.json"
+    if not summary_path.is_file():
+        config = load_config(args.preset, overrides=[*overrides, *args.overrides])
+        config.optim.time_budget = args.budget
+        config.optim.max_steps = 10**9
+        trainer = prepare_training(config, out, data=args.data, valid=args.valid, show_progress=not args.quiet)
+        trainer.train()
+    return json.loads(summary_path.read_text())
 
 
 def train_one(process: str, args: argparse.Namespace) -> dict:
     """Train one process (or reuse a finished run) and return its summary plus a sample."""
     out = Path(args.out) / process
-    summary_path = out / "training_summary.json"
-    if not summary_path.is_file():
-        config = load_config(args.preset, overrides=[f"process.name={process}", *args.overrides])
-        config.optim.time_budget = args.budget
-        config.optim.max_steps = 10**9
-        trainer = prepare_training(config, out, data=args.data, valid=args.valid, show_progress=not args.quiet)
-        trainer.train()
-    summary = json.loads(summary_path.read_text())
+    summary = train_or_reuse(out, [f"process.name={process}"], args)
     pipe = DiffusionPipeline.from_pretrained(out)
     summary["sample"] = pipe.generate(args.prompt, length=args.sample_length, steps=args.sample_steps, seed=0)[0]
     return summary
@@ -58,15 +61,16 @@ def unigram_nats(args: argparse.Namespace, reference_run: Path) -> float:
 
 def table(results: dict[str, dict], unigram: float) -> str:
     lines = [
-        "| process | valid NELBO (nats/token) | bits/token | training tokens/s | steps | sample |",
-        "|---|---|---|---|---|---|",
-        f"| unigram baseline | {unigram:.3f} | {unigram / math.log(2):.3f} | | | |",
+        "| process | valid NELBO (nats/token) | bits/token | parameters | training tokens/s | steps | sample |",
+        "|---|---|---|---|---|---|---|",
+        f"| unigram baseline | {unigram:.3f} | {unigram / math.log(2):.3f} | | | | |",
     ]
     for process, summary in results.items():
         nats = summary["final_valid_nelbo"]
         speed = summary["tokens"] / summary["train_seconds"]
         sample = summary["sample"].replace("\n", " / ").replace("|", "\\|")[:120]
-        lines.append(f"| {process} | {nats:.3f} | {nats / math.log(2):.3f} | {speed:,.0f} | {summary['steps']} | `{sample}` |")
+        lines.append(f"| {process} | {nats:.3f} | {nats / math.log(2):.3f} | {summary['parameters'] / 1e6:.2f} M "
+                     f"| {speed:,.0f} | {summary['steps']} | `{sample}` |")
     return "\n".join(lines)
 
 

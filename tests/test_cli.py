@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,17 @@ def trained(tmp_path_factory, shakespeare_path) -> Path:
     out = root / "run"
     code = main(["train", "--data", str(corpus), "--preset", "tiny", "--out", str(out), "--no-progress",
                  "--cache-dir", str(root / "cache"), "optim.max_steps=10"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_ar(trained) -> Path:
+    """The autoregressive baseline on the same excerpt: a judge for generative perplexity."""
+    root = trained.parent
+    out = root / "run-ar"
+    code = main(["train", "--data", str(root / "corpus.txt"), "--preset", "tiny", "--out", str(out), "--no-progress",
+                 "--cache-dir", str(root / "cache"), "optim.max_steps=10", "process.name=ar"])
     assert code == 0
     return out
 
@@ -109,3 +121,60 @@ def test_durations(text, seconds):
 def test_an_option_the_sampler_does_not_take_is_one_line(trained, capsys):
     code, _, err = run_cli(["sample", "--model", str(trained), "--method", "euler"], capsys)
     assert code == 2 and "has no option method" in err and len(err.strip().splitlines()) == 1
+
+
+def test_infill_keeps_the_template_text(trained, capsys):
+    code, out, _ = run_cli(["sample", "--model", str(trained), "--infill", "ROMEO:[MASK*8]\nJULIET:[MASK*4].",
+                            "--steps", "6", "--seed", "1", "--min-length", "12", "--format", "jsonl"], capsys)
+    assert code == 0
+    text = json.loads(out)["text"]
+    assert text.startswith("ROMEO:") and text[14:22] == "\nJULIET:" and text.endswith(".") and len(text) == 27
+
+
+@pytest.mark.parametrize("policy", ["first-hitting", "threshold", "margin"])
+def test_policies_and_per_sample_prompts_from_the_command_line(trained, capsys, policy):
+    args = ["sample", "--model", str(trained), "--prompt", "ROMEO:", "--prompt", "First Citizen:", "-n", "2",
+            "--length", "12", "--steps", "6", "--policy", policy, "--seed", "0", "--format", "jsonl"]
+    if policy != "first-hitting":
+        args += ["--block-length", "4", "--prefix-cache"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["prompt"] for line in lines] == ["ROMEO:", "ROMEO:", "First Citizen:", "First Citizen:"]
+    assert all(line["text"].startswith(line["prompt"]) for line in lines)
+    assert all(len(line["text"]) <= len(line["prompt"]) + 12 for line in lines)  # shorter after an end-of-text
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--infill", "ROMEO: [MASK"], "bad infill template"),
+    (["--length", "10", "--block-length", "3"], "does not divide"),
+    (["--infill", "ROMEO:[MASK]", "--prompt", "x"], "drop the prompt"),
+])
+def test_bad_sampling_options_are_one_line(trained, capsys, extra, message):
+    code, _, err = run_cli(["sample", "--model", str(trained), "--steps", "4", *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_prints_a_table_and_writes_every_figure(trained, trained_ar, tmp_path, capsys):
+    report = tmp_path / "eval.json"
+    code, out, err = run_cli([
+        "eval", "--model", str(trained), "--model", str(trained_ar), "--data", str(trained.parent / "corpus.txt"),
+        "--judge", str(trained_ar), "--json", str(report), "--max-sequences", "4", "--draws", "4", "-n", "3",
+        "--steps", "8", "--policy", "confidence", "--no-progress"], capsys)
+    assert code == 0, err
+    assert len([line for line in out.splitlines() if line.startswith("| ")]) == 3  # header + 2 models
+    models = json.loads(report.read_text())["models"]
+    masked, ar = models[str(trained)], models[str(trained_ar)]
+    likelihood = masked["likelihood"]
+    assert likelihood["sequences"] == 4 and likelihood["draws"] == 4 and not likelihood["exact"]
+    assert likelihood["bits_per_byte"] == pytest.approx(likelihood["bits_per_token"])  # ASCII: one byte per character
+    assert ar["likelihood"]["exact"] and ar["likelihood"]["draws"] == 1
+    samples = masked["samples"]
+    assert samples["generative_perplexity"] == pytest.approx(math.exp(samples["judge_nll"]))
+    assert masked["settings"]["steps"] == 8 and masked["settings"]["sampler"]["policy"] == "confidence"
+    assert 0 < samples["distinct_1"] <= 1 and samples["model_calls"] <= 8
+
+
+def test_eval_needs_data_for_the_likelihood(trained, capsys):
+    code, _, err = run_cli(["eval", "--model", str(trained), "--metrics", "likelihood"], capsys)
+    assert code == 2 and "--data" in err

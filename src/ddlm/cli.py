@@ -9,8 +9,11 @@ import re
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
+from ddlm.device import describe_machine
 from ddlm.errors import DDLMError
+from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
 
 EXIT_USAGE = 2
 
@@ -21,6 +24,35 @@ def parse_duration(text: str) -> float:
     if not match:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}; write e.g. 600, 90s, 10m or 1.5h")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def sampling_options() -> argparse.ArgumentParser:
+    """Sampler options shared by ``sample`` and ``eval``."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("sampling")
+    group.add_argument("--temperature", type=float, default=1.0)
+    group.add_argument("--top-k", type=int)
+    group.add_argument("--top-p", type=float)
+    group.add_argument("--no-cache", action="store_true", help="call the model at every step")
+    group.add_argument("--method", help="sampler variant where the process has several (SEDD: analytic, euler)")
+    group.add_argument("--policy", choices=POLICIES, help="which masked positions each step reveals (default: ancestral)")
+    group.add_argument("--block-length", type=int, help="semi-autoregressive blocks of this many positions")
+    group.add_argument("--threshold", type=float, help="also reveal every position this confident (threshold policy: 0.9)")
+    group.add_argument("--remask", choices=REMASK_SCHEDULES, help="ReMDM remasking schedule (ancestral policy)")
+    group.add_argument("--remask-eta", type=float, help="ReMDM remasking strength in [0, 1] (default: 0.05)")
+    group.add_argument("--prefix-cache", action="store_true", help="reuse keys/values left of the current block")
+    group.add_argument("--min-length", type=int, help="no end-of-text among the first N generated tokens")
+    return parent
+
+
+def sampler_settings(args: argparse.Namespace) -> dict:
+    """The sampling options the user set, as keyword arguments of DiffusionPipeline.sample."""
+    names = ("method", "policy", "block_length", "threshold", "remask", "remask_eta", "min_length")
+    settings = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    settings.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)
+    if args.prefix_cache:
+        settings["prefix_cache"] = True
+    return settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,20 +77,35 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cache-dir", help="where tokenised corpora are cached (default: ~/.cache/ddlm)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    sample = commands.add_parser("sample", parents=[common], help="generate text from a model directory")
+    sample = commands.add_parser("sample", parents=[common, sampling_options()], help="generate text from a model directory")
     sample.add_argument("--model", required=True, help="model directory written by `ddlm train`")
-    sample.add_argument("--prompt", help="text the samples start with (kept fixed)")
+    sample.add_argument("--prompt", action="append",
+                        help="text the samples start with (kept fixed); repeat for several prompts in one batch")
+    sample.add_argument("--infill", metavar="TEMPLATE",
+                        help=r"fill the gaps of a template, e.g. 'To be, or [MASK*12], that is' (\[ for a bracket)")
+    sample.add_argument("--suffix", help="text fixed after the generated positions (diffusion models)")
     sample.add_argument("-n", "--num-samples", type=int, default=1)
     sample.add_argument("--length", type=int, help="tokens to generate (default: fill the context)")
     sample.add_argument("--steps", type=int, default=128, help="denoising steps (default: 128)")
-    sample.add_argument("--temperature", type=float, default=1.0)
-    sample.add_argument("--top-k", type=int)
-    sample.add_argument("--top-p", type=float)
     sample.add_argument("--seed", type=int)
     sample.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    sample.add_argument("--no-cache", action="store_true", help="call the model at every step")
-    sample.add_argument("--method", help="sampler variant where the process has several (SEDD: analytic, euler)")
+    sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
     sample.add_argument("--format", choices=["text", "jsonl"], default="text")
+
+    evaluate = commands.add_parser("eval", parents=[common, sampling_options()],
+                                   help="likelihood, sample quality, diversity and speed of models")
+    evaluate.add_argument("--model", action="append", required=True, help="a model directory; repeat to compare")
+    evaluate.add_argument("--data", help="held-out text for the likelihood (a file, folder or .jsonl)")
+    evaluate.add_argument("--metrics", nargs="+", default=["likelihood", "samples"], choices=["likelihood", "samples"])
+    evaluate.add_argument("--judge", help="judge for generative perplexity: a ddlm AR model or a local Hugging Face LM")
+    evaluate.add_argument("--json", metavar="OUT", help="write every figure and setting to this JSON file")
+    evaluate.add_argument("--draws", type=int, default=16, help="NELBO time draws per sequence (default: 16)")
+    evaluate.add_argument("--max-sequences", type=int, default=64, help="held-out rows scored, 0 for all (default: 64)")
+    evaluate.add_argument("-n", "--num-samples", type=int, default=16, help="samples for the sample metrics")
+    evaluate.add_argument("--steps", type=int, default=128, help="sampling steps (default: 128)")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    evaluate.add_argument("--no-progress", action="store_true")
 
     commands.add_parser("presets", parents=[common], help="list the named configurations")
     return parser
@@ -107,18 +154,49 @@ def run_sample(args: argparse.Namespace) -> int:
     from ddlm import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
+    prompts = args.prompt[0] if args.prompt and len(args.prompt) == 1 else args.prompt
     texts = pipe.generate(
-        args.prompt, num_samples=args.num_samples, length=args.length, steps=args.steps,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        use_cache=not args.no_cache, **({"method": args.method} if args.method else {}),
+        prompts, num_samples=args.num_samples, length=args.length, steps=args.steps, seed=args.seed,
+        infill=args.infill, suffix=args.suffix, stop_at_eos=not args.keep_eos, **sampler_settings(args),
     )
     for index, text in enumerate(texts):
         if args.format == "jsonl":
-            print(json.dumps({"index": index, "prompt": args.prompt, "text": text}, ensure_ascii=False))
+            prompt = args.prompt[index // args.num_samples] if args.prompt else None
+            print(json.dumps({"index": index, "prompt": prompt, "text": text}, ensure_ascii=False))
         else:
             if index:
                 print("\n" + "-" * 40)
             print(text)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ddlm import DiffusionPipeline
+    from ddlm.eval import load_judge
+    from ddlm.eval.report import EvalSettings, evaluate, markdown_table
+    from ddlm.fileio import write_json_atomic
+
+    settings = EvalSettings(
+        metrics=tuple(args.metrics), draws=args.draws, max_sequences=args.max_sequences,
+        num_samples=args.num_samples, steps=args.steps, sampler=sampler_settings(args), seed=args.seed,
+    )
+    judge = load_judge(args.judge) if args.judge and "samples" in args.metrics else None
+
+    def progress(what: str, total: int):
+        bar = tqdm(total=total, desc=what, unit="seq", disable=args.no_progress, leave=False)
+        return lambda: bar.update()
+
+    results = {}
+    for model in args.model:
+        pipe = DiffusionPipeline.from_pretrained(model, device=args.device, precision=args.precision)
+        results[model] = evaluate(pipe, args.data, judge, settings, progress)
+    print(markdown_table(results))
+    if args.json:
+        write_json_atomic(Path(args.json), {"models": results, "data": args.data, "judge": args.judge,
+                                            "machine": describe_machine()})
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
 
@@ -131,7 +209,7 @@ def run_presets(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": run_train, "sample": run_sample, "presets": run_presets}
+    handlers = {"train": run_train, "sample": run_sample, "eval": run_eval, "presets": run_presets}
     try:
         return handlers[args.command](args)
     except DDLMError as error:

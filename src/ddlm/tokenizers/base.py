@@ -29,6 +29,9 @@ class Tokenizer(Protocol):
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         """Text of ``ids``; special ids are dropped unless ``skip_special`` is False."""
 
+    def byte_lengths(self) -> list[int]:
+        """UTF-8 bytes of text each id stands for (0 for special ids): the unit of bits per byte."""
+
     def save(self, directory: str | Path) -> None:
         """Write the tokenizer files into ``directory`` (which exists)."""
 

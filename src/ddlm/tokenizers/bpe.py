@@ -128,6 +128,11 @@ class BPETokenizer(ConfigTokenizer):
         ids = as_id_list(ids, self.vocab_size)
         return self._tokenizer.decode(ids, skip_special_tokens=skip_special)
 
+    def byte_lengths(self) -> list[int]:
+        """Byte-level BPE spells each byte as one character, so a token's length is its byte count."""
+        specials = self._tokenizer.get_added_tokens_decoder()
+        return [0 if i in specials else len(self._tokenizer.id_to_token(i)) for i in range(self.vocab_size)]
+
     def save(self, directory: str | Path) -> None:
         write_text_atomic(Path(directory) / TOKENIZER_JSON, self._tokenizer.to_str())
         super().save(directory)

@@ -31,6 +31,9 @@ class ByteTokenizer(ConfigTokenizer):
         """Rebuild from a saved ``tokenizer_config.json`` (nothing to read: the vocabulary is fixed)."""
         return cls()
 
+    def byte_lengths(self) -> list[int]:
+        return [1] * 256 + [0, 0, 0]
+
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 

@@ -63,6 +63,9 @@ class CharTokenizer(ConfigTokenizer):
             ids = [i for i in ids if i < self.mask_id]  # the special ids come last
         return "".join(map(self._pieces.__getitem__, ids))
 
+    def byte_lengths(self) -> list[int]:
+        return [len(c.encode("utf-8")) for c in self.chars] + [0, 0, 0]
+
     def config(self) -> dict[str, Any]:
         return {**super().config(), "chars": self.chars}
 

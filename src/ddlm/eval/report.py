@@ -1,0 +1,126 @@
+"""``ddlm eval``: every metric for one model on one text, as a JSON-ready dict and a markdown row."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddlm.data import BatchLoader, read_documents, tokenize_corpus
+from ddlm.errors import DDLMError
+from ddlm.eval.diversity import distinct_n, repetition_rate, unigram_entropy
+from ddlm.eval.judge import Judge
+from ddlm.eval.likelihood import evaluate_likelihood
+from ddlm.samplers import sampler_options
+
+METRICS = ("likelihood", "samples")
+PIPELINE_OPTIONS = {"temperature", "top_k", "top_p", "use_cache"}
+
+
+@dataclass
+class EvalSettings:
+    """What ``ddlm eval`` measures and how; recorded in its JSON output."""
+
+    metrics: tuple[str, ...] = METRICS
+    draws: int = 16  # NELBO time draws per sequence
+    max_sequences: int = 64  # held-out rows scored (0: all)
+    num_samples: int = 16
+    steps: int = 128
+    sampler: dict[str, Any] = field(default_factory=dict)  # policy, block_length, temperature, ...
+    seed: int = 0
+
+
+def evaluation_rows(pipe, data: str | Path, max_sequences: int, cache_dir: str | Path | None = None) -> list[torch.Tensor]:
+    """Rows of the model's context length from ``data``, tokenised with the model's tokenizer."""
+    separator = pipe.summary.get("run_config", {}).get("data", {}).get("separator")
+    corpus = tokenize_corpus(read_documents(data, separator), pipe.tokenizer, cache_dir)
+    context = pipe.context_length
+    if len(corpus) < context:
+        raise DDLMError(f"{data} holds {len(corpus)} tokens, fewer than one row of {context}; use a longer text")
+    loader = BatchLoader(corpus, 1, context, pad_id=pipe.tokenizer.pad_id, seed=0)
+    rows = [batch[0] for batch in loader.iter_eval_batches(1)]
+    if max_sequences and len(rows) > max_sequences:
+        stride = len(rows) / max_sequences  # spread over the whole text
+        rows = [rows[int(i * stride)] for i in range(max_sequences)]
+    return rows
+
+
+def evaluate(pipe, data: str | Path | None, judge: Judge | None, settings: EvalSettings, progress=None) -> dict:
+    """Every requested metric of ``pipe`` as a JSON-ready dict."""
+    unknown = set(settings.metrics) - set(METRICS)
+    if unknown:
+        raise DDLMError(f"unknown metric {', '.join(sorted(unknown))}; choose from {list(METRICS)}")
+    result: dict[str, Any] = {"process": pipe.process.name, "parameters": pipe.model.num_parameters(),
+                              "settings": {**settings.__dict__, "metrics": list(settings.metrics)}}
+    if "likelihood" in settings.metrics:
+        if data is None:
+            raise DDLMError("the likelihood needs held-out text: pass --data")
+        rows = evaluation_rows(pipe, data, settings.max_sequences)
+        tick = progress("likelihood", len(rows)) if progress else None
+        likelihood = evaluate_likelihood(pipe.model, pipe.process, rows, pipe.tokenizer.byte_lengths(),
+                                         settings.draws, settings.seed, pipe.precision, tick)
+        result["likelihood"] = likelihood.to_dict()
+    if "samples" in settings.metrics:
+        result["samples"] = sample_metrics(pipe, judge, settings)
+    return result
+
+
+def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings) -> dict:
+    """Speed, diversity and (with a judge) generative perplexity of unconditional samples."""
+    accepted = sampler_options(pipe.process) | PIPELINE_OPTIONS
+    used = {name: value for name, value in settings.sampler.items() if name in accepted}
+    start = time.perf_counter()
+    output = pipe.sample(num_samples=settings.num_samples, steps=settings.steps, seed=settings.seed, **used)
+    seconds = time.perf_counter() - start
+    texts = [pipe.decode(output, row) for row in range(settings.num_samples)]
+    ids = [pipe.tokenizer.encode(text) for text in texts]
+    generated = int(output.canvas.generated.sum())
+    metrics = {
+        "sampler": used,  # the options that apply to this model's sampler
+        "model_calls": output.model_calls,
+        "seconds": seconds,
+        "tokens_per_second": generated / seconds,
+        "unigram_entropy": statistics.mean(unigram_entropy(row) for row in ids),
+        "distinct_1": distinct_n(ids, 1),
+        "distinct_2": distinct_n(ids, 2),
+        "distinct_3": distinct_n(ids, 3),
+        "repetition_4": statistics.mean(repetition_rate(row, 4) for row in ids),
+        "examples": texts[:3],
+    }
+    if judge is not None:
+        nll = judge.mean_nll(texts)
+        metrics.update(judge=judge.name, judge_nll=nll, generative_perplexity=math.exp(nll))
+    return metrics
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    """One row per model."""
+    lines = [
+        "| model | process | NELBO nats/token (± s.e.) | bits/token | PPL <= | bits/byte | gen. PPL | entropy "
+        "| distinct-1/2/3 | rep-4 | calls | tokens/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        like, samples = result.get("likelihood"), result.get("samples")
+        cells = [name, result["process"]]
+        if like:
+            bound = "=" if like["exact"] else "<="
+            cells += [f"{like['nats_per_token']:.4f} ± {like['standard_error']:.4f}", f"{like['bits_per_token']:.4f}",
+                      f"{bound} {like['perplexity']:.2f}", f"{like['bits_per_byte']:.4f}"]
+        else:
+            cells += [""] * 4
+        if samples:
+            cells += [f"{samples['generative_perplexity']:.2f}" if "generative_perplexity" in samples else "",
+                      f"{samples['unigram_entropy']:.3f}",
+                      "/".join(f"{samples[f'distinct_{n}']:.2f}" for n in (1, 2, 3)),
+                      f"{samples['repetition_4']:.3f}", str(samples["model_calls"]),
+                      f"{samples['tokens_per_second']:,.0f}"]
+        else:
+            cells += [""] * 6
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
