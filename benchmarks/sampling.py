@@ -34,6 +34,8 @@ SAMPLERS: dict[str, dict] = {
     "confidence, blocks of 32, 256 steps": {"steps": 256, "policy": "confidence", "block_length": 32},
     "margin, blocks of 32, 64 steps": {"steps": 64, "policy": "margin", "block_length": 32},
     "threshold 0.9, whole canvas, <=64 steps": {"steps": 64, "policy": "threshold"},
+    "random + threshold 0.9, whole canvas, <=64 steps": {"steps": 64, "policy": "random", "threshold": 0.9},
+    "random + threshold 0.9, whole canvas, <=32 steps": {"steps": 32, "policy": "random", "threshold": 0.9},
     "threshold 0.9, blocks of 32, <=256 steps": {"steps": 256, "policy": "threshold", "block_length": 32},
     "threshold 0.9, blocks of 32, <=256 steps, prefix cache": {
         "steps": 256, "policy": "threshold", "block_length": 32, "prefix_cache": True,

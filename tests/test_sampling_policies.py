@@ -220,9 +220,10 @@ def test_unchanged_canvas_skips_the_model_for_time_agnostic_models_only():
 
 # ----- threshold decoding -----
 
-def test_threshold_reveals_every_confident_position_and_at_least_one():
+@pytest.mark.parametrize("policy", ["threshold", "random", "margin"])
+def test_threshold_reveals_every_confident_position_and_at_least_one(policy):
     model = tiny_model(seed=3)
-    out = masked_sample(model, process(), canvas=prompt_canvas(4, [0], 20), steps=20, policy="threshold",
+    out = masked_sample(model, process(), canvas=prompt_canvas(4, [0], 20), steps=20, policy=policy,
                         threshold=0.3, trace=True, seed=1)
     for step in out.trace:
         confident = step.confidence > 0.3  # NaN (not a candidate) compares False

@@ -7,8 +7,10 @@ A *policy* picks which masked positions a step reveals:
 - ``first-hitting``: one position per model call, at the exact next reveal time (Zheng et al.).
 - ``confidence`` / ``margin`` / ``entropy`` / ``random``: every masked position gets a token and a
   score; each step reveals the best-scored ones, as many as the step schedule says (LLaDA).
-- ``threshold``: as ``confidence``, and also every position whose probability exceeds
-  ``threshold`` (Fast-dLLM), so confident steps reveal many tokens at once.
+- ``threshold``: as ``confidence``, and also every position whose drawn token has probability
+  above ``threshold`` (Fast-dLLM), so confident steps reveal many tokens at once. A threshold
+  also combines with the other ranked policies (``random`` + threshold: random positions on
+  schedule, plus every confident one).
 
 A *block schedule* (``block_length``) makes any policy semi-autoregressive: the generated
 positions are filled block by block, left to right, with the step budget split over blocks.
@@ -192,7 +194,8 @@ class MaskedSampler:
             self.apply(float(level.mean()), reveal, tokens, self.full_confidence(reveal, probs))
 
     def ranked(self, block: torch.Tensor, steps: int, policy: str, threshold: float | None) -> None:
-        """Reveal the best-scored masked positions: the step schedule's count, plus any above ``threshold``."""
+        """Reveal the best-scored masked positions (the step schedule's count), plus every position
+        whose drawn token has probability above ``threshold``."""
         counts = reveal_counts(self.masked_in(block).sum(dim=1), steps)
         for step in range(steps):
             masked = self.masked_in(block)
@@ -208,10 +211,10 @@ class MaskedSampler:
             if threshold is not None:
                 wanted = wanted.clamp_min(1)
             reveal = top_k_per_row(scores, masked, torch.minimum(wanted, remaining))
+            confidence = self.full_confidence(masked, probs)
             if threshold is not None:
-                reveal |= masked & (scores > threshold)
-            self.apply(float(self.masked_fraction().mean()), reveal, tokens[reveal[masked]],
-                       self.full_confidence(masked, probs))
+                reveal |= masked & (confidence > threshold)  # NaN (not a candidate) compares False
+            self.apply(float(self.masked_fraction().mean()), reveal, tokens[reveal[masked]], confidence)
 
 
 @torch.no_grad()
