@@ -28,17 +28,20 @@ BASELINE = "ancestral, 256 steps, no cache"
 SAMPLERS: dict[str, dict] = {
     BASELINE: {"steps": 256, "use_cache": False},
     "ancestral, 256 steps, cached": {"steps": 256},
-    "ancestral, 64 steps, cached": {"steps": 64},
+    "ancestral, 64 steps": {"steps": 64},
     "first-hitting": {"steps": 1, "policy": "first-hitting"},
     "ReMDM cap 0.02, 256 steps": {"steps": 256, "remask": "cap", "remask_eta": 0.02},
-    "confidence, blocks of 32, 256 steps": {"steps": 256, "policy": "confidence", "block_length": 32},
+    "confidence, blocks of 32, 256 steps (LLaDA)": {"steps": 256, "policy": "confidence", "block_length": 32},
     "margin, blocks of 32, 64 steps": {"steps": 64, "policy": "margin", "block_length": 32},
-    "threshold 0.9, whole canvas, <=64 steps": {"steps": 64, "policy": "threshold"},
-    "random + threshold 0.9, whole canvas, <=64 steps": {"steps": 64, "policy": "random", "threshold": 0.9},
-    "random + threshold 0.9, whole canvas, <=32 steps": {"steps": 32, "policy": "random", "threshold": 0.9},
-    "threshold 0.9, blocks of 32, <=256 steps": {"steps": 256, "policy": "threshold", "block_length": 32},
+    "threshold 0.9, blocks of 32, <=256 steps (Fast-dLLM)": {"steps": 256, "policy": "threshold", "block_length": 32},
     "threshold 0.9, blocks of 32, <=256 steps, prefix cache": {
         "steps": 256, "policy": "threshold", "block_length": 32, "prefix_cache": True,
+    },
+    "threshold 0.7, whole canvas, <=256 steps": {"steps": 256, "policy": "threshold", "threshold": 0.7},
+    "random + threshold 0.9, whole canvas, <=64 steps": {"steps": 64, "policy": "random", "threshold": 0.9},
+    "random + threshold 0.7, whole canvas, <=256 steps": {"steps": 256, "policy": "random", "threshold": 0.7},
+    "random + threshold 0.9, blocks of 32, <=64 steps, prefix cache": {
+        "steps": 64, "policy": "random", "threshold": 0.9, "block_length": 32, "prefix_cache": True,
     },
 }
 
