@@ -168,3 +168,15 @@ def test_training_builds_a_causal_model_and_the_pipeline_samples_left_to_right(t
     assert output.tokens.shape == (2, 16) and output.model_calls == 12
     texts = pipe.generate("the ", num_samples=2, length=12, seed=0)
     assert len(texts) == 2 and all(text.startswith("the ") for text in texts)
+
+
+def test_trace_confidence_is_the_probability_of_each_drawn_token():
+    net = tiny_model()
+    out = ar_sample(net, PROCESS, canvas=prefix_canvas(2, 5), seed=0, trace=True)
+    for step in out.trace:
+        inputs = torch.cat((torch.full((2, 1), PROCESS.eos_id), out.tokens[:, : step.step]), dim=1)
+        with torch.no_grad():
+            probs = PROCESS.log_probs(net(inputs)[:, -1]).exp()
+        expected = probs.gather(-1, out.tokens[:, step.step, None])[:, 0]
+        torch.testing.assert_close(step.confidence[:, step.step], expected, atol=1e-5, rtol=1e-4)
+        assert step.confidence.isnan().sum() == 2 * 4

@@ -13,9 +13,8 @@ from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Vocabulary, build_process
 from ddlm.processes.sedd import ScoreEntropyDiffusion
-from ddlm.samplers import run_sampler
+from ddlm.samplers import Canvas, run_sampler
 from ddlm.samplers.sedd import sedd_sample
-from ddlm.samplers import Canvas
 from tests.helpers import entropy, prefix_canvas
 from tests.test_sampling import assert_matches
 

@@ -55,10 +55,13 @@ def ar_sample(
         position = first + step
         start = cache.length if cache is not None else 0
         logits = model(x[:, start:position], noise, cache=cache)[:, -1]
-        x[:, position] = random.categorical(process.log_probs(logits), rows, options)
+        log_probs = process.log_probs(logits)
+        x[:, position] = random.categorical(log_probs, rows, options)
         if trace:
             changed = torch.zeros_like(x[:, 1:], dtype=torch.bool)
             changed[:, position - 1] = True
+            confidence = torch.full(changed.shape, torch.nan, device=device)
+            confidence[:, position - 1] = log_probs.gather(-1, x[:, position, None])[:, 0].exp()
             time = 1 - (step + 1) / length  # fraction still to generate, as diffusion time runs 1 -> 0
-            steps_trace.append(TraceStep(step, time, tokens=x[:, 1:].clone(), changed=changed))
+            steps_trace.append(TraceStep(step, time, x[:, 1:].clone(), changed, confidence))
     return SampleOutput(tokens=x[:, 1:].contiguous(), model_calls=length, trace=steps_trace)

@@ -90,7 +90,11 @@ def sedd_sample(
             logits = model(x, process.model_noise(model, t_batch), key_mask=key_mask)
             calls += 1
             probs = reverse_step(process, logits[active], x[active], t, s, method, final=step == steps - 1)
-            x[active] = random.categorical(step_log_probs(probs), active.nonzero()[:, 0], options)
+            log_probs = step_log_probs(probs)
+            x[active] = random.categorical(log_probs, active.nonzero()[:, 0], options)
         if trace:
-            steps_trace.append(TraceStep(step=step, time=float(s), tokens=x.clone(), changed=x != previous))
+            confidence = torch.full(x.shape, torch.nan, device=device)  # probability of each drawn step
+            if active.any():
+                confidence[active] = log_probs.gather(-1, x[active][:, None])[:, 0].exp().float()
+            steps_trace.append(TraceStep(step, float(s), x.clone(), x != previous, confidence))
     return SampleOutput(tokens=x, model_calls=calls, trace=steps_trace)
