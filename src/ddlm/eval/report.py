@@ -101,7 +101,7 @@ def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings) -> dict:
 def markdown_table(results: dict[str, dict]) -> str:
     """One row per model."""
     lines = [
-        "| model | process | NELBO nats/token (± s.e.) | bits/token | PPL <= | bits/byte | gen. PPL | entropy "
+        "| model | process | NELBO nats/token (± s.e.) | bits/token | PPL | bits/byte | gen. PPL | entropy "
         "| distinct-1/2/3 | rep-4 | calls | tokens/s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
