@@ -8,6 +8,7 @@ with the judge's own tokenizer, so any model can be judged by any judge.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,13 +17,14 @@ import torch
 from ddlm.errors import DDLMError
 
 
-class Judge:
+class Judge(ABC):
     """Scores texts: ``nll(texts)`` is (total nats, judge tokens) of the texts under the judge."""
 
     name: str
 
+    @abstractmethod
     def nll(self, texts: Sequence[str]) -> tuple[float, int]:
-        raise NotImplementedError
+        """Total NLL (nats) of ``texts`` and the number of judge tokens it covers."""
 
     def mean_nll(self, texts: Sequence[str]) -> float:
         """Mean NLL per judge token (nats); exp of it is the generative perplexity."""
