@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,40 @@ def test_resume_continues_exactly(tmp_path, corpus, precision):
         assert torch.equal(straight.ema.shadow[name], second.ema.shadow[name]), f"EMA {name} differs"
     assert straight.state.tokens == second.state.tokens
     assert straight.train_loader.state_dict() == second.train_loader.state_dict()
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path, corpus):
+    """Two micro-batches of 4 rows take the same optimizer steps as one batch of 8 (AR: the loss has no noise)."""
+    def run(out: Path, batch_size: int, grad_accum: int):
+        config = load_config("tiny", overrides=["process.name=ar", "optim.precision=fp32", "optim.max_steps=4",
+                                                f"optim.batch_size={batch_size}", f"optim.grad_accum={grad_accum}",
+                                                "log.eval_every=0", "log.save_every=0"])
+        trainer = prepare_training(config, out, data=corpus, device="cpu", cache_dir=tmp_path / "cache",
+                                   show_progress=False)
+        trainer.train()
+        return trainer
+
+    large, accumulated = run(tmp_path / "large", 8, 1), run(tmp_path / "accumulated", 4, 2)
+    assert large.state.tokens == accumulated.state.tokens
+    for (name, a), (_, b) in zip(large.model.state_dict().items(), accumulated.model.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=f"parameter {name} differs")
+    # and the accumulation is not a no-op: one micro-batch alone moves the weights elsewhere
+    alone = run(tmp_path / "alone", 4, 1)
+    assert not torch.allclose(alone.model.embed.weight, large.model.embed.weight, atol=1e-6)
+
+
+def test_resumed_log_keeps_one_row_per_step(tmp_path, corpus):
+    config = load_config("tiny", overrides=["optim.max_steps=12", "log.log_every=1", "log.eval_every=0",
+                                            "log.save_every=4", "optim.precision=fp32"])
+    run = tmp_path / "run"
+    prepare_training(config, run, data=corpus, device="cpu", cache_dir=tmp_path / "cache",
+                     show_progress=False).train(stop_after=6)  # the checkpoint at stop holds step 6
+    resumed = prepare_training(config, run, data=corpus, resume=True, device="cpu", cache_dir=tmp_path / "cache",
+                               show_progress=False)
+    resumed.train()
+    with (run / "log.csv").open() as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == list(range(1, 13))
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, corpus, monkeypatch):

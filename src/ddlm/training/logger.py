@@ -10,12 +10,15 @@ COLUMNS = ("step", "tokens", "elapsed_s", "lr", "train_nelbo", "valid_nelbo", "t
 
 
 class MetricsLog:
-    """Appends rows to ``log.csv``; on resume, rows after the checkpoint's step are dropped."""
+    """Appends rows to ``log.csv``, keeping the rows up to ``resume_step`` (the checkpoint's step).
 
-    def __init__(self, directory: Path, resume_step: int | None = None):
+    Rows logged after the checkpoint by the interrupted run are dropped, since the
+    resumed run logs those steps again.
+    """
+
+    def __init__(self, directory: Path, resume_step: int = 0):
         self.path = directory / "log.csv"
-        rows = self.read_rows() if resume_step is not None else []
-        kept = [row for row in rows if int(row["step"]) <= (resume_step or 0)]
+        kept = [row for row in self.read_rows() if int(row["step"]) <= resume_step] if resume_step else []
         with self.path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, COLUMNS)
             writer.writeheader()
