@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ddlm import DiffusionPipeline
-from ddlm.device import describe_machine
+from ddlm.device import PRECISIONS, describe_machine
 from ddlm.eval import distinct_n, load_judge, unigram_entropy
 
 BASELINE = "ancestral, 256 steps, no cache"
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--samples", type=int, default=8, help="samples per batch")
     parser.add_argument("--repeats", type=int, default=3, help="batches per sampler (time: median)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", help="run only these samplers (names as in the table)")
     args = parser.parse_args()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ddlm.data import TokenizedCorpus
-from ddlm.device import autocast, describe_machine
+from ddlm.device import autocast, describe_machine, has_fast_bf16
 from ddlm.tokenizers import CharTokenizer
 from ddlm.training import Trainer, load_config
 
@@ -32,13 +32,16 @@ def model_flops_per_token(trainer: Trainer) -> float:
     return 6 * trainer.model.num_parameters() + 12 * config.n_layers * config.d_model * config.context_length
 
 
-def time_steps(trainer: Trainer, steps: int, warmup: int) -> list[float]:
+def timed_repeats(work, repeats: int, warmup: int, max_seconds: float) -> list[float]:
+    """Durations of ``repeats`` calls after ``warmup``; stops early (after at least two) past ``max_seconds``,
+    so that an emulated precision (bf16 on a CPU without bf16 instructions) cannot stall the run."""
     for _ in range(warmup):
-        trainer.train_step()
-    durations = []
-    for _ in range(steps):
+        work()
+    durations: list[float] = []
+    begin = time.perf_counter()
+    while len(durations) < repeats and (len(durations) < 2 or time.perf_counter() - begin < max_seconds):
         start = time.perf_counter()
-        trainer.train_step()
+        work()
         durations.append(time.perf_counter() - start)
     return durations
 
@@ -46,13 +49,8 @@ def time_steps(trainer: Trainer, steps: int, warmup: int) -> list[float]:
 def matmul_peak(precision: str, size: int = 2048, repeats: int = 10) -> float:
     """Median FLOP/s of a square matrix product under the same autocast as training."""
     a, b = torch.randn(size, size), torch.randn(size, size)
-    durations = []
     with autocast(torch.device("cpu"), precision):
-        for index in range(repeats + 2):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            if index >= 2:
-                durations.append(time.perf_counter() - start)
+        durations = timed_repeats(lambda: torch.mm(a, b), repeats, warmup=1, max_seconds=10)
     return 2 * size**3 / statistics.median(durations)
 
 
@@ -61,6 +59,7 @@ def main() -> None:
     parser.add_argument("--preset", default="char-small")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--max-seconds", type=float, default=60, help="stop timing a precision after this long")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
 
@@ -68,24 +67,27 @@ def main() -> None:
     tokens = np.random.default_rng(0).integers(0, len(ALPHABET), 2_000_000).astype(np.uint16)
     corpus = TokenizedCorpus(tokens=tokens, doc_starts=np.zeros(1, dtype=np.int64))
     print(f"machine: {describe_machine()}")
+    native = "native" if has_fast_bf16("cpu") else "emulated (no bf16 matrix instructions): precision=auto uses fp32"
+    print(f"bf16 on this CPU: {native}")
     rows = {}
     for precision in ("fp32", "bf16"):
         config = load_config(args.preset, overrides=[*args.overrides, f"optim.precision={precision}"])
         with tempfile.TemporaryDirectory() as out:
             trainer = Trainer(config, tokenizer, corpus, None, out, device="cpu", show_progress=False)
-            durations = time_steps(trainer, args.steps, args.warmup)
+            durations = timed_repeats(trainer.train_step, args.steps, args.warmup, args.max_seconds)
         step_tokens = config.optim.batch_size * config.optim.grad_accum * config.data.context_length
         tokens_per_s = step_tokens / statistics.median(durations)
         achieved = tokens_per_s * model_flops_per_token(trainer)
         peak = matmul_peak(precision)
-        rows[precision] = (tokens_per_s, achieved, peak)
+        rows[precision] = (tokens_per_s, achieved, peak, len(durations))
         if precision == "fp32":
             print(f"model: {trainer.model.num_parameters():,} parameters, preset {args.preset}, "
                   f"batch {config.optim.batch_size} x context {config.data.context_length}, "
-                  f"median of {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'precision':<10}{'tokens/s':>12}{'model TFLOP/s':>15}{'matmul peak':>13}{'MFU':>8}")
-    for precision, (tokens_per_s, achieved, peak) in rows.items():
-        print(f"{precision:<10}{tokens_per_s:>12,.0f}{achieved / 1e12:>15.3f}{peak / 1e12:>13.3f}{achieved / peak:>8.1%}")
+                  f"median of up to {args.steps} steps after {args.warmup} warm-up")
+    print(f"{'precision':<10}{'tokens/s':>12}{'model TFLOP/s':>15}{'matmul peak':>13}{'MFU':>8}{'steps':>7}")
+    for precision, (tokens_per_s, achieved, peak, steps) in rows.items():
+        print(f"{precision:<10}{tokens_per_s:>12,.0f}{achieved / 1e12:>15.3f}{peak / 1e12:>13.3f}{achieved / peak:>8.1%}"
+              f"{steps:>7}")
     print(f"bf16 / fp32 training throughput: {rows['bf16'][0] / rows['fp32'][0]:.2f}x")
 
 

@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from ddlm.device import describe_machine
+from ddlm.device import PRECISIONS, describe_machine, has_fast_bf16
 from ddlm.errors import DDLMError
 from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
 
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--length", type=int, help="tokens to generate (default: fill the context)")
     sample.add_argument("--steps", type=int, default=128, help="denoising steps (default: 128)")
     sample.add_argument("--seed", type=int)
-    sample.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    sample.add_argument("--precision", default="fp32", choices=PRECISIONS)
     sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
     sample.add_argument("--format", choices=["text", "jsonl"], default="text")
 
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-n", "--num-samples", type=int, default=16, help="samples for the sample metrics")
     evaluate.add_argument("--steps", type=int, default=128, help="sampling steps (default: 128)")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    evaluate.add_argument("--precision", default="fp32", choices=PRECISIONS)
     evaluate.add_argument("--no-progress", action="store_true")
 
     commands.add_parser("presets", parents=[common], help="list the named configurations")
@@ -132,8 +132,11 @@ def run_train(args: argparse.Namespace) -> int:
     )
     main_process = trainer.dist.is_main
     if main_process:
-        print(f"model: {trainer.model.num_parameters():,} parameters, vocabulary {trainer.tokenizer.vocab_size}",
-              file=sys.stderr)
+        print(f"model: {trainer.model.num_parameters():,} parameters, vocabulary {trainer.tokenizer.vocab_size}, "
+              f"precision {trainer.precision} on {trainer.device.type}", file=sys.stderr)
+        if trainer.precision == "bf16" and not has_fast_bf16(trainer.device.type):
+            print(f"warning: this {trainer.device.type} has no native bf16 matrix instructions, so bf16 is emulated "
+                  "and much slower than fp32; use optim.precision=auto or fp32", file=sys.stderr)
     try:
         summary = trainer.train(stop_after=args.stop_after)
     except KeyboardInterrupt:

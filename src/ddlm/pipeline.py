@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ddlm import __version__
-from ddlm.device import autocast, resolve_device
+from ddlm.device import autocast, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path, write_json_atomic
 from ddlm.model import ModelConfig, Transformer
@@ -44,7 +44,7 @@ class DiffusionPipeline:
         self.tokenizer = tokenizer
         self.process = process
         self.summary = summary or {}
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
 
     @property
     def device(self) -> torch.device:

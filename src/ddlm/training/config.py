@@ -61,7 +61,7 @@ class OptimSettings:
     ema: float = 0.999
     max_steps: int = 5000
     time_budget: float | None = None  # seconds; the LR schedule then follows elapsed time
-    precision: str = "bf16"  # bf16 | fp32
+    precision: str = "auto"  # auto (bf16 where the device has native bf16) | bf16 | fp32
     seed: int = 0
 
 

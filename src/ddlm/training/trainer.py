@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddlm.data import BatchLoader, TokenizedCorpus
-from ddlm.device import autocast, resolve_device
+from ddlm.device import autocast, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.pipeline import DiffusionPipeline
@@ -106,6 +106,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.dist = Distributed.from_environment()
         self.device = self.dist.setup(resolve_device(device))
+        self.precision = resolve_precision(config.optim.precision, self.device)
         self.show_progress = show_progress and self.dist.is_main
         torch.manual_seed(config.optim.seed)
         self.process = build_run_process(config, tokenizer)
@@ -147,7 +148,7 @@ class Trainer:
         settings = self.config.optim
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.log is None and self.dist.is_main:
-            self.log = MetricsLog(self.out_dir)
+            self.log = MetricsLog(self.out_dir, resume_step=self.state.step)
         bar = self.progress_bar()
         window_tokens, window_start = 0, time.perf_counter()
         try:
@@ -225,7 +226,7 @@ class Trainer:
             last = micro_step == settings.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.trained_model.no_sync()
             with sync:
-                with autocast(self.device, settings.precision):
+                with autocast(self.device, self.precision):
                     output = self.process.loss(self.trained_model, batch, self.noise_generator)
                 (output.loss / settings.grad_accum).backward()
             nelbo_sum += output.nelbo_sum
@@ -281,7 +282,7 @@ class Trainer:
             for index, batch in enumerate(self.valid_loader.iter_eval_batches(batch_size)):
                 if max_batches is not None and index >= max_batches:
                     break
-                with autocast(self.device, self.config.optim.precision):
+                with autocast(self.device, self.precision):
                     output = self.process.loss(model, batch.to(self.device), generator)
                 nelbo += output.nelbo_sum
                 tokens += output.num_tokens
@@ -290,7 +291,7 @@ class Trainer:
     def pipeline(self) -> DiffusionPipeline:
         """A pipeline over the EMA weights, as exported."""
         return DiffusionPipeline(self.load_ema_into_eval_model(), self.tokenizer, self.process,
-                                 summary=self.summary(), precision=self.config.optim.precision)
+                                 summary=self.summary(), precision=self.precision)
 
     def preview(self) -> str:
         steps = self.config.log.sample_steps
