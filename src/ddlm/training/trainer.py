@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddlm.data import BatchLoader, TokenizedCorpus
-from ddlm.device import autocast, resolve_device, resolve_precision
+from ddlm.device import autocast, describe_machine, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.pipeline import DiffusionPipeline
@@ -303,6 +303,8 @@ class Trainer:
             "tokens": self.state.tokens,
             "train_seconds": round(self.state.elapsed, 1),
             "parameters": self.model.num_parameters(),
+            "precision": self.precision,
+            "machine": describe_machine(),
             "best_valid_nelbo": self.state.best_valid,
             "run_config": self.config.to_dict(),
         }
