@@ -169,3 +169,21 @@ def test_bpe_preset_trains_on_stories_with_a_separate_validation_file(tmp_path, 
     assert summary["final_valid_nelbo"] > 0
     pipe = DiffusionPipeline.from_pretrained(tmp_path / "run", device="cpu")
     assert pipe.generate("Once upon a time", length=8, steps=4, seed=0)[0].startswith("Once upon a time")
+
+
+@pytest.mark.parametrize(("process", "requested", "expected"), [
+    ("masked", False, False), ("masked", True, True),
+    ("sedd-absorb", False, True), ("sedd-uniform", False, True),
+    ("ar", True, False),
+])
+def test_noise_conditioning_follows_the_process(process, requested, expected):
+    """model.time_conditioning decides only for masked diffusion: SEDD always sees the noise
+    level, and the autoregressive model has none (a preset's setting must not give it adaLN layers)."""
+    from ddlm.tokenizers import build_tokenizer
+    from ddlm.training.trainer import build_model, build_run_process
+
+    config = load_config("tiny", overrides=[f"process.name={process}", f"model.time_conditioning={requested}"])
+    tokenizer = build_tokenizer("char", texts=["some text"])
+    model = build_model(config, tokenizer, build_run_process(config, tokenizer))
+    assert model.config.time_conditioning is expected
+    assert (model.noise_embed is not None) is expected

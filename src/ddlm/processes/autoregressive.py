@@ -18,7 +18,7 @@ class Autoregressive:
     """Left-to-right next-token prediction; MASK and PAD are never predicted."""
 
     name = "ar"
-    time_conditioned = False
+    noise_conditioning = "none"
     causal = True
 
     def __init__(self, mask_id: int, eos_id: int, pad_id: int):

@@ -45,12 +45,13 @@ class Vocabulary:
 class Process(Protocol):
     """A generative process over token sequences.
 
-    ``time_conditioned``: the backbone must see the noise level (adaLN);
-    ``causal``: the backbone uses a causal attention mask.
+    ``noise_conditioning``: whether the backbone sees the noise level (adaLN): ``required``,
+    ``optional`` (the run's ``model.time_conditioning`` decides) or ``none`` (the process has
+    no noise level); ``causal``: the backbone uses a causal attention mask.
     """
 
     name: str
-    time_conditioned: bool
+    noise_conditioning: str
     causal: bool
 
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:

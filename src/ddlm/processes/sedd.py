@@ -291,7 +291,7 @@ def score_entropy_sum(log_score: torch.Tensor, log_ratio: torch.Tensor, rate: to
 class ScoreEntropyDiffusion:
     """SEDD on the graph named by ``name`` ("sedd-absorb" or "sedd-uniform")."""
 
-    time_conditioned = True
+    noise_conditioning = "required"
     causal = False
 
     def __init__(self, name: str, noise: Noise, vocab: Vocabulary, eps: float = 1e-3, antithetic: bool = True):

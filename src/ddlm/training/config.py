@@ -35,7 +35,7 @@ class ModelSettings:
     n_heads: int = 4
     mlp_hidden: int | None = None
     dropout: float = 0.0
-    time_conditioning: bool = False
+    time_conditioning: bool = False  # masked diffusion only: SEDD always sees the noise level, AR never
 
 
 @dataclass

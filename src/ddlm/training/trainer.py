@@ -62,14 +62,17 @@ def build_run_process(config: RunConfig, tokenizer: Tokenizer) -> Process:
 
 
 def build_model(config: RunConfig, tokenizer: Tokenizer, process: Process) -> Transformer:
-    """The backbone, with noise conditioning and a causal mask where the process needs them."""
+    """The backbone, with noise conditioning and a causal mask where the process needs them.
+
+    ``model.time_conditioning`` matters only where the process leaves it open (masked diffusion).
+    """
     settings = config.model
+    conditioning = {"required": True, "optional": settings.time_conditioning, "none": False}[process.noise_conditioning]
     return Transformer(ModelConfig(
         vocab_size=tokenizer.vocab_size, context_length=config.data.context_length,
         d_model=settings.d_model, n_layers=settings.n_layers, n_heads=settings.n_heads,
         mlp_hidden=settings.mlp_hidden, dropout=settings.dropout,
-        time_conditioning=settings.time_conditioning or process.time_conditioned,
-        causal=process.causal,
+        time_conditioning=conditioning, causal=process.causal,
     ))
 
 
