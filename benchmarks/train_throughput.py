@@ -26,10 +26,14 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n-&3$" 
 
 
 def model_flops_per_token(trainer: Trainer) -> float:
-    """Training FLOPs per token: 6 N for the matrix products (N includes the tied output head)
-    plus 12 * layers * width * context for attention scores and values (forward and backward)."""
+    """Training FLOPs per token: 6 N for the matrix products plus 12 * layers * width * context for
+    attention scores and values (forward and backward). N counts the parameters applied at every
+    position (the tied output head included); the noise embedding and adaLN modulations run once
+    per sequence and are left out."""
     config = trainer.model.config
-    return 6 * trainer.model.num_parameters() + 12 * config.n_layers * config.d_model * config.context_length
+    per_position = sum(parameter.numel() for name, parameter in trainer.model.named_parameters()
+                       if "modulation" not in name and not name.startswith("noise_embed"))
+    return 6 * per_position + 12 * config.n_layers * config.d_model * config.context_length
 
 
 def timed_repeats(work, repeats: int, warmup: int, max_seconds: float) -> list[float]:
