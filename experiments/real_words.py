@@ -1,0 +1,76 @@
+"""How many of a model's generated words are real: the share of generated words that occur in
+the training text, for a few sampler settings, next to the samples' unigram entropy.
+
+    python experiments/real_words.py --model runs/shakespeare --data ../shared/data/tinyshakespeare.txt
+
+A word is a maximal run of letters and apostrophes, compared in lower case. Character-level
+models write many near-words ("shausir") that this counts as not real. The last row scores
+random stretches of the text itself (words cut at the edges count as not real), the ceiling.
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import statistics
+
+from ddlm import DiffusionPipeline
+from ddlm.device import describe_machine
+from ddlm.eval.diversity import unigram_entropy
+
+WORD = re.compile(r"[A-Za-z']+")
+
+SETTINGS = {
+    "ancestral, temperature 1": {},
+    "ancestral, top-p 0.9": {"top_p": 0.9},
+    "ancestral, temperature 0.8": {"temperature": 0.8},
+    "ancestral, temperature 0.5": {"temperature": 0.5},
+    "confidence, blocks of 32": {"policy": "confidence", "block_length": 32},
+}
+
+
+def words(text: str) -> list[str]:
+    return [word.strip("'").lower() for word in WORD.findall(text) if word.strip("'")]
+
+
+def real_word_share(texts: list[str], vocabulary: set[str]) -> float:
+    generated = [word for text in texts for word in words(text)]
+    return sum(word in vocabulary for word in generated) / max(len(generated), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True, help="the training text: its words are the real ones")
+    parser.add_argument("--prompt", default="ROMEO:")
+    parser.add_argument("-n", "--num-samples", type=int, default=16)
+    parser.add_argument("--length", type=int, default=224, help="generated tokens (a multiple of 32, for the block rows)")
+    parser.add_argument("--steps", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    with open(args.data, encoding="utf-8") as handle:
+        corpus = handle.read()
+    vocabulary = set(words(corpus))
+    pipe = DiffusionPipeline.from_pretrained(args.model)
+    print(f"{args.num_samples} samples of {args.length} tokens, {args.steps} steps, prompt {args.prompt!r}, "
+          f"seed {args.seed}; machine: {describe_machine()}\n")
+    print("| sampler | real words | unigram entropy (nats) |\n|---|---|---|")
+    for name, options in SETTINGS.items():
+        output = pipe.sample(args.prompt, num_samples=args.num_samples, length=args.length, steps=args.steps,
+                             seed=args.seed, **options)
+        texts = [pipe.decode(output, row) for row in range(args.num_samples)]
+        generated = [text[len(args.prompt):] for text in texts]
+        entropy = statistics.mean(unigram_entropy(output.tokens[row][output.canvas.generated[row]].tolist())
+                                  for row in range(args.num_samples))
+        print(f"| {name} | {real_word_share(generated, vocabulary):.1%} | {entropy:.3f} |")
+    starts = random.Random(args.seed).sample(range(len(corpus) - args.length), args.num_samples)
+    stretches = [corpus[start : start + args.length] for start in starts]
+    entropy = statistics.mean(unigram_entropy(pipe.tokenizer.encode(text)) for text in stretches)
+    print(f"| real text (reference) | {real_word_share(stretches, vocabulary):.1%} | {entropy:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
