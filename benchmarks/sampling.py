@@ -37,9 +37,14 @@ SAMPLERS: dict[str, dict] = {
     "threshold 0.9, blocks of 32, <=256 steps, prefix cache": {
         "steps": 256, "policy": "threshold", "block_length": 32, "prefix_cache": True,
     },
+    "threshold 0.9, blocks of 32, <=64 steps, prefix cache": {
+        "steps": 64, "policy": "threshold", "block_length": 32, "prefix_cache": True,
+    },
     "threshold 0.7, whole canvas, <=256 steps": {"steps": 256, "policy": "threshold", "threshold": 0.7},
     "random + threshold 0.9, whole canvas, <=64 steps": {"steps": 64, "policy": "random", "threshold": 0.9},
-    "random + threshold 0.7, whole canvas, <=256 steps": {"steps": 256, "policy": "random", "threshold": 0.7},
+    "random + threshold 0.9, blocks of 32, <=64 steps": {
+        "steps": 64, "policy": "random", "threshold": 0.9, "block_length": 32,
+    },
     "random + threshold 0.9, blocks of 32, <=64 steps, prefix cache": {
         "steps": 64, "policy": "random", "threshold": 0.9, "block_length": 32, "prefix_cache": True,
     },
@@ -87,21 +92,30 @@ def main() -> None:
 
     print(f"\n{args.samples} x {args.repeats} unconditional samples of {args.length} tokens from {args.model} "
           f"({args.precision}); machine: {describe_machine()}\n")
-    print("| sampler | model calls | tokens/s | calls saved | time saved | unigram entropy | distinct-2 "
-          "| judge NLL (nats/token) | gen. PPL |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| sampler | model calls | tokens/s | calls saved | time saved | unigram entropy | entropy vs baseline "
+          "| distinct-2 | judge NLL (nats/token) | gen. PPL |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for result in results.values():
+        result["entropy"] = statistics.mean(unigram_entropy(text) for text in result["texts"])
     base = results.get(BASELINE)
     for name, result in results.items():
         texts = result["texts"]
-        entropy = statistics.mean(unigram_entropy(text) for text in texts)
         nll = judge.mean_nll(texts) if judge else math.nan
         speed = args.samples * args.length / result["seconds"]
         calls_saved = base["calls"] / result["calls"] if base else math.nan
         time_saved = base["seconds"] / result["seconds"] if base else math.nan
-        print(f"| {name} | {result['calls']:.0f} | {speed:,.0f} | {calls_saved:.1f}x | {time_saved:.1f}x "
-              f"| {entropy:.3f} | {distinct_n(texts, 2):.3f} | {nll:.3f} | {math.exp(nll):.2f} |")
+        entropy_change = result["entropy"] / base["entropy"] - 1 if base else math.nan
+        print(f"| {name} | {number(result['calls'], '.0f')} | {number(speed, ',.0f')} | {number(calls_saved, '.1f', 'x')} "
+              f"| {number(time_saved, '.1f', 'x')} "
+              f"| {result['entropy']:.3f} | {entropy_change:+.1%} | {distinct_n(texts, 2):.3f} | {nll:.3f} "
+              f"| {math.exp(nll):.2f} |")
     print(f"\nprefix cache, greedy: {prefix_cache_disagreement(pipe, args):.1%} of generated tokens differ "
           "from the same sampler without it")
+
+
+def number(value: float, spec: str, unit: str = "") -> str:
+    """``value`` formatted, or n/a for the rows that have none (real text has no model calls)."""
+    return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
 
 
 def prefix_cache_disagreement(pipe: DiffusionPipeline, args: argparse.Namespace) -> float:
