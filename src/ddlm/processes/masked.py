@@ -119,7 +119,8 @@ class MaskedDiffusion:
         """One Monte-Carlo draw of the NELBO per real (non-pad) token of the batch."""
         if self.estimator == "count":
             if model.config.time_conditioning:
-                raise DDLMError("the count estimator needs a model that does not see t; use process.estimator=time")
+                raise DDLMError("the count estimator needs a model that does not see the noise level; "
+                                "set model.time_conditioning=false or use process.estimator=time")
             xt, weight = self.corrupt_by_count(x0, generator)
             nelbo = (weight * self.masked_nll(model(xt), x0, xt).sum(dim=1)).sum()
         else:
