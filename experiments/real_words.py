@@ -32,10 +32,12 @@ SETTINGS = {
 
 
 def words(text: str) -> list[str]:
+    """The words of ``text``, lower case, without surrounding apostrophes."""
     return [word.strip("'").lower() for word in WORD.findall(text) if word.strip("'")]
 
 
 def real_word_share(texts: list[str], vocabulary: set[str]) -> float:
+    """Fraction of the words of ``texts`` that are in ``vocabulary``."""
     generated = [word for text in texts for word in words(text)]
     return sum(word in vocabulary for word in generated) / max(len(generated), 1)
 
