@@ -25,6 +25,7 @@ class ModelConfig:
     mlp_hidden: int | None = None  # SwiGLU width; default ~8/3 d_model rounded up to 64
     dropout: float = 0.0
     time_conditioning: bool = False
+    cond_dim: int | None = None  # width of the noise embedding feeding adaLN; default d_model
     causal: bool = False
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
@@ -37,6 +38,8 @@ class ModelConfig:
             )
         if (self.d_model // self.n_heads) % 2:
             raise DDLMError("the head size d_model/n_heads must be even for rotary positions")
+        if self.cond_dim is None:
+            self.cond_dim = self.d_model
         if self.mlp_hidden is None:
             self.mlp_hidden = 64 * -(-(8 * self.d_model // 3) // 64)
 

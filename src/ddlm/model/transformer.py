@@ -146,7 +146,7 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = SwiGLU(config)
         self.drop = nn.Dropout(config.dropout)
-        self.modulation = nn.Linear(config.d_model, 6 * config.d_model) if config.time_conditioning else None
+        self.modulation = nn.Linear(config.cond_dim, 6 * config.d_model) if config.time_conditioning else None
 
     def forward(
         self,
@@ -175,11 +175,11 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.noise_embed = NoiseEmbedding(config.d_model) if config.time_conditioning else None
+        self.noise_embed = NoiseEmbedding(config.cond_dim) if config.time_conditioning else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.final_modulation = (
-            nn.Linear(config.d_model, 2 * config.d_model) if config.time_conditioning else None
+            nn.Linear(config.cond_dim, 2 * config.d_model) if config.time_conditioning else None
         )
         cos, sin = rotary_tables(config.head_dim, config.context_length, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)

@@ -36,6 +36,7 @@ class ModelSettings:
     mlp_hidden: int | None = None
     dropout: float = 0.0
     time_conditioning: bool = False  # masked diffusion only: SEDD always sees the noise level, AR never
+    cond_dim: int | None = None  # noise-embedding width feeding adaLN (default d_model)
 
 
 @dataclass

@@ -72,7 +72,7 @@ def build_model(config: RunConfig, tokenizer: Tokenizer, process: Process) -> Tr
         vocab_size=tokenizer.vocab_size, context_length=config.data.context_length,
         d_model=settings.d_model, n_layers=settings.n_layers, n_heads=settings.n_heads,
         mlp_hidden=settings.mlp_hidden, dropout=settings.dropout,
-        time_conditioning=conditioning, causal=process.causal,
+        time_conditioning=conditioning, cond_dim=settings.cond_dim, causal=process.causal,
     ))
 
 
