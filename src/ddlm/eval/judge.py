@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ddlm.bundled import bundled_model_path
 from ddlm.errors import DDLMError
 
 
@@ -92,6 +93,8 @@ class HFJudge(Judge):
 def load_judge(path: str | Path) -> Judge:
     """A ddlm autoregressive model directory, or else a Hugging Face causal LM directory."""
     directory = Path(path)
+    if not directory.is_dir() and bundled_model_path(str(path)) is not None:
+        directory = bundled_model_path(str(path))
     if not directory.is_dir():
         raise DDLMError(f"judge directory {path} not found; pass a ddlm AR model or a local Hugging Face model")
     config_path = directory / "config.json"
@@ -104,3 +107,17 @@ def load_judge(path: str | Path) -> Judge:
 
         return DDLMJudge(DiffusionPipeline.from_pretrained(directory))
     return HFJudge(directory)
+
+
+def default_judge(pipes: Sequence) -> Judge | None:
+    """The bundled autoregressive model, when it is installed and shares every model's vocabulary."""
+    from ddlm.bundled import DEFAULT_JUDGE
+    from ddlm.pipeline import DiffusionPipeline
+
+    directory = bundled_model_path(DEFAULT_JUDGE)
+    if directory is None or not (directory / "model.safetensors").is_file():
+        return None
+    judge = DiffusionPipeline.from_pretrained(directory)
+    if any(pipe.tokenizer.fingerprint() != judge.tokenizer.fingerprint() for pipe in pipes):
+        return None
+    return DDLMJudge(judge)
