@@ -35,6 +35,16 @@ class ByteTokenizer:
         return self._fingerprint
 
 
+class Reiterable:
+    """An iterable that calls ``make`` afresh on each pass, as a streamed data set does."""
+
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def __iter__(self):
+        return self.make()
+
+
 def stream_corpus(n: int) -> TokenizedCorpus:
     """A corpus whose token at offset i is i, so a row's first token is its offset."""
     return TokenizedCorpus(np.arange(n, dtype=np.uint16), np.array([0], dtype=np.int64))
@@ -177,7 +187,7 @@ def test_cache_key_changes_with_content_and_fingerprint(tmp_path: Path) -> None:
         tokenizer = ByteTokenizer(fingerprint)
         tokenize_corpus(docs, tokenizer, tmp_path)
         assert tokenizer.encode_calls == len(docs)
-    assert len(list(tmp_path.glob("*.tokens.npy"))) == 4
+    assert len(list(tmp_path.glob("*.tokens.bin"))) == 4
 
 
 def test_incomplete_cache_is_rebuilt(tmp_path: Path) -> None:
@@ -218,6 +228,40 @@ def test_split_fraction_out_of_range() -> None:
     with pytest.raises(DDLMError) as excinfo:
         stream_corpus(10).split(1.0)
     assert_one_line_error(excinfo, "[0, 1)")
+
+
+def test_identity_keys_the_cache_and_a_hit_reads_no_documents(tmp_path: Path) -> None:
+    def stream():
+        yield from ["one", "", "two"]
+
+    first = tokenize_corpus(Reiterable(stream), ByteTokenizer(), tmp_path, identity="hf:x")
+    assert first.tokens.tolist() == [111, 110, 101, 257, 257, 116, 119, 111, 257]
+    assert first.doc_starts.tolist() == [0, 4, 5]
+
+    def unreadable():
+        raise AssertionError("a cache hit must not read the documents")
+        yield
+
+    again = tokenize_corpus(Reiterable(unreadable), ByteTokenizer(), tmp_path, identity="hf:x")
+    np.testing.assert_array_equal(again.tokens, first.tokens)
+    other = tokenize_corpus(["abc"], ByteTokenizer(), tmp_path, identity="hf:y")
+    assert other.tokens.tolist() == [97, 98, 99, 257]
+
+
+def test_empty_stream_error_leaves_no_cache(tmp_path: Path) -> None:
+    with pytest.raises(DDLMError) as excinfo:
+        tokenize_corpus(iter([]), ByteTokenizer(), tmp_path, identity="empty")
+    assert_one_line_error(excinfo, "no documents")
+    assert not list(tmp_path.iterdir())
+
+
+def test_truncated_cache_is_rebuilt(tmp_path: Path) -> None:
+    tokenize_corpus(["abc", "de"], ByteTokenizer(), tmp_path)
+    (tokens,) = tmp_path.glob("*.tokens.bin")
+    tokens.write_bytes(tokens.read_bytes()[:6])  # the second document lost
+    tokenizer = ByteTokenizer()
+    assert tokenize_corpus(["abc", "de"], tokenizer, tmp_path).tokens.tolist() == [97, 98, 99, 257, 100, 101, 257]
+    assert tokenizer.encode_calls == 2
 
 
 def test_real_shakespeare_cached_length(shakespeare_path: Path, tmp_path: Path) -> None:

@@ -64,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", parents=[common], help="train a model on a text corpus")
-    train.add_argument("--data", help="training text: a .txt file, a folder of .txt files, or a .jsonl file")
-    train.add_argument("--valid", help="validation text (default: hold out data.valid_fraction of --data)")
+    train.add_argument("--data", help="training text: a .txt file, a folder of .txt files, a .jsonl file, a folder "
+                       "saved with datasets' save_to_disk, hf:NAME (a Hugging Face data set, streamed; see data.hf_*), "
+                       "or a built-in corpus (shakespeare, the default); a local path of that name wins")
+    train.add_argument("--valid", help="validation text, as --data (default: hold out data.valid_fraction of --data)")
     train.add_argument("--out", required=True, help="run directory; it becomes the model directory")
     train.add_argument("--preset", help="a named configuration (see `ddlm presets`)")
     train.add_argument("--config", help="a YAML configuration file")
@@ -95,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", parents=[common, sampling_options()],
                                    help="likelihood, sample quality, diversity and speed of models")
     evaluate.add_argument("--model", action="append", required=True, help="a model directory; repeat to compare")
-    evaluate.add_argument("--data", help="held-out text for the likelihood (a file, folder or .jsonl)")
+    evaluate.add_argument("--data", help="held-out text for the likelihood: a file, folder, .jsonl, saved data set or "
+                          "hf:NAME (its data.hf_valid_split), or shakespeare: the built-in corpus's last 10%%, "
+                          "the text training holds out; a local path of that name wins")
     evaluate.add_argument("--metrics", nargs="+", default=["likelihood", "samples"], choices=["likelihood", "samples"])
     evaluate.add_argument("--judge", help="judge for generative perplexity: a ddlm AR model or a local Hugging Face LM")
     evaluate.add_argument("--json", metavar="OUT", help="write every figure and setting to this JSON file")
@@ -112,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ddlm.data import DEFAULT_CORPUS
     from ddlm.training import load_config, prepare_training, saved_config
 
     if args.resume:
@@ -132,6 +137,9 @@ def run_train(args: argparse.Namespace) -> int:
     )
     main_process = trainer.dist.is_main
     if main_process:
+        if args.data is None and not args.resume:
+            print(f"data: the built-in corpus {DEFAULT_CORPUS!r} (Tiny Shakespeare); pass --data to train on your own text",
+                  file=sys.stderr)
         print(f"model: {trainer.model.num_parameters():,} parameters, vocabulary {trainer.tokenizer.vocab_size}, "
               f"precision {trainer.precision} on {trainer.device.type}", file=sys.stderr)
         if trainer.precision == "bf16" and not has_fast_bf16(trainer.device.type):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from ddlm.fileio import atomic_path
 if TYPE_CHECKING:
     from ddlm.tokenizers.base import Tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tokens as raw ids (.tokens.bin), written as they are tokenised
 
 
 def default_cache_dir() -> Path:
@@ -51,45 +52,51 @@ class TokenizedCorpus:
 
 
 def tokenize_corpus(
-    documents: list[str], tokenizer: Tokenizer, cache_dir: str | Path | None = None
+    documents: Iterable[str], tokenizer: Tokenizer, cache_dir: str | Path | None = None, identity: str | None = None
 ) -> TokenizedCorpus:
     """Token stream of ``documents``, each followed by ``tokenizer.eos_id``.
 
-    The result is cached under ``cache_dir`` (default :func:`default_cache_dir`),
-    keyed by the documents and the tokenizer's fingerprint; a cache hit is
-    memory-mapped and tokenises nothing.
+    The result is cached under ``cache_dir`` (default :func:`default_cache_dir`), keyed by the
+    tokenizer's fingerprint and the documents' text, or by ``identity`` when given (a streamed
+    source's name and settings: its documents are then not read at all on a cache hit). A
+    cache hit is memory-mapped and tokenises nothing. Documents are tokenised one at a time and
+    written straight to disk, so the text need not fit in memory; without ``identity``,
+    ``documents`` is iterated twice on a cache miss (to hash it, then to tokenise it).
     """
-    if not documents:
-        raise DDLMError("there are no documents to tokenise; give a corpus with some text")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = _cache_key(documents, tokenizer)
-    tokens_path = cache_dir / f"corpus-{key}.tokens.npy"
+    key = _cache_key(tokenizer, documents, identity)
+    tokens_path = cache_dir / f"corpus-{key}.tokens.bin"
     starts_path = cache_dir / f"corpus-{key}.starts.npy"
+    dtype = token_dtype(tokenizer)
     # The starts file is written last, so its presence means both files are complete.
     if starts_path.exists() and tokens_path.exists():
         try:
-            return TokenizedCorpus(
-                np.load(tokens_path, mmap_mode="r"), np.load(starts_path, mmap_mode="r")
-            )
+            return _load(tokens_path, starts_path, dtype)
         except (OSError, ValueError):
             pass  # unreadable cache: rebuild it below
-
-    corpus = _tokenize(documents, tokenizer)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        _save_atomic(tokens_path, corpus.tokens)
-        _save_atomic(starts_path, corpus.doc_starts)
+        _write(documents, tokenizer, dtype, tokens_path, starts_path)
     except OSError as error:
         raise DDLMError(
-            f"cannot write the token cache in {cache_dir} ({error.strerror}); "
+            f"cannot write the token cache in {cache_dir} ({error.strerror or error}); "
             "set DDLM_CACHE_DIR to a writable folder"
         ) from None
-    return corpus
+    return _load(tokens_path, starts_path, dtype)
 
 
-def _cache_key(documents: list[str], tokenizer: Tokenizer) -> str:
-    """sha256 of the format version, the tokenizer fingerprint and the documents."""
+def token_dtype(tokenizer: Tokenizer) -> type[np.unsignedinteger]:
+    """The smallest unsigned integer type holding every id of ``tokenizer``."""
+    return np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
+
+
+def _cache_key(tokenizer: Tokenizer, documents: Iterable[str], identity: str | None) -> str:
+    """sha256 of the format version, the tokenizer fingerprint and the identity or the documents."""
     digest = hashlib.sha256(f"ddlm-corpus-v{FORMAT_VERSION}\0{tokenizer.fingerprint()}\0".encode())
+    if identity is not None:
+        digest.update(b"identity\0" + identity.encode("utf-8"))
+        return digest.hexdigest()
+    digest.update(b"text\0")
     for document in documents:
         data = document.encode("utf-8")
         digest.update(len(data).to_bytes(8, "little"))
@@ -97,12 +104,29 @@ def _cache_key(documents: list[str], tokenizer: Tokenizer) -> str:
     return digest.hexdigest()
 
 
-def _tokenize(documents: list[str], tokenizer: Tokenizer) -> TokenizedCorpus:
-    dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
-    pieces = [np.asarray(tokenizer.encode(d) + [tokenizer.eos_id], dtype=dtype) for d in documents]
-    lengths = np.array([len(p) for p in pieces], dtype=np.int64)
-    starts = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths)[:-1]])
-    return TokenizedCorpus(np.concatenate(pieces), starts)
+def _write(
+    documents: Iterable[str], tokenizer: Tokenizer, dtype: type, tokens_path: Path, starts_path: Path
+) -> None:
+    """Tokenise ``documents`` one at a time into ``tokens_path`` (raw ids), then their starts."""
+    lengths = []
+    with atomic_path(tokens_path) as temp, temp.open("wb") as file:
+        for document in documents:
+            ids = np.asarray(tokenizer.encode(document) + [tokenizer.eos_id], dtype=dtype)
+            ids.tofile(file)
+            lengths.append(len(ids))
+        if not lengths:
+            raise DDLMError("there are no documents to tokenise; give a corpus with some text")
+    starts = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(lengths[:-1], dtype=np.int64)])
+    _save_atomic(starts_path, starts)
+
+
+def _load(tokens_path: Path, starts_path: Path, dtype: type) -> TokenizedCorpus:
+    """The cached corpus, memory-mapped; ValueError if the two files do not fit together."""
+    tokens = np.memmap(tokens_path, dtype=dtype, mode="r")
+    starts = np.load(starts_path, mmap_mode="r")
+    if len(starts) == 0 or starts[0] != 0 or starts[-1] >= len(tokens):
+        raise ValueError(f"{starts_path} does not fit {tokens_path}")
+    return TokenizedCorpus(tokens, starts)
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:

@@ -1,72 +1,81 @@
-"""Reading raw text corpora: a .txt file, a folder of .txt files, or a .jsonl file."""
+"""Where a corpus comes from: :func:`resolve_source` turns what the user names (``--data``) into a
+:class:`TextSource`: a local file or folder, a built-in corpus, or a Hugging Face data set."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ddlm.data import huggingface
+from ddlm.data.builtin import BUILTIN_CORPORA, BUILTIN_HELD_OUT_FRACTION, builtin_text
+from ddlm.data.cache import TokenizedCorpus, tokenize_corpus
+from ddlm.data.files import read_documents, split_documents
+from ddlm.data.huggingface import HFSelection
 from ddlm.errors import DDLMError
 
+if TYPE_CHECKING:
+    from ddlm.tokenizers.base import Tokenizer
 
-def read_documents(path: str | Path, separator: str | None = None) -> list[str]:
-    """Documents of the corpus at ``path``.
+HF_PREFIX = "hf:"
 
-    ``path`` is a ``.jsonl`` file (one object per line with a string ``"text"``
-    field; blank lines are ignored), a folder (every ``*.txt`` file under it, sorted
-    by relative path, one document each) or any other file, read as one plain-text
-    document. With ``separator`` (e.g. ``"<|endoftext|>"``) each text is split into
-    documents on it; surrounding newlines are stripped from each piece and empty
-    pieces are dropped. Whitespace-only documents are always dropped.
+
+@dataclass(frozen=True)
+class TextSource:
+    """A corpus named by the user, resolved.
+
+    ``label`` is what a run records and messages show: a built-in name, an absolute path or
+    ``hf:NAME``. ``read()`` returns the documents: a list for text files and built-in corpora,
+    read at once; for data sets, an iterable that reads the rows again on each pass (streamed
+    from the Hub, or from the memory-mapped files of a saved data set). ``identity`` is set
+    for streamed sources, whose text is not hashed: it keys the token cache instead.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DDLMError(f"data path {path} does not exist; check the path to your corpus")
-    if path.is_dir():
-        files = sorted(path.rglob("*.txt"), key=lambda p: p.relative_to(path).as_posix())
-        if not files:
-            raise DDLMError(f"folder {path} contains no .txt files; point to a folder of .txt files")
-        texts = [_read_text(f) for f in files]
-    elif path.suffix == ".jsonl":
-        texts = _read_jsonl(path)
-    else:
-        texts = [_read_text(path)]
 
-    if separator is not None:
-        texts = [piece.strip("\r\n") for text in texts for piece in text.split(separator)]
-    documents = [text for text in texts if text.strip()]
-    if not documents:
-        raise DDLMError(f"corpus {path} contains no text; add text to it or choose another path")
-    return documents
+    label: str
+    kind: str  # "builtin", "files", "saved-dataset" or "hf"
+    read: Callable[[], Iterable[str]]
+    identity: str | None = None
 
 
-def _read_text(path: Path) -> str:
-    """Contents of ``path`` decoded as strict UTF-8 (line endings are kept as they are)."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DDLMError(
-            f"{path} is not valid UTF-8 (bad byte at offset {error.start}); re-save it as UTF-8"
-        ) from None
+def resolve_source(data: str | Path, separator: str | None = None, hf: HFSelection | None = None) -> TextSource:
+    """The source ``data`` names: ``hf:NAME`` (a Hugging Face data set, streamed), an existing
+    path (a .txt file, a folder of .txt files, a .jsonl file or a folder written by
+    ``save_to_disk``) or a built-in corpus name (``BUILTIN_CORPORA``); a local path wins over a
+    built-in name. ``hf`` picks the configuration, split and text column of data sets."""
+    hf = hf or HFSelection()
+    text = str(data)
+    if text.startswith(HF_PREFIX):
+        name = text[len(HF_PREFIX):]
+        if not name:
+            raise DDLMError("hf: names no data set; write e.g. hf:roneneldan/TinyStories")
+        documents = huggingface.HubDocuments(name, hf, separator)
+        identity = json.dumps(["hf", name, hf.config, hf.split, hf.field, separator])
+        return TextSource(text, "hf", lambda: documents, identity)
+    path = Path(data)
+    if path.exists():
+        label = str(path.resolve())
+        if huggingface.is_saved_dataset(path):
+            return TextSource(label, "saved-dataset", lambda: huggingface.saved_documents(path, hf, separator))
+        return TextSource(label, "files", lambda: read_documents(path, separator))
+    if text in BUILTIN_CORPORA:
+        return TextSource(text, "builtin", lambda: split_documents([builtin_text(text)], separator, text))
+    raise DDLMError(
+        f"data path {path} does not exist; check the path to your corpus, or name a built-in "
+        f"corpus ({', '.join(BUILTIN_CORPORA)}) or a Hugging Face data set (hf:NAME)"
+    )
 
 
-def _read_jsonl(path: Path) -> list[str]:
-    """The ``"text"`` field of every non-blank line of the JSON-lines file ``path``."""
-    texts = []
-    for number, line in enumerate(_read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DDLMError(
-                f"line {number} of {path} is not valid JSON ({error.msg}); "
-                "write one JSON object per line"
-            ) from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DDLMError(
-                f'line {number} of {path} has no string "text" field; '
-                'give every line a "text" field holding the document'
-            )
-        texts.append(record["text"])
-    return texts
+def tokenize_source(
+    source: TextSource, tokenizer: Tokenizer, cache_dir: str | Path | None = None, documents: Iterable[str] | None = None
+) -> TokenizedCorpus:
+    """The cached token stream of ``source``; pass ``documents`` where its text was already read."""
+    return tokenize_corpus(source.read() if documents is None else documents, tokenizer, cache_dir, source.identity)
+
+
+def held_out_corpus(source: TextSource, tokenizer: Tokenizer, cache_dir: str | Path | None = None) -> TokenizedCorpus:
+    """The text to evaluate on: a built-in corpus's last ``BUILTIN_HELD_OUT_FRACTION`` of tokens,
+    cut where a default training run cuts it (``TokenizedCorpus.split``); any other source whole."""
+    corpus = tokenize_source(source, tokenizer, cache_dir)
+    return corpus.split(BUILTIN_HELD_OUT_FRACTION)[1] if source.kind == "builtin" else corpus

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ddlm.data import BatchLoader, read_documents, tokenize_corpus
+from ddlm.data import BatchLoader, HFSelection, held_out_corpus, resolve_source
 from ddlm.errors import DDLMError
 from ddlm.eval.diversity import distinct_n, repetition_rate, unigram_entropy
 from ddlm.eval.judge import Judge
@@ -36,9 +36,16 @@ class EvalSettings:
 
 
 def evaluation_rows(pipe, data: str | Path, max_sequences: int, cache_dir: str | Path | None = None) -> list[torch.Tensor]:
-    """Rows of the model's context length from ``data``, tokenised with the model's tokenizer."""
-    separator = pipe.summary.get("run_config", {}).get("data", {}).get("separator")
-    corpus = tokenize_corpus(read_documents(data, separator), pipe.tokenizer, cache_dir)
+    """Rows of the model's context length from ``data``, tokenised with the model's tokenizer.
+
+    A built-in corpus name means its held-out tail (``ddlm.data.held_out_corpus``); a Hugging
+    Face data set is read with the model's data settings, in its ``hf_valid_split``.
+    """
+    settings = pipe.summary.get("run_config", {}).get("data", {})
+    selection = HFSelection(settings.get("hf_config"), settings.get("hf_valid_split", "validation"),
+                            settings.get("hf_field", "text"))
+    source = resolve_source(data, settings.get("separator"), selection)
+    corpus = held_out_corpus(source, pipe.tokenizer, cache_dir)
     context = pipe.context_length
     if len(corpus) < context:
         raise DDLMError(f"{data} holds {len(corpus)} tokens, fewer than one row of {context}; use a longer text")
@@ -59,7 +66,7 @@ def evaluate(pipe, data: str | Path | None, judge: Judge | None, settings: EvalS
                               "settings": {**settings.__dict__, "metrics": list(settings.metrics)}}
     if "likelihood" in settings.metrics:
         if data is None:
-            raise DDLMError("the likelihood needs held-out text: pass --data")
+            raise DDLMError("the likelihood needs held-out text: pass --data (e.g. --data shakespeare)")
         rows = evaluation_rows(pipe, data, settings.max_sequences)
         tick = progress("likelihood", len(rows)) if progress else None
         likelihood = evaluate_likelihood(pipe.model, pipe.process, rows, pipe.tokenizer.byte_lengths(),

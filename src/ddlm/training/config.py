@@ -26,6 +26,11 @@ class DataSettings:
     layout: str = "packed"  # packed | padded
     separator: str | None = None  # document separator in the text, e.g. "<|endoftext|>"
     valid_fraction: float = 0.1  # held out from the end when no validation file is given
+    # Hugging Face data sets (--data hf:NAME or a save_to_disk folder):
+    hf_config: str | None = None  # the data set's configuration (subset), e.g. wikitext-103-raw-v1
+    hf_split: str = "train"  # the split trained on
+    hf_valid_split: str = "validation"  # the split of --valid (train) or --data (eval) when it names a data set
+    hf_field: str = "text"  # the column holding the text
 
 
 @dataclass

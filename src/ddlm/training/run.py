@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
-from ddlm.data import TokenizedCorpus, read_documents, tokenize_corpus
+from ddlm.data import DEFAULT_CORPUS, HFSelection, TextSource, TokenizedCorpus, resolve_source, tokenize_source
 from ddlm.errors import DDLMError
 from ddlm.fileio import write_json_atomic
 from ddlm.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
@@ -16,19 +17,34 @@ from ddlm.training.trainer import Trainer
 RUN_FILE = "run.json"
 
 
-def make_tokenizer(config: RunConfig, documents: list[str]) -> Tokenizer:
+def data_source(config: RunConfig, data: str | Path, split: str | None = None) -> TextSource:
+    """The corpus ``data`` names (a path, a built-in name or hf:NAME), read with the run's data
+    settings; ``split`` is the Hugging Face split (default ``data.hf_split``)."""
+    settings = config.data
+    selection = HFSelection(settings.hf_config, split or settings.hf_split, settings.hf_field)
+    return resolve_source(data, settings.separator, selection)
+
+
+def make_tokenizer(config: RunConfig, documents: Iterable[str]) -> Tokenizer:
     settings = config.tokenizer
     return build_tokenizer(settings.kind, texts=documents, vocab_size=settings.vocab_size, gpt2_dir=settings.gpt2_dir)
 
 
 def load_corpora(
-    config: RunConfig, tokenizer: Tokenizer, data: str | Path, valid: str | Path | None, cache_dir: str | Path | None
+    config: RunConfig,
+    tokenizer: Tokenizer,
+    data: str | Path,
+    valid: str | Path | None,
+    cache_dir: str | Path | None,
+    documents: Iterable[str] | None = None,
 ) -> tuple[TokenizedCorpus, TokenizedCorpus | None]:
-    """Train and validation token streams: a separate file, or the tail of the training data."""
-    separator = config.data.separator
-    train = tokenize_corpus(read_documents(data, separator), tokenizer, cache_dir)
+    """Train and validation token streams: a separate corpus, or the tail of the training data.
+
+    ``documents``: the training text where the caller already read it (so it is read once).
+    """
+    train = tokenize_source(data_source(config, data), tokenizer, cache_dir, documents)
     if valid is not None:
-        return train, tokenize_corpus(read_documents(valid, separator), tokenizer, cache_dir)
+        return train, tokenize_source(data_source(config, valid, config.data.hf_valid_split), tokenizer, cache_dir)
     fraction = config.data.valid_fraction
     if fraction <= 0:
         return train, None
@@ -47,20 +63,28 @@ def prepare_training(
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
 ) -> Trainer:
-    """A Trainer for a new run in ``out_dir``, or the run saved there when ``resume``."""
+    """A Trainer for a new run in ``out_dir``, or the run saved there when ``resume``.
+
+    ``data`` and ``valid`` name corpora as :func:`ddlm.data.resolve_source` reads them; a new
+    run without ``data`` trains on the built-in corpus (``DEFAULT_CORPUS``).
+    """
     out_dir = Path(out_dir)
+    documents = None
     if resume:
         run = read_run_file(out_dir)
         data = data or run["data"]
         valid = valid or run["valid"]
         tokenizer = load_tokenizer(out_dir)
     else:
-        if data is None:
-            raise DDLMError("no training data; pass --data FILE (a .txt file, a folder of .txt files or a .jsonl file)")
         if (out_dir / CHECKPOINT_FILE).exists():
             raise DDLMError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out")
-        tokenizer = make_tokenizer(config, read_documents(data, config.data.separator))
-    train, valid_corpus = load_corpora(config, tokenizer, data, valid, cache_dir)
+        source = data_source(config, DEFAULT_CORPUS if data is None else data)
+        data = source.label
+        documents = source.read()  # read once, for both the tokenizer and the token stream
+        tokenizer = make_tokenizer(config, documents)
+        if valid is not None:
+            valid = data_source(config, valid, config.data.hf_valid_split).label
+    train, valid_corpus = load_corpora(config, tokenizer, data, valid, cache_dir, documents)
     trainer = Trainer(config, tokenizer, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
     if resume:
         trainer.resume()
@@ -68,8 +92,8 @@ def prepare_training(
         out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out_dir)
         write_json_atomic(out_dir / RUN_FILE, {
-            "data": str(Path(data).resolve()),
-            "valid": str(Path(valid).resolve()) if valid else None,
+            "data": data,  # a source label: an absolute path, a built-in name or hf:NAME
+            "valid": valid,
             "run_config": config.to_dict(),
         })
     return trainer
