@@ -27,7 +27,7 @@ def nelbo_draws(process: MaskedDiffusion, model: torch.nn.Module, x0: torch.Tens
     generator = torch.Generator().manual_seed(seed)
     t = process.sample_times(x0.shape[0], x0.device, generator)
     xt = process.corrupt(x0, t, generator)
-    logits = model(xt, process.model_noise(model, t))
+    logits = model(xt, process.model_noise(t))
     return process.nelbo_per_sequence(process.masked_nll(logits, x0, xt), t).double()
 
 

@@ -51,8 +51,19 @@ def test_noise_conditioning_starts_as_identity_and_then_matters():
     with torch.no_grad():
         a, b = net(tokens, torch.tensor([0.1, 0.1])), net(tokens, torch.tensor([0.9, 0.9]))
     assert not torch.allclose(a, b)
+    assert net.uses_noise
     with pytest.raises(ValueError, match="noise"):
         net(tokens)
+
+
+def test_a_model_without_noise_conditioning_ignores_the_noise_level():
+    """Processes pass the noise level always; only a conditioned model reads it."""
+    net = model()
+    tokens = torch.randint(0, 11, (2, 8))
+    with torch.no_grad():
+        plain, low, high = net(tokens), net(tokens, torch.tensor([0.1, 0.2])), net(tokens, torch.tensor([0.9, 1.0]))
+    assert not net.uses_noise
+    assert torch.equal(plain, low) and torch.equal(plain, high)
 
 
 def test_parameter_count_matches_the_architecture():

@@ -15,9 +15,12 @@ class ModelConfig:
     ``time_conditioning`` adds adaLN modulation by a noise level (SEDD needs it; masked
     diffusion does not, and without it samplers may cache predictions). ``causal``
     turns the bidirectional encoder into a decoder for the autoregressive baseline.
+    A run configuration's ``model`` section is one of these with ``vocab_size``,
+    ``context_length`` and ``causal`` left to the trainer, which takes them from the
+    tokenizer, the data and the process.
     """
 
-    vocab_size: int
+    vocab_size: int | None = None  # required to build a model
     context_length: int = 256
     d_model: int = 256
     n_layers: int = 4
@@ -31,6 +34,10 @@ class ModelConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise a DDLMError if the attention heads do not fit the width."""
         if self.d_model % self.n_heads:
             raise DDLMError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
@@ -38,14 +45,20 @@ class ModelConfig:
             )
         if (self.d_model // self.n_heads) % 2:
             raise DDLMError("the head size d_model/n_heads must be even for rotary positions")
-        if self.cond_dim is None:
-            self.cond_dim = self.d_model
-        if self.mlp_hidden is None:
-            self.mlp_hidden = 64 * -(-(8 * self.d_model // 3) // 64)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def mlp_width(self) -> int:
+        """The SwiGLU hidden width: ``mlp_hidden``, or about 8/3 d_model rounded up to a multiple of 64."""
+        return self.mlp_hidden or 64 * -(-(8 * self.d_model // 3) // 64)
+
+    @property
+    def cond_width(self) -> int:
+        """The width of the noise embedding feeding adaLN: ``cond_dim``, or d_model."""
+        return self.cond_dim or self.d_model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

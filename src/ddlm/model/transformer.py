@@ -1,8 +1,9 @@
 """A small transformer backbone: RMSNorm, rotary positions, SwiGLU, SDPA, tied embeddings.
 
-It knows nothing of diffusion: token ids (and optionally a noise level) in, one vector
-of vocabulary logits per position out. An optional key/value cache lets a forward pass
-process only new positions (one token or a chunk at a time) after those already seen.
+It knows nothing of diffusion: token ids (and a noise level, which a model without noise
+conditioning ignores) in, one vector of vocabulary logits per position out. An optional
+key/value cache lets a forward pass process only new positions (one token or a chunk at a
+time) after those already seen.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddlm.model.config import ModelConfig
+
+
+class NoiseLevelMissing(ValueError):
+    """A model conditioned on the noise level was called without one."""
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x scaled by 1 + scale and shifted by shift."""
+    return x * (1 + scale) + shift
 
 
 def rotary_tables(head_dim: int, length: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,9 +137,8 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        assert config.mlp_hidden is not None
-        self.gate_up = nn.Linear(config.d_model, 2 * config.mlp_hidden, bias=False)
-        self.down = nn.Linear(config.mlp_hidden, config.d_model, bias=False)
+        self.gate_up = nn.Linear(config.d_model, 2 * config.mlp_width, bias=False)
+        self.down = nn.Linear(config.mlp_width, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -146,7 +155,7 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = SwiGLU(config)
         self.drop = nn.Dropout(config.dropout)
-        self.modulation = nn.Linear(config.cond_dim, 6 * config.d_model) if config.time_conditioning else None
+        self.modulation = nn.Linear(config.cond_width, 6 * config.d_model) if config.time_conditioning else None
 
     def forward(
         self,
@@ -158,14 +167,13 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
-        if self.modulation is None or cond is None:
+        if self.modulation is None:
             x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, mask, cache, layer))
             return x + self.drop(self.mlp(self.mlp_norm(x)))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)[:, None].chunk(6, dim=-1)
-        h = self.attn_norm(x) * (1 + scale1) + shift1
+        h = modulate(self.attn_norm(x), shift1, scale1)
         x = x + gate1 * self.drop(self.attn(h, cos, sin, mask, cache, layer))
-        h = self.mlp_norm(x) * (1 + scale2) + shift2
-        return x + gate2 * self.drop(self.mlp(h))
+        return x + gate2 * self.drop(self.mlp(modulate(self.mlp_norm(x), shift2, scale2)))
 
 
 class Transformer(nn.Module):
@@ -173,13 +181,15 @@ class Transformer(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("the model config has no vocab_size; set it to the tokenizer's vocab_size")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.noise_embed = NoiseEmbedding(config.cond_dim) if config.time_conditioning else None
+        self.noise_embed = NoiseEmbedding(config.cond_width) if config.time_conditioning else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.final_modulation = (
-            nn.Linear(config.cond_dim, 2 * config.d_model) if config.time_conditioning else None
+            nn.Linear(config.cond_width, 2 * config.d_model) if config.time_conditioning else None
         )
         cos, sin = rotary_tables(config.head_dim, config.context_length, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -209,6 +219,12 @@ class Transformer(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total if include_embeddings else total - self.embed.weight.numel()
 
+    @property
+    def uses_noise(self) -> bool:
+        """Whether the output depends on the noise level (adaLN conditioning); without it the
+        noise argument is ignored and equal tokens give equal logits."""
+        return self.noise_embed is not None
+
     def new_cache(self, batch_size: int) -> KVCache:
         """An empty key/value cache for ``batch_size`` sequences of up to context_length positions."""
         return KVCache(batch_size, self.config.n_layers, self.config.context_length)
@@ -220,8 +236,9 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, L, vocab_size) for token ids (B, L); ``noise`` (B,) when time-conditioned.
+        """Logits (B, L, vocab_size) for token ids (B, L) at noise levels ``noise`` (B,).
 
+        ``noise`` is required by a model that ``uses_noise`` and ignored by one that does not.
         With a ``cache``, ``tokens`` are the L positions after the ``cache.length`` stored
         ones; they also attend to those, and the cache is extended by them. ``key_mask``
         (B, cached + L) bool hides padding positions from every query.
@@ -237,9 +254,9 @@ class Transformer(nn.Module):
                 f"a batch of {tokens.shape[0]} sequences does not fit a cache made for {cache.batch_size}; "
                 f"use model.new_cache({tokens.shape[0]})"
             )
-        if self.noise_embed is not None and noise is None:
-            raise ValueError("this model is conditioned on the noise level: pass noise=")
-        cond = F.silu(self.noise_embed(noise)) if self.noise_embed is not None else None
+        if self.uses_noise and noise is None:
+            raise NoiseLevelMissing("this model is conditioned on the noise level: pass noise=")
+        cond = F.silu(self.noise_embed(noise)) if self.uses_noise else None
         cos, sin = self.rope_cos[start : start + length], self.rope_sin[start : start + length]
         mask = attention_mask(self.config.causal, length, start, key_mask, tokens.device)
         x = self.embed(tokens)
@@ -248,7 +265,6 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length = start + length
         x = self.final_norm(x)
-        if self.final_modulation is not None and cond is not None:
-            shift, scale = self.final_modulation(cond)[:, None].chunk(2, dim=-1)
-            x = x * (1 + scale) + shift
+        if self.final_modulation is not None:
+            x = modulate(x, *self.final_modulation(cond)[:, None].chunk(2, dim=-1))
         return F.linear(x, self.embed.weight)

@@ -35,18 +35,17 @@ class Autoregressive:
         """log p(next token) in float32, with MASK and PAD excluded. Any leading shape."""
         return log_probs_without(logits, (self.mask_id, self.pad_id))
 
-    def model_noise(self, model: torch.nn.Module, batch_size: int, device: torch.device) -> torch.Tensor | None:
-        """Noise level 0 (clean tokens) for a time-conditioned backbone, None for one without."""
-        return torch.zeros(batch_size, device=device) if model.config.time_conditioning else None
+    def model_noise(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Noise level 0 (clean tokens), which a backbone without noise conditioning ignores."""
+        return torch.zeros(batch_size, device=device)
 
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
         """Exact NLL per real (non-pad) token of the batch; ``generator`` is unused (no noise)."""
         inputs = torch.cat((torch.full_like(x0[:, :1], self.eos_id), x0[:, :-1]), dim=1)  # [eos] + x0[:-1]
-        logits = model(inputs, self.model_noise(model, x0.shape[0], x0.device))
+        logits = model(inputs, self.model_noise(x0.shape[0], x0.device))
         real = x0 != self.pad_id
         nll = -self.log_probs(logits[real]).gather(-1, x0[real][:, None]).sum()
-        num_tokens = int(real.sum())
-        return LossOutput(loss=nll / num_tokens, nelbo_sum=float(nll.detach()), num_tokens=num_tokens)
+        return LossOutput.per_real_token(nll, x0, self.pad_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name}

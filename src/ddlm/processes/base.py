@@ -21,6 +21,12 @@ class LossOutput:
     nelbo_sum: float
     num_tokens: int
 
+    @classmethod
+    def per_real_token(cls, nelbo: torch.Tensor, x0: torch.Tensor, pad_id: int) -> LossOutput:
+        """The loss of a batch ``x0`` whose NELBO, summed over the batch, is ``nelbo`` (nats)."""
+        num_tokens = int((x0 != pad_id).sum())
+        return cls(loss=nelbo / num_tokens, nelbo_sum=float(nelbo.detach()), num_tokens=num_tokens)
+
 
 def log_probs_without(logits: torch.Tensor, excluded: tuple[int, ...]) -> torch.Tensor:
     """log_softmax in float32 over the last axis, with the ``excluded`` ids given probability 0."""
@@ -40,6 +46,27 @@ class Vocabulary:
     @classmethod
     def of(cls, tokenizer: Any) -> Vocabulary:
         return cls(tokenizer.vocab_size, tokenizer.mask_id, tokenizer.eos_id, tokenizer.pad_id)
+
+
+class ContinuousTime:
+    """Training times of a continuous-time process: t in [eps, 1], spread evenly over the batch
+    (antithetic, or low-discrepancy, sampling) unless ``antithetic`` is False."""
+
+    eps: float
+    antithetic: bool
+
+    def uniforms(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+        """(B,) float64 uniforms in [0, 1): (u + j/B) mod 1 for one draw u, or B independent draws."""
+        if self.antithetic:
+            u = torch.rand(1, generator=generator, device=device, dtype=torch.float64)
+            return (u + torch.arange(batch_size, device=device, dtype=torch.float64) / batch_size) % 1
+        return torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
+
+    def sample_times(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(B,) float64 times in [eps, 1]."""
+        return self.eps + (1 - self.eps) * self.uniforms(batch_size, device, generator)
 
 
 class Process(Protocol):

@@ -20,18 +20,20 @@ from typing import Any
 import torch
 
 from ddlm.errors import DDLMError
-from ddlm.processes.base import LossOutput, Vocabulary, log_probs_without
-from ddlm.processes.schedules import Schedule, build_schedule
+from ddlm.model import NoiseLevelMissing
+from ddlm.processes.base import ContinuousTime, LossOutput, Vocabulary, log_probs_without
+from ddlm.processes.schedules import Schedule, schedule_from_config
 
 ESTIMATORS = ("time", "count")
 
 
-class MaskedDiffusion:
+class MaskedDiffusion(ContinuousTime):
     """The masked diffusion process for a vocabulary with ``mask_id`` and ``pad_id``."""
 
     name = "masked"
     noise_conditioning = "optional"  # not needed in theory; faster learning in short runs
     causal = False
+    default_schedule = "linear"
 
     def __init__(
         self,
@@ -55,22 +57,11 @@ class MaskedDiffusion:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], vocab: Vocabulary) -> MaskedDiffusion:
-        schedule_config = dict(config.get("schedule", {"name": "linear"}))
-        schedule = build_schedule(schedule_config.pop("name"), **schedule_config)
+        """The process ``config`` describes (``to_dict``'s keys; a missing schedule is the linear one)."""
+        schedule = schedule_from_config(config.get("schedule"), cls.default_schedule)
         return cls(schedule, mask_id=vocab.mask_id, pad_id=vocab.pad_id,
                    eps=config.get("eps", 1e-3), antithetic=config.get("antithetic", True),
                    estimator=config.get("estimator", "time"), eos_id=vocab.eos_id)
-
-    def uniforms(self, batch_size: int, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
-        """(B,) float64 uniforms in [0, 1); antithetic (evenly spread over the batch) unless disabled."""
-        if self.antithetic:
-            u = torch.rand(1, generator=generator, device=device, dtype=torch.float64)
-            return (u + torch.arange(batch_size, device=device, dtype=torch.float64) / batch_size) % 1
-        return torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
-
-    def sample_times(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Times in [eps, 1]."""
-        return (self.eps + (1 - self.eps) * self.uniforms(batch_size, device, generator)).float()
 
     def corrupt_by_count(
         self, x0: torch.Tensor, generator: torch.Generator | None = None
@@ -99,9 +90,10 @@ class MaskedDiffusion:
         """log p(x0 | x_t) in float32; MASK and PAD are never predicted (subs). Any leading shape."""
         return log_probs_without(logits, (self.mask_id, self.pad_id))
 
-    def model_noise(self, model: torch.nn.Module, t: torch.Tensor) -> torch.Tensor | None:
-        """The noise level passed to a time-conditioned model (None for one without)."""
-        return self.mask_probability(t) if model.config.time_conditioning else None
+    def model_noise(self, t: torch.Tensor) -> torch.Tensor:
+        """The noise level the model is given at time t: the mask probability (a model without
+        noise conditioning ignores it)."""
+        return self.mask_probability(t)
 
     def masked_nll(self, logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
         """-log p(x0_i | x_t) at masked positions, 0 at visible ones (carry-over); (B, L)."""
@@ -118,18 +110,19 @@ class MaskedDiffusion:
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
         """One Monte-Carlo draw of the NELBO per real (non-pad) token of the batch."""
         if self.estimator == "count":
-            if model.config.time_conditioning:
-                raise DDLMError("the count estimator needs a model that does not see the noise level; "
-                                "set model.time_conditioning=false or use process.estimator=time")
             xt, weight = self.corrupt_by_count(x0, generator)
-            nelbo = (weight * self.masked_nll(model(xt), x0, xt).sum(dim=1)).sum()
+            try:
+                logits = model(xt)  # no noise level: this estimator integrates it out
+            except NoiseLevelMissing:
+                raise DDLMError("the count estimator needs a model that does not see the noise level; "
+                                "set model.time_conditioning=false or use process.estimator=time") from None
+            nelbo = (weight * self.masked_nll(logits, x0, xt).sum(dim=1)).sum()
         else:
             t = self.sample_times(x0.shape[0], x0.device, generator)
             xt = self.corrupt(x0, t, generator)
-            logits = model(xt, self.model_noise(model, t))
+            logits = model(xt, self.model_noise(t))
             nelbo = self.nelbo_per_sequence(self.masked_nll(logits, x0, xt), t).sum()
-        num_tokens = int((x0 != self.pad_id).sum())
-        return LossOutput(loss=nelbo / num_tokens, nelbo_sum=float(nelbo.detach()), num_tokens=num_tokens)
+        return LossOutput.per_real_token(nelbo, x0, self.pad_id)
 
     def reveal_probability(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Probability that a position masked at time t is revealed by time s < t."""

@@ -13,82 +13,18 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from ddlm.errors import DDLMError
-from ddlm.processes.base import LossOutput, Vocabulary
+from ddlm.processes.base import ContinuousTime, LossOutput, Vocabulary
+from ddlm.processes.schedules import Schedule, schedule_from_config
 
 
 def log_expm1(x: torch.Tensor) -> torch.Tensor:
     """log(exp(x) - 1) for x > 0, without overflow or cancellation at either end."""
     return x + torch.log(-torch.expm1(-x))
-
-
-# ----- noise schedules -----
-
-
-class Noise(ABC):
-    """Total noise sigma_bar(t) and its rate sigma(t) = d sigma_bar / dt, for t in [0, 1]."""
-
-    name: str
-
-    @abstractmethod
-    def total(self, t: torch.Tensor) -> torch.Tensor:
-        """sigma_bar(t)."""
-
-    @abstractmethod
-    def rate(self, t: torch.Tensor) -> torch.Tensor:
-        """sigma(t) = d sigma_bar / dt."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self)}
-
-
-@dataclass
-class GeometricNoise(Noise):
-    """sigma_bar = smin^(1-t) smax^t (SEDD's default for the uniform graph)."""
-
-    sigma_min: float = 1e-4
-    sigma_max: float = 20.0
-    name = "geometric"
-
-    def total(self, t: torch.Tensor) -> torch.Tensor:
-        return self.sigma_min ** (1 - t) * self.sigma_max**t
-
-    def rate(self, t: torch.Tensor) -> torch.Tensor:
-        return self.total(t) * math.log(self.sigma_max / self.sigma_min)
-
-
-@dataclass
-class LogLinearNoise(Noise):
-    """sigma_bar = -log(1 - (1 - eps) t): the corrupted fraction grows linearly in t (SEDD's absorbing default)."""
-
-    eps: float = 1e-3
-    name = "linear"
-
-    def total(self, t: torch.Tensor) -> torch.Tensor:
-        return -torch.log1p(-(1 - self.eps) * t)
-
-    def rate(self, t: torch.Tensor) -> torch.Tensor:
-        return (1 - self.eps) / (1 - (1 - self.eps) * t)
-
-
-NOISES: dict[str, type[Noise]] = {cls.name: cls for cls in (GeometricNoise, LogLinearNoise)}
-
-
-def build_noise(config: dict[str, Any]) -> Noise:
-    """The noise schedule described by ``config`` (as written by ``Noise.to_dict``)."""
-    params = dict(config)
-    name = params.pop("name", None)
-    if name not in NOISES:
-        raise DDLMError(f"unknown SEDD noise schedule {name!r}; choose one of {sorted(NOISES)}")
-    try:
-        return NOISES[name](**params)
-    except TypeError as error:
-        raise DDLMError(f"bad parameters {params} for SEDD noise {name!r}: {error}") from None
 
 
 # ----- graphs -----
@@ -265,7 +201,10 @@ class UniformGraph(Graph):
 
 
 GRAPHS: dict[str, type[Graph]] = {"sedd-absorb": AbsorbingGraph, "sedd-uniform": UniformGraph}
-DEFAULT_NOISE = {"sedd-absorb": {"name": "linear"}, "sedd-uniform": {"name": "geometric"}}
+# SEDD's choices: log-linear noise for the absorbing graph, geometric (1e-4 to 20) for the uniform one
+DEFAULT_SCHEDULES = {"sedd-absorb": "linear", "sedd-uniform": "geometric"}
+# the log-linear noise keeps eps = 1e-3 here, so that sigma_bar(1) = log(1000) is finite
+SCHEDULE_DEFAULTS = {"linear": {"eps": 1e-3}}
 
 
 def score_entropy_sum(log_score: torch.Tensor, log_ratio: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
@@ -288,18 +227,25 @@ def score_entropy_sum(log_score: torch.Tensor, log_ratio: torch.Tensor, rate: to
 # ----- the process -----
 
 
-class ScoreEntropyDiffusion:
-    """SEDD on the graph named by ``name`` ("sedd-absorb" or "sedd-uniform")."""
+class ScoreEntropyDiffusion(ContinuousTime):
+    """SEDD on the graph named by ``name`` ("sedd-absorb" or "sedd-uniform").
+
+    The ``schedule`` is read as total noise sigma_bar(t) and rate sigma(t); it must leave
+    sigma_bar(1) finite (the prior term and the sampler's start depend on it).
+    """
 
     noise_conditioning = "required"
     causal = False
 
-    def __init__(self, name: str, noise: Noise, vocab: Vocabulary, eps: float = 1e-3, antithetic: bool = True):
+    def __init__(self, name: str, schedule: Schedule, vocab: Vocabulary, eps: float = 1e-3, antithetic: bool = True):
         if name not in GRAPHS:
             raise DDLMError(f"unknown SEDD process {name!r}; choose one of {sorted(GRAPHS)}")
+        if not math.isfinite(float(schedule.total(torch.tensor(1.0, dtype=torch.float64)))):
+            raise DDLMError(f"SEDD needs a noise schedule with finite total noise at t = 1, which {schedule.to_dict()} "
+                            "is not; use schedule geometric, or linear with eps > 0")
         self.name = name
         self.graph = GRAPHS[name](vocab)
-        self.noise = noise
+        self.schedule = schedule
         self.mask_id = vocab.mask_id
         self.pad_id = vocab.pad_id
         self.eps = eps
@@ -307,41 +253,31 @@ class ScoreEntropyDiffusion:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], vocab: Vocabulary) -> ScoreEntropyDiffusion:
+        """The process ``config`` describes (``to_dict``'s keys; a missing schedule is the graph's default)."""
         name = config.get("name", "sedd-absorb")
-        noise = build_noise(config.get("schedule", DEFAULT_NOISE.get(name, {"name": "geometric"})))
-        return cls(name, noise, vocab, eps=config.get("eps", 1e-3), antithetic=config.get("antithetic", True))
+        schedule = schedule_from_config(config.get("schedule"), DEFAULT_SCHEDULES.get(name, "geometric"), SCHEDULE_DEFAULTS)
+        return cls(name, schedule, vocab, eps=config.get("eps", 1e-3), antithetic=config.get("antithetic", True))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "schedule": self.noise.to_dict(), "eps": self.eps, "antithetic": self.antithetic}
+        return {"name": self.name, "schedule": self.schedule.to_dict(), "eps": self.eps, "antithetic": self.antithetic}
 
     # noise and corruption
 
     def sigma_bar(self, t: torch.Tensor) -> torch.Tensor:
         """Total noise at time t."""
-        return self.noise.total(t)
+        return self.schedule.total(t)
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Noise rate d sigma_bar / dt at time t."""
-        return self.noise.rate(t)
-
-    def sample_times(
-        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """float64 times in [eps, 1]; antithetic (evenly spread over the batch) unless disabled."""
-        if self.antithetic:
-            u = torch.rand(1, generator=generator, device=device, dtype=torch.float64)
-            u = (u + torch.arange(batch_size, device=device, dtype=torch.float64) / batch_size) % 1
-        else:
-            u = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
-        return self.eps + (1 - self.eps) * u
+        return self.schedule.rate(t)
 
     def corrupt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """x_t for x0 (B, L) at times t (B,); pad positions are never corrupted."""
         return self.graph.corrupt(x0, self.sigma_bar(t), generator)
 
-    def model_noise(self, model: torch.nn.Module, t: torch.Tensor) -> torch.Tensor | None:
-        """The noise input 1 - e^-sigma_bar(t) in [0, 1] (dtype of t); None for a model that takes none."""
-        return -torch.expm1(-self.sigma_bar(t)) if model.config.time_conditioning else None
+    def model_noise(self, t: torch.Tensor) -> torch.Tensor:
+        """The noise level the model is given at time t: 1 - e^-sigma_bar(t) in [0, 1] (dtype of t)."""
+        return -torch.expm1(-self.sigma_bar(t))
 
     def can_move(self, xt: torch.Tensor) -> torch.Tensor:
         """Positions the reverse process may change: MASKs (absorbing) or every non-pad token (uniform)."""
@@ -400,10 +336,9 @@ class ScoreEntropyDiffusion:
         t = self.sample_times(x0.shape[0], x0.device, generator)
         xt = self.corrupt(x0, t, generator)
         sigma_bar = self.sigma_bar(t)[:, None]
-        log_score = self.log_score(model(xt, self.model_noise(model, t)), xt, sigma_bar)
+        log_score = self.log_score(model(xt, self.model_noise(t)), xt, sigma_bar)
         nelbo = self.nelbo_per_sequence(self.score_entropy(log_score, xt, x0, sigma_bar), t, x0).sum()
-        num_tokens = int((x0 != self.pad_id).sum())
-        return LossOutput(loss=nelbo / num_tokens, nelbo_sum=float(nelbo.detach()), num_tokens=num_tokens)
+        return LossOutput.per_real_token(nelbo, x0, self.pad_id)
 
     # reverse steps (rows of movable positions; probabilities before clipping and renormalising)
 
