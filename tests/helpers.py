@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 from torch import nn
 
 from ddlm.model import ModelConfig
-from ddlm.samplers import Canvas
+from ddlm.samplers import Canvas, SamplerOptions, SamplerStep, sampler_steps
 
 
 class IIDOracle(nn.Module):
@@ -38,3 +40,17 @@ def entropy(pi: torch.Tensor) -> float:
 def prefix_canvas(batch_size: int, length: int, prompt: list[int] | tuple[int, ...] = ()) -> Canvas:
     """``batch_size`` rows of ``prompt`` followed by ``length`` positions to generate (samplers set their MASK)."""
     return Canvas.from_prompts([list(prompt)] * batch_size, length, mask_id=0, pad_id=0)
+
+
+class Run(NamedTuple):
+    """A sampler run drained in a test: the final tokens, the model calls and every step."""
+
+    tokens: torch.Tensor
+    model_calls: int
+    trace: list[SamplerStep]
+
+
+def run_steps(model: nn.Module, process: Any, *, canvas: Canvas, **options: Any) -> Run:
+    """Every step of the sampler of ``process``, with options given as keywords (seed 0 unless given)."""
+    trace = list(sampler_steps(model, process, canvas, SamplerOptions(**{"seed": 0, **options})))
+    return Run(trace[-1].tokens, trace[-1].model_calls, trace)

@@ -14,9 +14,8 @@ from ddlm import DiffusionPipeline
 from ddlm.model import ModelConfig, Transformer
 from ddlm.model.transformer import KVCache
 from ddlm.processes import Autoregressive
-from ddlm.samplers import SamplingOptions, ar_sample
 from ddlm.training import load_config, prepare_training
-from tests.helpers import prefix_canvas
+from tests.helpers import prefix_canvas, run_steps
 
 K = 3  # real tokens 0..K-1, then the special ids
 MASK, EOS, PAD = K, K + 1, K + 2
@@ -103,7 +102,7 @@ def test_loss_of_the_exact_model_is_the_entropy_of_the_chain():
 
 def test_sampler_reproduces_the_chain():
     batch, length = 400, 30
-    tokens = ar_sample(MarkovOracle(), PROCESS, canvas=prefix_canvas(batch, length), seed=0).tokens
+    tokens = run_steps(MarkovOracle(), PROCESS, canvas=prefix_canvas(batch, length), seed=0).tokens
     assert (tokens < K).all()
     previous = torch.cat((torch.full((batch, 1), K), tokens[:, :-1]), dim=1)  # row K stands for EOS
     counts = torch.bincount((previous * K + tokens).flatten(), minlength=(K + 1) * K).view(K + 1, K).double()
@@ -117,8 +116,8 @@ def test_sampler_reproduces_the_chain():
 def test_kv_cache_gives_the_same_samples_as_full_forward_passes(temperature):
     net = tiny_model()
     runs = [
-        ar_sample(net, PROCESS, canvas=prefix_canvas(3, 20, [0, 2]), seed=7, use_cache=use_cache,
-                  options=SamplingOptions(temperature=temperature))
+        run_steps(net, PROCESS, canvas=prefix_canvas(3, 20, [0, 2]), seed=7, use_cache=use_cache,
+                  temperature=temperature)
         for use_cache in (True, False)
     ]
     assert torch.equal(runs[0].tokens, runs[1].tokens)
@@ -127,13 +126,14 @@ def test_kv_cache_gives_the_same_samples_as_full_forward_passes(temperature):
 
 def test_prompt_is_kept_and_the_trace_fills_one_position_per_step():
     prompt = [2, 0, 1]
-    out = ar_sample(tiny_model(), PROCESS, canvas=prefix_canvas(4, 9, prompt), seed=1, trace=True)
+    out = run_steps(tiny_model(), PROCESS, canvas=prefix_canvas(4, 9, prompt), seed=1)
     assert out.tokens.shape == (4, 12)
     assert (out.tokens[:, :3] == torch.tensor(prompt)).all()
     assert not torch.isin(out.tokens, torch.tensor([MASK, PAD])).any()
-    assert len(out.trace) == 9 and out.trace[-1].time == 0.0
+    assert len(out.trace) == 9 and out.trace[-1].noise == 0.0
     for step in out.trace:
-        column = len(prompt) + step.step
+        assert step.noise == pytest.approx(1 - (step.index + 1) / 9)  # the fraction still to write
+        column = len(prompt) + step.index
         assert step.changed[:, column].all() and step.changed.sum() == 4
         assert torch.equal(step.tokens[:, : column + 1], out.tokens[:, : column + 1])
         assert (step.tokens[:, column + 1 :] == MASK).all()
@@ -141,8 +141,8 @@ def test_prompt_is_kept_and_the_trace_fills_one_position_per_step():
 
 def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in():
     net = tiny_model()
-    alone = ar_sample(net, PROCESS, canvas=prefix_canvas(1, 12), seed=3)
-    batch = ar_sample(net, PROCESS, canvas=prefix_canvas(4, 12), seed=3)
+    alone = run_steps(net, PROCESS, canvas=prefix_canvas(1, 12), seed=3)
+    batch = run_steps(net, PROCESS, canvas=prefix_canvas(4, 12), seed=3)
     assert torch.equal(alone.tokens[0], batch.tokens[0])
     assert not torch.equal(batch.tokens[0], batch.tokens[1])
 
@@ -150,7 +150,7 @@ def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in():
 def test_a_time_conditioned_backbone_sees_noise_level_zero():
     net = tiny_model(time_conditioning=True)
     assert math.isfinite(PROCESS.loss(net, torch.tensor([[0, 1, 2, 1]])).nelbo_sum)
-    assert ar_sample(net, PROCESS, canvas=prefix_canvas(2, 5), seed=0).tokens.shape == (2, 5)
+    assert run_steps(net, PROCESS, canvas=prefix_canvas(2, 5), seed=0).tokens.shape == (2, 5)
 
 
 def test_training_builds_a_causal_model_and_the_pipeline_samples_left_to_right(tmp_path: Path):
@@ -172,11 +172,11 @@ def test_training_builds_a_causal_model_and_the_pipeline_samples_left_to_right(t
 
 def test_trace_confidence_is_the_probability_of_each_drawn_token():
     net = tiny_model()
-    out = ar_sample(net, PROCESS, canvas=prefix_canvas(2, 5), seed=0, trace=True)
+    out = run_steps(net, PROCESS, canvas=prefix_canvas(2, 5), seed=0)
     for step in out.trace:
-        inputs = torch.cat((torch.full((2, 1), PROCESS.eos_id), out.tokens[:, : step.step]), dim=1)
+        inputs = torch.cat((torch.full((2, 1), PROCESS.eos_id), out.tokens[:, : step.index]), dim=1)
         with torch.no_grad():
             probs = PROCESS.log_probs(net(inputs)[:, -1]).exp()
-        expected = probs.gather(-1, out.tokens[:, step.step, None])[:, 0]
-        torch.testing.assert_close(step.confidence[:, step.step], expected, atol=1e-5, rtol=1e-4)
+        expected = probs.gather(-1, out.tokens[:, step.index, None])[:, 0]
+        torch.testing.assert_close(step.confidence[:, step.index], expected, atol=1e-5, rtol=1e-4)
         assert step.confidence.isnan().sum() == 2 * 4

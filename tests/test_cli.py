@@ -171,7 +171,8 @@ def test_eval_prints_a_table_and_writes_every_figure(trained, trained_ar, tmp_pa
     assert ar["likelihood"]["exact"] and ar["likelihood"]["draws"] == 1
     samples = masked["samples"]
     assert samples["generative_perplexity"] == pytest.approx(math.exp(samples["judge_nll"]))
-    assert masked["settings"]["steps"] == 8 and masked["settings"]["sampler"]["policy"] == "confidence"
+    assert masked["settings"]["sampler"]["steps"] == 8 and masked["settings"]["sampler"]["policy"] == "confidence"
+    assert "policy" not in ar["samples"]["sampler"]  # a masked-diffusion option does not apply to the AR model
     assert 0 < samples["distinct_1"] <= 1 and samples["model_calls"] <= 8
 
 

@@ -9,14 +9,14 @@ from scipy.stats import chisquare
 from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import MaskedDiffusion, build_schedule
-from ddlm.samplers import SamplingOptions, filter_logits, masked_sample, sample_categorical
-from tests.helpers import IIDOracle, prefix_canvas
+from ddlm.samplers import SamplerOptions, filter_logits, sample_categorical
+from tests.helpers import IIDOracle, prefix_canvas, run_steps
 
 # A distribution with a long low-probability tail: float32 Gumbel noise loses such tails.
 TAIL = torch.tensor([0.6, 0.25, 0.1, 0.04, 0.009, 0.0009, 0.0001], dtype=torch.float64)
 
 
-def draw(logits: torch.Tensor, options: SamplingOptions, n: int, seed: int = 0) -> torch.Tensor:
+def draw(logits: torch.Tensor, options: SamplerOptions, n: int, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     tokens = sample_categorical(logits.expand(n, -1), options, generator)
     return torch.bincount(tokens, minlength=logits.shape[-1]).double()
@@ -30,39 +30,39 @@ def assert_matches(counts: torch.Tensor, probs: torch.Tensor) -> None:
 
 
 def test_frequencies_match_the_distribution_including_its_tail():
-    counts = draw(TAIL.log().float(), SamplingOptions(), 400_000)
+    counts = draw(TAIL.log().float(), SamplerOptions(), 400_000)
     assert_matches(counts, TAIL)
     assert counts[-1] > 0  # the 1e-4 token shows up (about 40 times)
 
 
 def test_temperature_scales_logits():
-    counts = draw(TAIL.log().float(), SamplingOptions(temperature=2.0), 200_000)
+    counts = draw(TAIL.log().float(), SamplerOptions(temperature=2.0), 200_000)
     assert_matches(counts, (TAIL.log() / 2).softmax(-1))
 
 
 def test_top_k_keeps_the_k_most_likely_renormalised():
-    counts = draw(TAIL.log().float(), SamplingOptions(top_k=3), 200_000)
+    counts = draw(TAIL.log().float(), SamplerOptions(top_k=3), 200_000)
     expected = torch.where(torch.arange(7) < 3, TAIL, torch.zeros_like(TAIL))
     assert_matches(counts, expected)
 
 
 @pytest.mark.parametrize("top_p, kept", [(0.6, 1), (0.8, 2), (0.95, 3), (0.99, 4), (1.0, 7)])
 def test_top_p_keeps_the_smallest_prefix_reaching_p(top_p, kept):
-    filtered = filter_logits(TAIL.log(), SamplingOptions(top_p=top_p))
+    filtered = filter_logits(TAIL.log(), SamplerOptions(top_p=top_p))
     assert torch.isfinite(filtered).sum().item() == kept
     assert torch.isfinite(filtered[:kept]).all()
 
 
 def test_sampling_is_float64_and_temperature_zero_is_argmax():
-    assert filter_logits(torch.zeros(3), SamplingOptions()).dtype == torch.float64
+    assert filter_logits(torch.zeros(3), SamplerOptions()).dtype == torch.float64
     logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 2.9]])
-    assert sample_categorical(logits, SamplingOptions(temperature=0)).tolist() == [1, 0]
+    assert sample_categorical(logits, SamplerOptions(temperature=0)).tolist() == [1, 0]
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
 def test_bad_options_are_rejected(bad):
     with pytest.raises(DDLMError):
-        SamplingOptions(**bad)
+        SamplerOptions(**bad)
 
 
 PI = torch.tensor([0.4, 0.3, 0.2, 0.1])
@@ -76,13 +76,13 @@ def process(schedule: str = "linear") -> MaskedDiffusion:
 @pytest.mark.parametrize("schedule", ["linear", "cosine", "geometric"])
 @pytest.mark.parametrize("steps", [1, 2, 3, 7, 50])
 def test_no_mask_survives_the_last_step(schedule, steps):
-    out = masked_sample(IIDOracle(PI), process(schedule), canvas=prefix_canvas(4, 30), steps=steps,
+    out = run_steps(IIDOracle(PI), process(schedule), canvas=prefix_canvas(4, 30), steps=steps,
                            seed=steps)
     assert not (out.tokens == MASK).any()
 
 
 def test_masked_sampler_reproduces_the_oracle_distribution():
-    out = masked_sample(IIDOracle(PI), process("cosine"), canvas=prefix_canvas(200, 50), steps=16,
+    out = run_steps(IIDOracle(PI), process("cosine"), canvas=prefix_canvas(200, 50), steps=16,
                            seed=0)
     counts = torch.bincount(out.tokens.flatten(), minlength=7).double()
     assert_matches(counts, torch.cat([PI.double(), torch.zeros(3, dtype=torch.float64)]))
@@ -90,7 +90,7 @@ def test_masked_sampler_reproduces_the_oracle_distribution():
 
 def test_prompt_is_never_changed():
     prompt = [3, 3, 0, 1]
-    out = masked_sample(IIDOracle(PI), process(), canvas=prefix_canvas(8, 10, prompt), steps=5,
+    out = run_steps(IIDOracle(PI), process(), canvas=prefix_canvas(8, 10, prompt), steps=5,
                            seed=0)
     assert out.tokens.shape == (8, 14)
     assert (out.tokens[:, :4] == torch.tensor(prompt)).all()
@@ -106,7 +106,7 @@ def tiny_model(time_conditioning: bool = False) -> Transformer:
 def test_cached_sampler_gives_identical_samples_with_fewer_calls():
     model = tiny_model()
     runs = {
-        cache: masked_sample(model, process(), canvas=prefix_canvas(3, 12, [1]), steps=64,
+        cache: run_steps(model, process(), canvas=prefix_canvas(3, 12, [1]), steps=64,
                                 seed=5, use_cache=cache)
         for cache in (True, False)
     }
@@ -116,14 +116,14 @@ def test_cached_sampler_gives_identical_samples_with_fewer_calls():
 
 
 def test_time_conditioned_model_is_called_every_step():
-    out = masked_sample(tiny_model(time_conditioning=True), process(), canvas=prefix_canvas(2, 8), steps=20,
+    out = run_steps(tiny_model(time_conditioning=True), process(), canvas=prefix_canvas(2, 8), steps=20,
                            seed=0)
     assert out.model_calls == 20
 
 
 def test_trace_records_each_reveal_once_and_ends_at_the_output():
-    out = masked_sample(tiny_model(), process(), canvas=prefix_canvas(2, 12, [2, 2]), steps=10,
-                           seed=1, trace=True)
+    out = run_steps(tiny_model(), process(), canvas=prefix_canvas(2, 12, [2, 2]), steps=10,
+                           seed=1)
     assert len(out.trace) == 10
     assert torch.equal(out.trace[-1].tokens, out.tokens)
     reveals = torch.stack([step.changed for step in out.trace]).sum(dim=0)
@@ -134,12 +134,12 @@ def test_trace_records_each_reveal_once_and_ends_at_the_output():
 
 def test_zero_steps_is_an_error():
     with pytest.raises(DDLMError, match="steps"):
-        masked_sample(tiny_model(), process(), canvas=prefix_canvas(1, 4), steps=0)
+        run_steps(tiny_model(), process(), canvas=prefix_canvas(1, 4), steps=0)
 
 
 def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in():
     model = tiny_model()
-    alone = masked_sample(model, process(), canvas=prefix_canvas(1, 12), steps=8, seed=3)
-    batch = masked_sample(model, process(), canvas=prefix_canvas(4, 12), steps=8, seed=3)
+    alone = run_steps(model, process(), canvas=prefix_canvas(1, 12), steps=8, seed=3)
+    batch = run_steps(model, process(), canvas=prefix_canvas(4, 12), steps=8, seed=3)
     assert torch.equal(alone.tokens[0], batch.tokens[0])
     assert not torch.equal(batch.tokens[0], batch.tokens[1])

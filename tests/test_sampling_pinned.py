@@ -17,7 +17,7 @@ import torch
 
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Vocabulary, build_process
-from ddlm.samplers import Canvas, SamplingOptions, run_sampler
+from ddlm.samplers import Canvas, SamplerOptions, run_sampler
 
 FIXTURE = Path(__file__).parent / "data" / "pinned_samples.json"
 VOCAB = Vocabulary(size=9, mask_id=6, eos_id=7, pad_id=8)  # real tokens 0..5
@@ -59,7 +59,6 @@ CASES: dict[str, dict[str, Any]] = {
     "ar: no cache, temperature 0.8": {"process": "ar", "use_cache": False, "temperature": 0.8},
 }
 SEEDS = (0, 7)
-SAMPLING = ("temperature", "top_k", "top_p")
 
 
 def tiny_model(process: str, time_conditioning: bool) -> Transformer:
@@ -82,9 +81,7 @@ def run_case(case: dict[str, Any], seed: int) -> dict[str, Any]:
     process = build_process({"name": options.pop("process")}, VOCAB)
     model = tiny_model(process.name, options.pop("time_conditioning", False))
     canvas = case_canvas(options.pop("canvas", "prompt"))
-    sampling = SamplingOptions(**{name: options.pop(name) for name in SAMPLING if name in options})
-    output = run_sampler(model, process, canvas=canvas, steps=options.pop("steps", 8), options=sampling, seed=seed,
-                         **options)
+    output = run_sampler(model, process, canvas, SamplerOptions(steps=8, seed=seed, **options))
     return {"tokens": output.tokens.tolist(), "model_calls": output.model_calls}
 
 

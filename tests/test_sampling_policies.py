@@ -12,15 +12,15 @@ from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import MaskedDiffusion, build_schedule
-from ddlm.samplers import POLICIES, Canvas, SamplingOptions, masked_sample, parse_template
+from ddlm.samplers import POLICIES, Canvas, parse_template
 from ddlm.samplers.policies import remask_probability
 from ddlm.tokenizers import CharTokenizer
-from tests.helpers import IIDOracle
+from tests.helpers import IIDOracle, run_steps
 
 K = 6  # real tokens 0..5; then mask 6, eos 7, pad 8
 MASK, EOS, PAD = K, K + 1, K + 2
 PI = torch.tensor([0.4, 0.25, 0.15, 0.1, 0.07, 0.03])
-GREEDY = SamplingOptions(temperature=0)
+GREEDY = {"temperature": 0}
 
 
 def process(schedule: str = "linear") -> MaskedDiffusion:
@@ -82,7 +82,7 @@ def reference_semi_autoregressive(
 def test_semi_autoregressive_greedy_matches_the_reference(score, block_length, steps):
     model = tiny_model()
     prompt = [1, 4, 2]
-    out = masked_sample(model, process(), canvas=prompt_canvas(2, prompt, 12), steps=steps, options=GREEDY,
+    out = run_steps(model, process(), canvas=prompt_canvas(2, prompt, 12), steps=steps, **GREEDY,
                         policy=score, block_length=block_length)
     expected = reference_semi_autoregressive(model, prompt, 12, block_length, steps, score)
     assert out.tokens[0].tolist() == expected
@@ -90,11 +90,11 @@ def test_semi_autoregressive_greedy_matches_the_reference(score, block_length, s
 
 
 def test_blocks_fill_left_to_right():
-    out = masked_sample(tiny_model(), process(), canvas=prompt_canvas(1, [0], 12), steps=6, policy="confidence",
-                        block_length=4, trace=True, seed=0)
-    assert [step.step for step in out.trace] == list(range(6))
+    out = run_steps(tiny_model(), process(), canvas=prompt_canvas(1, [0], 12), steps=6, policy="confidence",
+                        block_length=4, seed=0)
+    assert [step.index for step in out.trace] == list(range(6))
     for step in out.trace:
-        block = step.step // 2  # 3 blocks of 4 positions after the prompt, 2 steps each
+        block = step.index // 2  # 3 blocks of 4 positions after the prompt, 2 steps each
         changed = step.changed[0].nonzero()[:, 0]
         assert len(changed) == 2
         assert ((changed >= 1 + 4 * block) & (changed < 5 + 4 * block)).all()
@@ -135,29 +135,29 @@ def assert_pairs_match(tokens: torch.Tensor) -> None:
 
 def test_first_hitting_reproduces_a_joint_distribution_with_one_call_per_token():
     oracle = PairOracle()
-    out = masked_sample(oracle, process(), canvas=prompt_canvas(3000, [], 2), steps=1, policy="first-hitting", seed=0)
+    out = run_steps(oracle, process(), canvas=prompt_canvas(3000, [], 2), steps=1, policy="first-hitting", seed=0)
     assert out.model_calls == 2 == oracle.calls
     assert_pairs_match(out.tokens)
 
 
 def test_revealing_both_tokens_at_once_is_caught_by_the_pair_test():
     """The check above can fail: one ancestral step draws a and b independently."""
-    out = masked_sample(PairOracle(), process(), canvas=prompt_canvas(3000, [], 2), steps=1, seed=0)
+    out = run_steps(PairOracle(), process(), canvas=prompt_canvas(3000, [], 2), steps=1, seed=0)
     counts = pair_counts(out.tokens)
     assert chisquare(counts.numpy(), (PAIRS.flatten() * 3000).numpy()).pvalue < 1e-6
 
 
 def test_first_hitting_calls_once_per_generated_token():
     oracle = IIDOracle(PI)
-    out = masked_sample(oracle, process(), canvas=prompt_canvas(4, [1, 2], 17), steps=1, policy="first-hitting")
+    out = run_steps(oracle, process(), canvas=prompt_canvas(4, [1, 2], 17), steps=1, policy="first-hitting")
     assert out.model_calls == 17 == oracle.calls
     assert (out.tokens != MASK).all()
 
 
 @pytest.mark.parametrize("remask", ["cap", "rescale"])
 def test_remdm_keeps_the_distribution_and_does_remask(remask):
-    out = masked_sample(IIDOracle(PI), process(), canvas=prompt_canvas(300, [], 40), steps=30, seed=1,
-                        remask=remask, remask_eta=0.5, trace=True)
+    out = run_steps(IIDOracle(PI), process(), canvas=prompt_canvas(300, [], 40), steps=30, seed=1,
+                        remask=remask, remask_eta=0.5)
     assert (out.tokens != MASK).all()
     counts = torch.bincount(out.tokens.flatten(), minlength=K).double()
     assert chisquare(counts.numpy(), (PI.double() * out.tokens.numel()).numpy()).pvalue > 1e-3
@@ -194,10 +194,10 @@ class Recorder(torch.nn.Module):
 def test_prefix_cache_is_exact_for_a_one_layer_model_and_computes_less():
     """With one layer, keys/values of the prefix depend on the prefix only: caching them changes nothing."""
     model = tiny_model(n_layers=1)
-    plain = masked_sample(model, process(), canvas=prompt_canvas(3, [1, 2], 16), steps=8, policy="confidence",
+    plain = run_steps(model, process(), canvas=prompt_canvas(3, [1, 2], 16), steps=8, policy="confidence",
                           block_length=4, seed=2)
     recorder = Recorder(model)
-    cached = masked_sample(recorder, process(), canvas=prompt_canvas(3, [1, 2], 16), steps=8, policy="confidence",
+    cached = run_steps(recorder, process(), canvas=prompt_canvas(3, [1, 2], 16), steps=8, policy="confidence",
                            block_length=4, seed=2, prefix_cache=True)
     assert torch.equal(plain.tokens, cached.tokens)
     assert recorder.widths == [18, 16, 18, 12, 18, 8, 18, 4]  # a full call opens each block
@@ -205,16 +205,16 @@ def test_prefix_cache_is_exact_for_a_one_layer_model_and_computes_less():
 
 def test_prefix_cache_is_an_approximation_for_deeper_models():
     model = tiny_model(n_layers=3, seed=4)
-    runs = [masked_sample(model, process(), canvas=prompt_canvas(8, [1], 24), steps=24, policy="confidence",
-                          block_length=8, options=GREEDY, prefix_cache=cache) for cache in (False, True)]
+    runs = [run_steps(model, process(), canvas=prompt_canvas(8, [1], 24), steps=24, policy="confidence",
+                          block_length=8, **GREEDY, prefix_cache=cache) for cache in (False, True)]
     assert runs[0].model_calls == runs[1].model_calls == 24
     assert (runs[1].tokens != MASK).all()
 
 
 def test_unchanged_canvas_skips_the_model_for_time_agnostic_models_only():
     many_steps = {"steps": 200, "seed": 0, "canvas": prompt_canvas(2, [], 10)}
-    agnostic = masked_sample(tiny_model(), process(), **many_steps)
-    conditioned = masked_sample(tiny_model(time_conditioning=True), process(), **many_steps)
+    agnostic = run_steps(tiny_model(), process(), **many_steps)
+    conditioned = run_steps(tiny_model(time_conditioning=True), process(), **many_steps)
     assert agnostic.model_calls <= 20 and conditioned.model_calls > 150  # it stops once all is revealed
 
 
@@ -223,8 +223,8 @@ def test_unchanged_canvas_skips_the_model_for_time_agnostic_models_only():
 @pytest.mark.parametrize("policy", ["threshold", "random", "margin"])
 def test_threshold_reveals_every_confident_position_and_at_least_one(policy):
     model = tiny_model(seed=3)
-    out = masked_sample(model, process(), canvas=prompt_canvas(4, [0], 20), steps=20, policy=policy,
-                        threshold=0.3, trace=True, seed=1)
+    out = run_steps(model, process(), canvas=prompt_canvas(4, [0], 20), steps=20, policy=policy,
+                        threshold=0.3, seed=1)
     for step in out.trace:
         confident = step.confidence > 0.3  # NaN (not a candidate) compares False
         assert (step.changed | ~confident).all()
@@ -235,8 +235,8 @@ def test_threshold_reveals_every_confident_position_and_at_least_one(policy):
 
 def test_threshold_uses_fewer_calls_when_the_model_is_sure():
     sure = torch.tensor([0.96, 0.01, 0.01, 0.01, 0.005, 0.005])
-    out = masked_sample(IIDOracle(sure), process(), canvas=prompt_canvas(2, [], 32), steps=32, policy="threshold",
-                        options=GREEDY)
+    out = run_steps(IIDOracle(sure), process(), canvas=prompt_canvas(2, [], 32), steps=32, policy="threshold",
+                        **GREEDY)
     assert out.model_calls == 1
 
 
@@ -248,7 +248,7 @@ INFILL_ROWS = [[3, None, None, 1, None, 2], [None, 4, None, None], [5, 5, None, 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_given_tokens_never_change_and_no_mask_remains(policy):
     board = canvas(INFILL_ROWS)
-    out = masked_sample(tiny_model(), process(), canvas=board, steps=8, policy=policy, seed=4)
+    out = run_steps(tiny_model(), process(), canvas=board, steps=8, policy=policy, seed=4)
     assert torch.equal(out.tokens[board.fixed], board.tokens[board.fixed])
     assert (out.tokens[~board.active] == PAD).all()
     assert not (out.tokens[board.active] == MASK).any()
@@ -258,9 +258,9 @@ def test_given_tokens_never_change_and_no_mask_remains(policy):
 def test_padding_does_not_change_a_row():
     """Rows of different lengths are padded and the padding is hidden: a row samples the same alone."""
     model = tiny_model()
-    together = masked_sample(model, process(), canvas=canvas([[1, None, None, None], [2, None]]), steps=4,
-                             options=GREEDY, policy="confidence")
-    alone = masked_sample(model, process(), canvas=canvas([[2, None]]), steps=4, options=GREEDY, policy="confidence")
+    together = run_steps(model, process(), canvas=canvas([[1, None, None, None], [2, None]]), steps=4,
+                             **GREEDY, policy="confidence")
+    alone = run_steps(model, process(), canvas=canvas([[2, None]]), steps=4, **GREEDY, policy="confidence")
     assert together.tokens[1, :2].tolist() == alone.tokens[0].tolist()
 
 
@@ -273,7 +273,7 @@ class EOSLover(IIDOracle):
 
 
 def test_min_length_keeps_end_of_text_out_of_the_first_positions():
-    out = masked_sample(EOSLover(), process(), canvas=prompt_canvas(50, [1], 12), steps=12, min_length=5, seed=0)
+    out = run_steps(EOSLover(), process(), canvas=prompt_canvas(50, [1], 12), steps=12, min_length=5, seed=0)
     assert not (out.tokens[:, 1:6] == EOS).any()
     assert (out.tokens[:, 6:] == EOS).float().mean() > 0.8
 
@@ -299,7 +299,7 @@ def test_generate_ends_each_gap_at_end_of_text_and_keeps_the_given_text():
 def test_bad_options_are_clear_errors(options, message):
     options = {"steps": 6, **options}
     with pytest.raises(DDLMError, match=message):
-        masked_sample(tiny_model(), process(), canvas=prompt_canvas(1, [], 12), **options)
+        run_steps(tiny_model(), process(), canvas=prompt_canvas(1, [], 12), **options)
 
 
 def test_canvas_layouts():

@@ -13,9 +13,8 @@ from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Vocabulary, build_process
 from ddlm.processes.sedd import ScoreEntropyDiffusion
-from ddlm.samplers import Canvas, run_sampler
-from ddlm.samplers.sedd import sedd_sample
-from tests.helpers import entropy, prefix_canvas
+from ddlm.samplers import Canvas
+from tests.helpers import entropy, prefix_canvas, run_steps
 from tests.test_sampling import assert_matches
 
 # MASK sits between real tokens (catches "MASK is the last id" bugs); EOS is a real token.
@@ -284,9 +283,10 @@ def test_analytic_absorbing_sampler_follows_the_masking_schedule():
     (The probability to be masked at s given masked at t = 1, where the sampler starts.)
     """
     process = make_process("sedd-absorb", {"name": "geometric", "sigma_max": 5.0})
-    out = sedd_sample(ExactScore("sedd-absorb"), process, canvas=prefix_canvas(20, 500), steps=8, seed=2, trace=True)
+    out = run_steps(ExactScore("sedd-absorb"), process, canvas=prefix_canvas(20, 500), steps=8, seed=2)
     for step in out.trace[:-1]:
-        sigma_bar_s = float(process.sigma_bar(torch.tensor(step.time, dtype=torch.float64)))
+        s = 1 - (step.index + 1) / 8
+        sigma_bar_s = float(process.sigma_bar(torch.tensor(s, dtype=torch.float64)))
         expected = math.expm1(-sigma_bar_s) / math.expm1(-5.0)
         observed = (step.tokens == MASK).double().mean().item()
         assert abs(observed - expected) < 5 * math.sqrt(expected * (1 - expected) / 10000) + 1e-9
@@ -356,7 +356,7 @@ def test_loss_matches_its_parts_and_counts_only_real_tokens(name):
 @pytest.mark.parametrize("method, steps", [("analytic", 8), ("euler", 64)])
 def test_samplers_reproduce_the_iid_distribution(name, method, steps):
     process = make_process(name)
-    out = sedd_sample(ExactScore(name), process, canvas=prefix_canvas(20, 500), steps=steps, seed=0, method=method)
+    out = run_steps(ExactScore(name), process, canvas=prefix_canvas(20, 500), steps=steps, seed=0, method=method)
     counts = torch.bincount(out.tokens.flatten(), minlength=VOCAB.size).double()
     assert_matches(counts, PI)
 
@@ -373,8 +373,8 @@ def tiny_transformer() -> Transformer:
 @pytest.mark.parametrize("steps", [1, 4])
 def test_prompt_is_kept_and_no_mask_survives(name, method, steps):
     prompt = [4, MASK - 1, 6]
-    out = sedd_sample(tiny_transformer(), make_process(name), canvas=prefix_canvas(4, 12, prompt), steps=steps,
-                      seed=steps, method=method, trace=True)
+    out = run_steps(tiny_transformer(), make_process(name), canvas=prefix_canvas(4, 12, prompt), steps=steps,
+                      seed=steps, method=method)
     assert out.tokens.shape == (4, 15)
     assert (out.tokens[:, :3] == torch.tensor(prompt)).all()
     assert not (out.tokens == MASK).any() and not (out.tokens == PAD).any()
@@ -388,7 +388,7 @@ def test_prompt_is_kept_and_no_mask_survives(name, method, steps):
 def test_infill_context_and_padding_never_move(name, method):
     rows = [[3, None, None, 5, None, 2], [None, 4, None]]
     board = Canvas.from_rows(rows, MASK, PAD)
-    out = sedd_sample(tiny_transformer(), make_process(name), canvas=board, steps=5, seed=1, method=method, trace=True)
+    out = run_steps(tiny_transformer(), make_process(name), canvas=board, steps=5, seed=1, method=method)
     for tokens in [step.tokens for step in out.trace]:
         assert torch.equal(tokens[board.fixed], board.tokens[board.fixed])
         assert (tokens[~board.active] == PAD).all()
@@ -410,14 +410,14 @@ class Hesitant(nn.Module):
 @pytest.mark.parametrize("method", ["analytic", "euler"])
 def test_the_final_step_removes_all_noise(method):
     process = make_process("sedd-absorb", {"name": "geometric"})
-    out = sedd_sample(Hesitant(), process, canvas=prefix_canvas(4, 50), steps=4, seed=0, method=method, trace=True)
+    out = run_steps(Hesitant(), process, canvas=prefix_canvas(4, 50), steps=4, seed=0, method=method)
     assert (out.trace[-2].tokens == MASK).float().mean() > 0.5  # most masks are left for the last step
     assert not (out.tokens == MASK).any()
 
 
 def test_absorbing_trace_reveals_each_position_once():
-    out = sedd_sample(tiny_transformer(), make_process("sedd-absorb"), canvas=prefix_canvas(3, 12), steps=10,
-                      seed=1, trace=True)
+    out = run_steps(tiny_transformer(), make_process("sedd-absorb"), canvas=prefix_canvas(3, 12), steps=10,
+                      seed=1)
     reveals = torch.stack([step.changed for step in out.trace]).sum(dim=0)
     assert (reveals == 1).all()
     masked_counts = [int((step.tokens == MASK).sum()) for step in out.trace]
@@ -427,17 +427,17 @@ def test_absorbing_trace_reveals_each_position_once():
 
 def test_a_sample_does_not_depend_on_the_batch_it_is_drawn_in():
     model, process = tiny_transformer(), make_process("sedd-uniform")
-    alone = sedd_sample(model, process, canvas=prefix_canvas(1, 12), steps=6, seed=3)
-    batch = sedd_sample(model, process, canvas=prefix_canvas(4, 12), steps=6, seed=3)
+    alone = run_steps(model, process, canvas=prefix_canvas(1, 12), steps=6, seed=3)
+    batch = run_steps(model, process, canvas=prefix_canvas(4, 12), steps=6, seed=3)
     assert torch.equal(alone.tokens[0], batch.tokens[0])
 
 
 def test_bad_sampler_arguments_are_rejected():
     model, process = tiny_transformer(), make_process("sedd-absorb")
     with pytest.raises(DDLMError, match="steps"):
-        sedd_sample(model, process, canvas=prefix_canvas(1, 4), steps=0)
+        run_steps(model, process, canvas=prefix_canvas(1, 4), steps=0)
     with pytest.raises(DDLMError, match="method"):
-        sedd_sample(model, process, canvas=prefix_canvas(1, 4), steps=2, method="heun")
+        run_steps(model, process, canvas=prefix_canvas(1, 4), steps=2, method="heun")
 
 
 # ----- wiring -----
@@ -450,7 +450,7 @@ def test_config_round_trip_and_registries(name):
     assert isinstance(process, ScoreEntropyDiffusion) and process.name == name
     assert build_process(process.to_dict(), VOCAB).to_dict() == process.to_dict()
     assert process.to_dict()["schedule"] == {"name": "geometric", "sigma_min": 1e-4, "sigma_max": 10.0}
-    out = run_sampler(tiny_transformer(), process, canvas=prefix_canvas(2, 5), steps=2, method="euler")
+    out = run_steps(tiny_transformer(), process, canvas=prefix_canvas(2, 5), steps=2, method="euler")
     assert out.tokens.shape == (2, 5)
     with pytest.raises(DDLMError, match="noise"):
         build_process({"name": name, "schedule": {"name": "cosine"}}, VOCAB)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from ddlm.device import PRECISIONS, describe_machine, has_fast_bf16
 from ddlm.errors import DDLMError
+from ddlm.samplers.options import SEDD_METHODS, SamplerOptions
 from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
 
 EXIT_USAGE = 2
@@ -26,33 +28,35 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
-def sampling_options() -> argparse.ArgumentParser:
-    """Sampler options shared by ``sample`` and ``eval``."""
+def sampler_flags() -> argparse.ArgumentParser:
+    """The flags of SamplerOptions shared by ``sample`` and ``eval`` (the commands add --steps and --seed).
+
+    Every flag defaults to None, so an unset flag keeps SamplerOptions' own default.
+    """
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("sampling")
-    group.add_argument("--temperature", type=float, default=1.0)
-    group.add_argument("--top-k", type=int)
-    group.add_argument("--top-p", type=float)
-    group.add_argument("--no-cache", action="store_true", help="call the model at every step")
-    group.add_argument("--method", help="sampler variant where the process has several (SEDD: analytic, euler)")
+    group.add_argument("--temperature", type=float, help="0 is greedy (default: 1)")
+    group.add_argument("--top-k", type=int, help="draw among the k most likely tokens")
+    group.add_argument("--top-p", type=float, help="draw among the most likely tokens reaching probability p")
+    group.add_argument("--no-cache", dest="use_cache", action="store_false", default=None,
+                       help="call the model at every step")
+    group.add_argument("--method", choices=SEDD_METHODS, help="SEDD reverse step (default: analytic)")
     group.add_argument("--policy", choices=POLICIES, help="which masked positions each step reveals (default: ancestral)")
     group.add_argument("--block-length", type=int, help="semi-autoregressive blocks of this many positions")
     group.add_argument("--threshold", type=float, help="also reveal every position this confident (threshold policy: 0.9)")
     group.add_argument("--remask", choices=REMASK_SCHEDULES, help="ReMDM remasking schedule (ancestral policy)")
     group.add_argument("--remask-eta", type=float, help="ReMDM remasking strength in [0, 1] (default: 0.05)")
-    group.add_argument("--prefix-cache", action="store_true", help="reuse keys/values left of the current block")
+    group.add_argument("--prefix-cache", action="store_true", default=None,
+                       help="reuse keys/values left of the current block")
     group.add_argument("--min-length", type=int, help="no end-of-text among the first N generated tokens")
     return parent
 
 
-def sampler_settings(args: argparse.Namespace) -> dict:
-    """The sampling options the user set, as keyword arguments of DiffusionPipeline.sample."""
-    names = ("method", "policy", "block_length", "threshold", "remask", "remask_eta", "min_length")
-    settings = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    settings.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, use_cache=not args.no_cache)
-    if args.prefix_cache:
-        settings["prefix_cache"] = True
-    return settings
+def sampler_options_from_args(args: argparse.Namespace) -> SamplerOptions:
+    """The validated SamplerOptions of the parsed flags: each field from the flag of its name where one was set."""
+    given = {item.name: getattr(args, item.name) for item in dataclasses.fields(SamplerOptions)
+             if getattr(args, item.name, None) is not None}
+    return SamplerOptions(**given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cache-dir", help="where tokenised corpora are cached (default: ~/.cache/ddlm)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    sample = commands.add_parser("sample", parents=[common, sampling_options()], help="generate text from a model directory")
+    sample = commands.add_parser("sample", parents=[common, sampler_flags()], help="generate text from a model directory")
     sample.add_argument("--model", required=True, help="model directory written by `ddlm train`")
     sample.add_argument("--prompt", action="append",
                         help="text the samples start with (kept fixed); repeat for several prompts in one batch")
@@ -94,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
     sample.add_argument("--format", choices=["text", "jsonl"], default="text")
 
-    evaluate = commands.add_parser("eval", parents=[common, sampling_options()],
+    evaluate = commands.add_parser("eval", parents=[common, sampler_flags()],
                                    help="likelihood, sample quality, diversity and speed of models")
     evaluate.add_argument("--model", action="append", required=True, help="a model directory; repeat to compare")
     evaluate.add_argument("--data", help="held-out text for the likelihood: a file, folder, .jsonl, saved data set or "
@@ -167,8 +171,8 @@ def run_sample(args: argparse.Namespace) -> int:
     pipe = DiffusionPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
     prompts = args.prompt[0] if args.prompt and len(args.prompt) == 1 else args.prompt
     texts = pipe.generate(
-        prompts, num_samples=args.num_samples, length=args.length, steps=args.steps, seed=args.seed,
-        infill=args.infill, suffix=args.suffix, stop_at_eos=not args.keep_eos, **sampler_settings(args),
+        prompts, sampler_options_from_args(args), num_samples=args.num_samples, length=args.length,
+        infill=args.infill, suffix=args.suffix, stop_at_eos=not args.keep_eos,
     )
     for index, text in enumerate(texts):
         if args.format == "jsonl":
@@ -191,7 +195,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     settings = EvalSettings(
         metrics=tuple(args.metrics), draws=args.draws, max_sequences=args.max_sequences,
-        num_samples=args.num_samples, steps=args.steps, sampler=sampler_settings(args), seed=args.seed,
+        num_samples=args.num_samples, sampler=sampler_options_from_args(args), seed=args.seed,
     )
     judge = load_judge(args.judge) if args.judge and "samples" in args.metrics else None
 

@@ -8,6 +8,7 @@ Face Hub hosts. Loading never unpickles.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,14 @@ from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path, write_json_atomic
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Process, Vocabulary, build_process
-from ddlm.samplers import Canvas, SampleOutput, SamplingOptions, parse_template, run_sampler
+from ddlm.samplers import Canvas, SampleOutput, SamplerOptions, SamplerStep, parse_template, sampler_steps
+from ddlm.samplers.options import check_integer
 from ddlm.tokenizers import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SUMMARY_FILE = "training_summary.json"
+DEFAULT_BATCH_SIZE = 64  # samples drawn at once
 
 
 class DiffusionPipeline:
@@ -104,6 +107,30 @@ class DiffusionPipeline:
 
     # ----- generation -----
 
+    def canvas_rows(
+        self,
+        prompt: str | list[str] | None,
+        num_samples: int,
+        length: int | None,
+        infill: str | None = None,
+        suffix: str | None = None,
+    ) -> list[list[int | None]]:
+        """One row per sample (token ids, None to generate): ``num_samples`` of each prompt, or of the infill template.
+
+        Samples of one prompt share one row object, so a million samples cost a million references.
+        """
+        check_integer("num_samples", num_samples, minimum=1)
+        if infill is not None:
+            if prompt or suffix or length is not None:
+                raise DDLMError("an infill template sets the whole canvas; drop the prompt, suffix and length")
+            return [parse_template(infill, self.tokenizer.encode, self.context_length)] * num_samples
+        prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
+        encoded = [self.tokenizer.encode(text) if text else [] for text in prompts]
+        suffix_ids = self.tokenizer.encode(suffix) if suffix else []
+        longest = max(len(ids) for ids in encoded) + len(suffix_ids)
+        length = self.check_length(longest, length)
+        return [row for ids in encoded for row in [[*ids, *[None] * length, *suffix_ids]] * num_samples]
+
     def build_canvas(
         self,
         prompt: str | list[str] | None,
@@ -112,70 +139,112 @@ class DiffusionPipeline:
         infill: str | None = None,
         suffix: str | None = None,
     ) -> Canvas:
-        """The canvas for ``num_samples`` samples of each prompt (or of the infill template)."""
-        if num_samples < 1:
-            raise DDLMError(f"num_samples must be at least 1, got {num_samples}")
-        mask_id, pad_id = self.tokenizer.mask_id, self.tokenizer.pad_id
-        if infill is not None:
-            if prompt or suffix or length is not None:
-                raise DDLMError("an infill template sets the whole canvas; drop the prompt, suffix and length")
-            row = parse_template(infill, self.tokenizer.encode)
-            self.check_fits(len(row), "the infill template")
-            return Canvas.from_rows([row] * num_samples, mask_id, pad_id, self.device)
-        prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
-        encoded = [self.tokenizer.encode(text) if text else [] for text in prompts]
-        suffix_ids = self.tokenizer.encode(suffix) if suffix else []
-        longest = max(len(ids) for ids in encoded) + len(suffix_ids)
-        length = self.check_length(longest, length)
-        rows = [ids for ids in encoded for _ in range(num_samples)]
-        return Canvas.from_prompts(rows, length, mask_id, pad_id, self.device, suffix=suffix_ids)
+        """The canvas for ``num_samples`` samples of each prompt (or of the infill template), as one batch."""
+        rows = self.canvas_rows(prompt, num_samples, length, infill, suffix)
+        return Canvas.from_rows(rows, self.tokenizer.mask_id, self.tokenizer.pad_id, self.device)
 
-    def sample(
+    def stream(
         self,
         prompt: str | list[str] | None = None,
+        options: SamplerOptions | None = None,
+        *,
         num_samples: int = 1,
         length: int | None = None,
-        steps: int = 128,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        use_cache: bool = True,
-        trace: bool = False,
         infill: str | None = None,
         suffix: str | None = None,
-        **sampler_options: Any,
-    ) -> SampleOutput:
-        """Token-level sampling; the output's ``canvas`` says which positions were generated.
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        stop_at_eos: bool = True,
+        **option_keywords: Any,
+    ) -> Iterator[SamplerStep]:
+        """One :class:`SamplerStep` per change of the canvas, with each sample's text so far.
 
-        ``prompt``: text the samples start with, or a list of them (``num_samples`` samples
-        of each). ``infill``: a template such as ``"The [MASK*5] sat on the [MASK] mat"``
-        instead of a prompt. ``suffix``: text fixed after the generated positions. Extra
-        keyword arguments go to the process's sampler: for masked models ``policy``,
-        ``block_length``, ``threshold``, ``remask``, ``remask_eta``, ``prefix_cache``,
-        ``min_length`` (see ``ddlm.samplers.masked``); for SEDD ``method``.
+        ``prompt``: text the samples start with, or a list of them (``num_samples`` samples of
+        each). ``infill``: a template such as ``"The [MASK*5] sat on the [MASK] mat"`` instead
+        of a prompt. ``suffix``: text fixed after the generated positions. ``options``: a
+        :class:`SamplerOptions`; keywords (``steps=64, policy="confidence"``, any field of it)
+        build one or replace its fields. Samples are drawn ``batch_size`` at a time, batch
+        after batch (a step's ``first_sample`` says which); sample i is the same for every
+        batch size. Without a seed one is drawn and reported in every step's ``seed``.
+        Bad input raises here, before the first step.
         """
-        canvas = self.build_canvas(prompt, num_samples, length, infill, suffix)
-        options = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p)
-        with autocast(self.device, self.precision):
-            output = run_sampler(
-                self.model, self.process, canvas=canvas, steps=steps, options=options,
-                seed=seed if seed is not None else torch.seed(), use_cache=use_cache, trace=trace, **sampler_options,
-            )
-        output.canvas = canvas
-        return output
+        options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords)
 
-    def generate(self, prompt: str | list[str] | None = None, stop_at_eos: bool = True, **options: Any) -> list[str]:
-        """Texts (prompt included) of the samples; options as in :meth:`sample`.
+        def with_texts() -> Iterator[SamplerStep]:
+            for step in self.run_batches(options, rows, batch_size):
+                step.texts = [self.decode(step, row, stop_at_eos) for row in range(step.tokens.shape[0])]
+                yield step
+
+        return with_texts()
+
+    def sample_batches(
+        self,
+        prompt: str | list[str] | None = None,
+        options: SamplerOptions | None = None,
+        *,
+        num_samples: int = 1,
+        length: int | None = None,
+        infill: str | None = None,
+        suffix: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        **option_keywords: Any,
+    ) -> Iterator[SampleOutput]:
+        """Each batch's :class:`SampleOutput` as soon as it is finished; arguments as in :meth:`stream`."""
+        options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords)
+
+        def outputs() -> Iterator[SampleOutput]:
+            last = None
+            for step in self.run_batches(options, rows, batch_size):
+                if last is not None and step.first_sample != last.first_sample:
+                    yield SampleOutput.of_step(last)
+                last = step
+            yield SampleOutput.of_step(last)
+
+        return outputs()
+
+    def sample(self, prompt: str | list[str] | None = None, options: SamplerOptions | None = None,
+               **arguments: Any) -> SampleOutput:
+        """Token-level sampling of every sample (the batches joined); arguments as in :meth:`stream`.
+
+        The output's ``canvas`` says which positions were generated, its ``seed`` repeats the run.
+        """
+        return SampleOutput.concatenate(list(self.sample_batches(prompt, options, **arguments)), self.tokenizer.pad_id)
+
+    def generate(self, prompt: str | list[str] | None = None, options: SamplerOptions | None = None,
+                 stop_at_eos: bool = True, **arguments: Any) -> list[str]:
+        """Texts (prompt included) of the samples; arguments as in :meth:`stream`.
 
         With ``stop_at_eos`` a generated end-of-text token ends its stretch of generated
         text: it and the generated tokens after it (up to the next given token) are dropped.
         """
-        output = self.sample(prompt, **options)
+        output = self.sample(prompt, options, **arguments)
         return [self.decode(output, row, stop_at_eos) for row in range(output.tokens.shape[0])]
 
-    def decode(self, output: SampleOutput, row: int, stop_at_eos: bool = True) -> str:
-        """The text of sample ``row``: padding removed, cut at end-of-text as :meth:`generate` says."""
+    def prepare(
+        self, prompt: str | list[str] | None, options: SamplerOptions | None, num_samples: int, length: int | None,
+        infill: str | None, suffix: str | None, batch_size: int, option_keywords: dict[str, Any],
+    ) -> tuple[SamplerOptions, list[list[int | None]]]:
+        """Validated options (with a seed) and canvas rows of a run."""
+        options = SamplerOptions.build(options, **option_keywords).with_seed()
+        options.check_process(self.process.name)
+        check_integer("batch_size", batch_size, minimum=1)
+        return options, self.canvas_rows(prompt, num_samples, length, infill, suffix)
+
+    def run_batches(self, options: SamplerOptions, rows: list[list[int | None]], batch_size: int) -> Iterator[SamplerStep]:
+        """The sampler's steps, batch after batch, each under the pipeline's precision only while it computes."""
+        for first in range(0, len(rows), batch_size):
+            canvas = Canvas.from_rows(rows[first : first + batch_size], self.tokenizer.mask_id, self.tokenizer.pad_id,
+                                      self.device)
+            steps = sampler_steps(self.model, self.process, canvas, options, first)
+            while True:
+                with autocast(self.device, self.precision):  # entered per step: nothing leaks past a yield
+                    step = next(steps, None)
+                if step is None:
+                    break
+                step.first_sample, step.canvas, step.seed = first, canvas, options.seed
+                yield step
+
+    def decode(self, output: SampleOutput | SamplerStep, row: int, stop_at_eos: bool = True) -> str:
+        """The text of sample ``row``: padding and masks removed, cut at end-of-text as :meth:`generate` says."""
         canvas = output.canvas
         kept, skipping = [], False
         for token, generated, active in zip(
@@ -188,12 +257,6 @@ class DiffusionPipeline:
             if active and not skipping:
                 kept.append(token)
         return self.tokenizer.decode(kept)
-
-    def check_fits(self, tokens: int, what: str) -> None:
-        if tokens > self.context_length:
-            raise DDLMError(
-                f"{what} is {tokens} tokens but the model's context is {self.context_length}; shorten it"
-            )
 
     def check_length(self, prompt_length: int, length: int | None) -> int:
         """The number of tokens to generate after ``prompt_length`` given ones, checked against the context."""

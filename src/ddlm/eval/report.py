@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,9 @@ from ddlm.errors import DDLMError
 from ddlm.eval.diversity import distinct_n, repetition_rate, unigram_entropy
 from ddlm.eval.judge import Judge
 from ddlm.eval.likelihood import evaluate_likelihood
-from ddlm.samplers import sampler_options
+from ddlm.samplers import SamplerOptions
 
 METRICS = ("likelihood", "samples")
-PIPELINE_OPTIONS = {"temperature", "top_k", "top_p", "use_cache"}
 
 
 @dataclass
@@ -30,9 +29,8 @@ class EvalSettings:
     draws: int = 16  # NELBO time draws per sequence
     max_sequences: int = 64  # held-out rows scored (0: all)
     num_samples: int = 16
-    steps: int = 128
-    sampler: dict[str, Any] = field(default_factory=dict)  # policy, block_length, temperature, ...
-    seed: int = 0
+    sampler: SamplerOptions = field(default_factory=lambda: SamplerOptions(seed=0))  # steps, policy, seed, ...
+    seed: int = 0  # of the NELBO time draws
 
 
 def evaluation_rows(pipe, data: str | Path, max_sequences: int, cache_dir: str | Path | None = None) -> list[torch.Tensor]:
@@ -63,7 +61,7 @@ def evaluate(pipe, data: str | Path | None, judge: Judge | None, settings: EvalS
     if unknown:
         raise DDLMError(f"unknown metric {', '.join(sorted(unknown))}; choose from {list(METRICS)}")
     result: dict[str, Any] = {"process": pipe.process.name, "parameters": pipe.model.num_parameters(),
-                              "settings": {**settings.__dict__, "metrics": list(settings.metrics)}}
+                              "settings": {**asdict(settings), "metrics": list(settings.metrics)}}
     if "likelihood" in settings.metrics:
         if data is None:
             raise DDLMError("the likelihood needs held-out text: pass --data (e.g. --data shakespeare)")
@@ -79,16 +77,15 @@ def evaluate(pipe, data: str | Path | None, judge: Judge | None, settings: EvalS
 
 def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings) -> dict:
     """Speed, diversity and (with a judge) generative perplexity of unconditional samples."""
-    accepted = sampler_options(pipe.process) | PIPELINE_OPTIONS
-    used = {name: value for name, value in settings.sampler.items() if name in accepted}
+    options = settings.sampler.for_process(pipe.process.name)  # one command may compare models of several processes
     start = time.perf_counter()
-    output = pipe.sample(num_samples=settings.num_samples, steps=settings.steps, seed=settings.seed, **used)
+    output = pipe.sample(options=options, num_samples=settings.num_samples)
     seconds = time.perf_counter() - start
     texts = [pipe.decode(output, row) for row in range(settings.num_samples)]
     ids = [pipe.tokenizer.encode(text) for text in texts]
     generated = int(output.canvas.generated.sum())
     metrics = {
-        "sampler": used,  # the options that apply to this model's sampler
+        "sampler": options.applicable(pipe.process.name),  # the options that apply to this model's sampler
         "model_calls": output.model_calls,
         "seconds": seconds,
         "tokens_per_second": generated / seconds,

@@ -1,55 +1,56 @@
-"""Generation loops and the policies they share.
+"""Samplers as streams of steps, and the policies they share.
 
-``SAMPLERS`` maps a process name to its generation loop; every loop takes the model, the
-process and the keyword arguments of :func:`run_sampler` and returns a SampleOutput.
+``SAMPLERS`` maps a process name to its step generator; every generator takes the model,
+the process, a :class:`Canvas`, a :class:`SamplerOptions` and the index of the batch's
+first sample, and yields one :class:`SamplerStep` per change of the canvas.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import torch
 
 from ddlm.errors import DDLMError
-from ddlm.samplers.autoregressive import ar_sample
+from ddlm.samplers.autoregressive import ar_steps
 from ddlm.samplers.canvas import Canvas, parse_template
-from ddlm.samplers.categorical import SamplingOptions, filter_logits, sample_categorical
-from ddlm.samplers.masked import masked_sample
+from ddlm.samplers.categorical import filter_logits, sample_categorical
+from ddlm.samplers.masked import masked_steps
+from ddlm.samplers.options import SamplerOptions
 from ddlm.samplers.policies import POLICIES
-from ddlm.samplers.sedd import sedd_sample
-from ddlm.samplers.trace import SampleOutput, TraceStep
+from ddlm.samplers.sedd import sedd_steps
+from ddlm.samplers.step import SampleOutput, SamplerStep
 
-SAMPLERS: dict[str, Callable[..., SampleOutput]] = {
-    "masked": masked_sample,
-    "ar": ar_sample,
-    "sedd-absorb": sedd_sample,
-    "sedd-uniform": sedd_sample,
+SAMPLERS: dict[str, Callable[..., Iterator[SamplerStep]]] = {
+    "masked": masked_steps,
+    "ar": ar_steps,
+    "sedd-absorb": sedd_steps,
+    "sedd-uniform": sedd_steps,
 }
 
 
-def sampler_options(process: Any) -> set[str]:
-    """Names of the keyword options the sampler of ``process`` accepts."""
+def sampler_steps(
+    model: torch.nn.Module, process, canvas: Canvas, options: SamplerOptions, first_row: int = 0
+) -> Iterator[SamplerStep]:
+    """The steps of the sampler registered for ``process.name`` (a seed is drawn when ``options`` has none)."""
     if process.name not in SAMPLERS:
         raise DDLMError(f"no sampler for process {process.name!r}; known: {sorted(SAMPLERS)}")
-    return set(inspect.signature(SAMPLERS[process.name]).parameters)
+    options.check_process(process.name)
+    return SAMPLERS[process.name](model, process, canvas, options.with_seed(), first_row)
 
 
-def run_sampler(model: torch.nn.Module, process: Any, **options: Any) -> SampleOutput:
-    """Generate with the sampler registered for ``process.name``.
-
-    Common options: canvas (a :class:`Canvas`), steps, options (SamplingOptions), seed,
-    use_cache, trace; a sampler may accept more (masked: ``policy``, ``block_length``, ...;
-    SEDD: ``method``).
-    """
-    unknown = sorted(set(options) - sampler_options(process))
-    if unknown:
-        raise DDLMError(f"the {process.name} sampler has no option {', '.join(unknown)}; drop it for this model")
-    return SAMPLERS[process.name](model, process, **options)
+def run_sampler(
+    model: torch.nn.Module, process, canvas: Canvas, options: SamplerOptions, first_row: int = 0
+) -> SampleOutput:
+    """Drain :func:`sampler_steps`: the final tokens, the model calls and the seed used."""
+    options = options.with_seed()
+    last = None
+    for last in sampler_steps(model, process, canvas, options, first_row):
+        pass
+    return SampleOutput(tokens=last.tokens, model_calls=last.model_calls, canvas=canvas, seed=options.seed)
 
 
 __all__ = [
-    "POLICIES", "SAMPLERS", "Canvas", "SampleOutput", "SamplingOptions", "TraceStep", "ar_sample", "filter_logits",
-    "masked_sample", "parse_template", "run_sampler", "sample_categorical", "sampler_options",
+    "POLICIES", "SAMPLERS", "Canvas", "SampleOutput", "SamplerOptions", "SamplerStep", "ar_steps", "filter_logits",
+    "masked_steps", "parse_template", "run_sampler", "sample_categorical", "sampler_steps", "sedd_steps",
 ]

@@ -1,38 +1,31 @@
-"""Left-to-right sampling for the autoregressive baseline, with a KV cache and a trace."""
+"""Left-to-right sampling for the autoregressive baseline, with a KV cache, as a stream of steps."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 
 from ddlm.errors import DDLMError
 from ddlm.processes.autoregressive import Autoregressive
 from ddlm.samplers.canvas import Canvas
-from ddlm.samplers.categorical import SamplingOptions
+from ddlm.samplers.options import SamplerOptions
 from ddlm.samplers.randomness import RowRandom
-from ddlm.samplers.trace import SampleOutput, TraceStep
+from ddlm.samplers.step import SamplerStep, masked_fraction
 
 
 @torch.no_grad()
-def ar_sample(
-    model: torch.nn.Module,
-    process: Autoregressive,
-    *,
-    canvas: Canvas,
-    steps: int | None = None,
-    options: SamplingOptions = SamplingOptions(),
-    seed: int = 0,
-    use_cache: bool = True,
-    trace: bool = False,
-) -> SampleOutput:
-    """Fill the canvas left to right after its prompt, one model call per token.
+def ar_steps(
+    model: torch.nn.Module, process: Autoregressive, canvas: Canvas, options: SamplerOptions, first_row: int = 0
+) -> Iterator[SamplerStep]:
+    """Fill the canvas left to right after its prompt, one model call (and one step) per token.
 
     The canvas must be prompt + positions to generate, with one prompt length for the whole
     batch (prompts may differ). The model reads ``[eos] + prompt`` and then each new token. With ``use_cache`` it sees
     only the new positions (keys and values of the others come from its KV cache), else
-    the whole prefix at every step; both give the same samples. ``steps`` is ignored (it
-    is accepted so that every sampler takes the same options). The trace shows the
-    canvas as a diffusion trace does: not-yet-generated positions hold MASK. Sample i
-    depends only on (seed, i), not on how many samples are drawn with it.
+    the whole prefix at every step; both give the same samples. ``options.steps`` is
+    ignored. The steps show the canvas as a diffusion sampler's do: not-yet-generated
+    positions hold MASK. Sample i depends only on (seed, first_row + i).
     """
     prompt_length = canvas.prefix_length()
     if prompt_length is None:
@@ -45,11 +38,11 @@ def ar_sample(
     start_token = torch.full((batch_size, 1), process.eos_id, dtype=torch.long)
     given = canvas.tokens.cpu().masked_fill(canvas.generated.cpu(), process.mask_id)
     x = torch.cat((start_token, given), dim=1).to(device)
-    random = RowRandom(seed, batch_size, device)
+    generated = canvas.generated.to(device)
+    random = RowRandom(options.seed, batch_size, device, first_row)
     rows = torch.arange(batch_size, device=device)
     noise = process.model_noise(model, batch_size, device)
-    cache = model.new_cache(batch_size) if use_cache else None
-    steps_trace = []
+    cache = model.new_cache(batch_size) if options.use_cache else None
     first = 1 + prompt_length
     for step in range(length):
         position = first + step
@@ -57,11 +50,10 @@ def ar_sample(
         logits = model(x[:, start:position], noise, cache=cache)[:, -1]
         log_probs = process.log_probs(logits)
         x[:, position] = random.categorical(log_probs, rows, options)
-        if trace:
-            changed = torch.zeros_like(x[:, 1:], dtype=torch.bool)
-            changed[:, position - 1] = True
-            confidence = torch.full(changed.shape, torch.nan, device=device)
-            confidence[:, position - 1] = log_probs.gather(-1, x[:, position, None])[:, 0].exp()
-            time = 1 - (step + 1) / length  # fraction still to generate, as diffusion time runs 1 -> 0
-            steps_trace.append(TraceStep(step, time, x[:, 1:].clone(), changed, confidence))
-    return SampleOutput(tokens=x[:, 1:].contiguous(), model_calls=length, trace=steps_trace)
+        revealed = torch.zeros_like(generated)
+        revealed[:, position - 1] = True
+        confidence = torch.full(revealed.shape, torch.nan, device=device)
+        confidence[:, position - 1] = log_probs.gather(-1, x[:, position, None])[:, 0].exp()
+        tokens = x[:, 1:].clone()
+        yield SamplerStep(step, tokens, revealed, torch.zeros_like(revealed), confidence,
+                          float(masked_fraction(tokens, generated, process.mask_id).mean()), step + 1)

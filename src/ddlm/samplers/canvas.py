@@ -86,12 +86,15 @@ class Canvas:
         return start if bool(self.generated[:, start:].all()) else None
 
 
-def parse_template(template: str, encode: Callable[[str], list[int]]) -> list[int | None]:
+def parse_template(
+    template: str, encode: Callable[[str], list[int]], max_tokens: int | None = None
+) -> list[int | None]:
     """Token ids with None for each mask of an infill template.
 
     ``[MASK]`` is one position to generate and ``[MASK*n]`` is n of them; ``\\[`` and ``\\]``
     are literal brackets and ``\\\\`` a literal backslash. Text between masks is encoded with
-    ``encode`` piece by piece, so a BPE merge never crosses a mask.
+    ``encode`` piece by piece, so a BPE merge never crosses a mask. A template longer than
+    ``max_tokens`` is refused before its masks are allocated.
     """
     row: list[int | None] = []
     text: list[str] = []
@@ -113,6 +116,7 @@ def parse_template(template: str, encode: Callable[[str], list[int]]) -> list[in
             if count < 1:
                 raise DDLMError(f"bad infill template: {match.group(0)} asks for no position; use n >= 1")
             row.extend(encode("".join(text)) if text else [])
+            check_template_size(len(row) + count, max_tokens)
             row.extend([None] * count)
             text, position = [], match.end()
             continue
@@ -121,6 +125,15 @@ def parse_template(template: str, encode: Callable[[str], list[int]]) -> list[in
         text.append(char)
         position += 1
     row.extend(encode("".join(text)) if text else [])
+    check_template_size(len(row), max_tokens)
     if not any(token is None for token in row):
         raise DDLMError("the infill template has no [MASK]; add [MASK] or [MASK*n] where text should be generated")
     return row
+
+
+def check_template_size(tokens: int, max_tokens: int | None) -> None:
+    if max_tokens is not None and tokens > max_tokens:
+        raise DDLMError(
+            f"the infill template is at least {tokens} tokens but the model's context is {max_tokens}; "
+            "shorten it or use smaller [MASK*n]"
+        )

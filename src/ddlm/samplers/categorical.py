@@ -6,31 +6,12 @@ every ddlm sampler draws tokens through this module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from ddlm.errors import DDLMError
+from ddlm.samplers.options import SamplerOptions
 
 
-@dataclass(frozen=True)
-class SamplingOptions:
-    """How a token is drawn from predicted logits. Temperature 0 means argmax."""
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise DDLMError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise DDLMError(f"top_k must be a positive integer, got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise DDLMError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-def filter_logits(logits: torch.Tensor, options: SamplingOptions) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, options: SamplerOptions) -> torch.Tensor:
     """float64 logits / temperature with everything outside top-k and top-p set to -inf."""
     logits = logits.double()
     if options.temperature > 0:
@@ -55,7 +36,7 @@ def gumbel_noise(shape: torch.Size, device: torch.device, generator: torch.Gener
 
 
 def sample_categorical(
-    logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator | None = None
+    logits: torch.Tensor, options: SamplerOptions, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """One token per row of ``logits`` (..., V), drawn by float64 Gumbel-max."""
     if options.temperature == 0:

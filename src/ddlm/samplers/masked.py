@@ -21,15 +21,16 @@ approximation under bidirectional attention: the benchmark reports its effect).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from ddlm.errors import DDLMError
 from ddlm.processes.masked import MaskedDiffusion
 from ddlm.samplers.canvas import Canvas
-from ddlm.samplers.categorical import SamplingOptions
+from ddlm.samplers.options import SamplerOptions
 from ddlm.samplers.policies import (
     DEFAULT_THRESHOLD,
-    POLICIES,
     blocks,
     confidence_scores,
     remask_probability,
@@ -38,7 +39,7 @@ from ddlm.samplers.policies import (
     top_k_per_row,
 )
 from ddlm.samplers.randomness import RowRandom
-from ddlm.samplers.trace import SampleOutput, TraceStep
+from ddlm.samplers.step import SamplerStep, masked_fraction
 
 
 class ModelCaller:
@@ -84,19 +85,17 @@ class ModelCaller:
 
 
 class MaskedSampler:
-    """The state of one masked-diffusion sampling run; :func:`masked_sample` is its entry point."""
+    """The state of one masked-diffusion sampling run; :func:`masked_steps` is its entry point."""
 
     def __init__(
-        self, model: torch.nn.Module, process: MaskedDiffusion, canvas: Canvas, options: SamplingOptions, seed: int,
-        use_cache: bool, prefix_cache: bool, trace: bool, min_length: int,
+        self, model: torch.nn.Module, process: MaskedDiffusion, canvas: Canvas, options: SamplerOptions, first_row: int,
     ):
         self.model, self.process, self.canvas, self.options = model, process, canvas, options
         self.x = canvas.tokens.masked_fill(canvas.generated, process.mask_id)
-        self.random = RowRandom(seed, canvas.batch_size, self.x.device)
-        self.caller = ModelCaller(model, canvas, use_cache, prefix_cache)
-        self.keep_trace = trace
-        self.trace: list[TraceStep] = []
+        self.random = RowRandom(options.seed, canvas.batch_size, self.x.device, first_row)
+        self.caller = ModelCaller(model, canvas, options.use_cache, options.prefix_cache)
         self.steps_done = 0
+        min_length = options.min_length
         self.no_eos = canvas.generated & (canvas.generated_rank() < min_length) if min_length > 0 else None
 
     # ----- shared pieces -----
@@ -106,8 +105,7 @@ class MaskedSampler:
 
     def masked_fraction(self) -> torch.Tensor:
         """(B,) fraction of each row's generated positions still masked: the noise level of the canvas."""
-        generated = self.canvas.generated
-        return self.masked_in(generated).sum(dim=1).double() / generated.sum(dim=1).clamp_min(1)
+        return masked_fraction(self.x, self.canvas.generated, self.process.mask_id)
 
     def predict(self, mask_probability: torch.Tensor) -> torch.Tensor:
         """log p(x0 | x_t) (B, L, V) in float32, with EOS forbidden before ``min_length``."""
@@ -126,19 +124,19 @@ class MaskedSampler:
         tokens = self.random.categorical(selected, rows, self.options)
         return tokens, selected.gather(-1, tokens[:, None])[:, 0].double().exp()
 
-    def apply(
-        self, time: float, reveal: torch.Tensor, tokens: torch.Tensor,
-        confidence: torch.Tensor | None = None, remasked: torch.Tensor | None = None,
-    ) -> None:
-        """Write ``tokens`` at ``reveal`` (B, L), mask ``remasked`` again, record the trace."""
+    def take_step(
+        self, reveal: torch.Tensor, tokens: torch.Tensor, confidence: torch.Tensor, remasked: torch.Tensor | None = None,
+    ) -> SamplerStep:
+        """Write ``tokens`` at ``reveal`` (B, L), mask ``remasked`` again, and describe the step."""
         self.x[reveal] = tokens
-        changed = reveal
-        if remasked is not None:
-            self.x[remasked] = self.process.mask_id
-            changed = reveal | remasked
-        if self.keep_trace:
-            self.trace.append(TraceStep(self.steps_done, time, self.x.clone(), changed.clone(), confidence))
+        remasked = torch.zeros_like(reveal) if remasked is None else remasked
+        self.x[remasked] = self.process.mask_id
+        step = SamplerStep(
+            self.steps_done, self.x.clone(), reveal.clone(), remasked.clone(), confidence,
+            float(self.masked_fraction().mean()), self.caller.calls,
+        )
         self.steps_done += 1
+        return step
 
     def full_confidence(self, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """(B, L) float32: ``values`` at ``positions``, NaN elsewhere."""
@@ -148,7 +146,9 @@ class MaskedSampler:
 
     # ----- policies -----
 
-    def ancestral(self, block: torch.Tensor, steps: int, whole: bool, remask: str | None, eta: float) -> None:
+    def ancestral(
+        self, block: torch.Tensor, steps: int, whole_canvas: bool, remask: str | None, eta: float
+    ) -> Iterator[SamplerStep]:
         """The exact reverse step t -> s, optionally with ReMDM remasking of visible generated tokens."""
         schedule = self.process.schedule
         times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
@@ -157,8 +157,11 @@ class MaskedSampler:
             masked = self.masked_in(block)
             if remask is None and not masked.any():
                 return
-            level = self.process.mask_probability(t).expand(self.canvas.batch_size) if whole else self.masked_fraction()
-            log_probs = self.predict(level)
+            if whole_canvas:
+                mask_probability = self.process.mask_probability(t).expand(self.canvas.batch_size)
+            else:
+                mask_probability = self.masked_fraction()
+            log_probs = self.predict(mask_probability)
             alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
             remasked = None
             if remask is not None:
@@ -171,29 +174,30 @@ class MaskedSampler:
             uniform = self.random.uniform(self.canvas.width)
             reveal = masked if step == steps - 1 else masked & (uniform < reveal_probability)
             tokens, probs = self.draw(log_probs, reveal)
-            self.apply(float(s), reveal, tokens, self.full_confidence(reveal, probs), remasked)
+            yield self.take_step(reveal, tokens, self.full_confidence(reveal, probs), remasked)
 
-    def first_hitting(self, block: torch.Tensor, whole: bool) -> None:
+    def first_hitting(self, block: torch.Tensor, whole_canvas: bool) -> Iterator[SamplerStep]:
         """One position per call, chosen uniformly among the masked ones, at the exact next reveal time.
 
         With n masked positions at mask probability p, the next reveal happens at mask
         probability p * u^(1/n), u ~ U(0, 1) (for alpha = 1 - t this is time t * u^(1/n)).
         """
-        level = self.masked_fraction()
+        mask_probability = self.masked_fraction()
         while True:
             masked = self.masked_in(block)
             remaining = masked.sum(dim=1)
             if not remaining.any():
                 return
-            log_probs = self.predict(level if whole else self.masked_fraction())
+            log_probs = self.predict(mask_probability if whole_canvas else self.masked_fraction())
             u = self.random.uniform(1)[:, 0]
-            level = torch.where(remaining > 0, level * u ** (1.0 / remaining.clamp_min(1).double()), level)
+            next_reveal = mask_probability * u ** (1.0 / remaining.clamp_min(1).double())
+            mask_probability = torch.where(remaining > 0, next_reveal, mask_probability)
             pick = self.random.uniform(self.canvas.width).masked_fill(~masked, -1.0)
             reveal = masked & (pick == pick.max(dim=1, keepdim=True).values)
             tokens, probs = self.draw(log_probs, reveal)
-            self.apply(float(level.mean()), reveal, tokens, self.full_confidence(reveal, probs))
+            yield self.take_step(reveal, tokens, self.full_confidence(reveal, probs))
 
-    def ranked(self, block: torch.Tensor, steps: int, policy: str, threshold: float | None) -> None:
+    def ranked(self, block: torch.Tensor, steps: int, policy: str, threshold: float | None) -> Iterator[SamplerStep]:
         """Reveal the best-scored masked positions (the step schedule's count), plus every position
         whose drawn token has probability above ``threshold``."""
         counts = reveal_counts(self.masked_in(block).sum(dim=1), steps)
@@ -214,66 +218,41 @@ class MaskedSampler:
             confidence = self.full_confidence(masked, probs)
             if threshold is not None:
                 reveal |= masked & (confidence > threshold)  # NaN (not a candidate) compares False
-            self.apply(float(self.masked_fraction().mean()), reveal, tokens[reveal[masked]], confidence)
+            yield self.take_step(reveal, tokens[reveal[masked]], confidence)
 
 
 @torch.no_grad()
-def masked_sample(
-    model: torch.nn.Module,
-    process: MaskedDiffusion,
-    *,
-    canvas: Canvas,
-    steps: int,
-    options: SamplingOptions = SamplingOptions(),
-    seed: int = 0,
-    use_cache: bool = True,
-    trace: bool = False,
-    policy: str = "ancestral",
-    block_length: int | None = None,
-    threshold: float | None = None,
-    remask: str | None = None,
-    remask_eta: float = 0.05,
-    prefix_cache: bool = False,
-    min_length: int = 0,
-) -> SampleOutput:
-    """Fill the MASK positions of ``canvas`` with the masked-diffusion model.
+def masked_steps(
+    model: torch.nn.Module, process: MaskedDiffusion, canvas: Canvas, options: SamplerOptions, first_row: int = 0
+) -> Iterator[SamplerStep]:
+    """Fill the MASK positions of ``canvas`` with the masked-diffusion model, one yielded step per change.
 
-    ``steps`` is the total step budget, split evenly over blocks (remainder to the first
-    blocks); ``first-hitting`` ignores it (one call per token). ``threshold`` defaults to
-    0.9 for the threshold policy. ``remask`` ('cap' or 'rescale', strength ``remask_eta``)
-    needs the ancestral policy. ``min_length``: the first ``min_length`` generated positions
-    cannot be end-of-text. Given positions never change; no MASK survives. Sample i depends
-    only on (seed, i), not on how many samples are drawn with it.
+    ``options.steps`` is the total step budget, split evenly over blocks (remainder to the
+    first blocks); ``first-hitting`` ignores it (one call per token). The threshold defaults
+    to 0.9 for the threshold policy. ``min_length``: the first ``min_length`` generated
+    positions cannot be end-of-text. Given positions never change; no MASK survives. Sample
+    i depends only on (seed, first_row + i), not on how many samples are drawn with it.
     """
-    if policy not in POLICIES:
-        raise DDLMError(f"unknown sampling policy {policy!r}; choose one of {list(POLICIES)}")
-    if steps < 1:
-        raise DDLMError(f"steps must be at least 1, got {steps}")
-    if remask is not None and policy != "ancestral":
-        raise DDLMError(f"remasking works with the ancestral policy, not {policy!r}; drop remask or use policy=ancestral")
-    if not 0 <= remask_eta <= 1:
-        raise DDLMError(f"remask_eta must be in [0, 1], got {remask_eta}")
-    if threshold is not None and policy in ("ancestral", "first-hitting"):
-        raise DDLMError(f"a threshold needs a ranked policy (threshold, confidence, ...), not {policy!r}")
+    policy, threshold = options.policy, options.threshold
     if policy == "threshold" and threshold is None:
         threshold = DEFAULT_THRESHOLD
-    if min_length < 0:
-        raise DDLMError(f"min_length must be >= 0, got {min_length}")
-    if min_length > int(canvas.generated.sum(dim=1).min()):
-        raise DDLMError(f"min_length {min_length} exceeds the {int(canvas.generated.sum(dim=1).min())} generated positions")
+    fewest = int(canvas.generated.sum(dim=1).min())
+    if options.min_length > fewest:
+        raise DDLMError(f"min_length {options.min_length} exceeds the {fewest} generated positions; lower it")
     device = next(model.parameters()).device
     canvas = Canvas(canvas.tokens.to(device), canvas.generated.to(device), canvas.active.to(device))
-    block_masks = blocks(canvas, block_length)
-    if steps < len(block_masks) and policy != "first-hitting":
-        raise DDLMError(f"{steps} steps cannot cover {len(block_masks)} blocks; use at least one step per block")
-    sampler = MaskedSampler(model, process, canvas, options, seed, use_cache, prefix_cache, trace, min_length)
-    whole = len(block_masks) == 1
-    for block, block_steps in zip(block_masks, split_evenly(steps, len(block_masks))):
+    block_masks = blocks(canvas, options.block_length)
+    if options.steps < len(block_masks) and policy != "first-hitting":
+        raise DDLMError(
+            f"{options.steps} steps cannot cover {len(block_masks)} blocks; use at least one step per block"
+        )
+    sampler = MaskedSampler(model, process, canvas, options, first_row)
+    whole_canvas = len(block_masks) == 1
+    for block, block_steps in zip(block_masks, split_evenly(options.steps, len(block_masks))):
         sampler.caller.start_block(block)
         if policy == "ancestral":
-            sampler.ancestral(block, block_steps, whole, remask, remask_eta)
+            yield from sampler.ancestral(block, block_steps, whole_canvas, options.remask, options.remask_eta)
         elif policy == "first-hitting":
-            sampler.first_hitting(block, whole)
+            yield from sampler.first_hitting(block, whole_canvas)
         else:
-            sampler.ranked(block, block_steps, policy, threshold)
-    return SampleOutput(tokens=sampler.x, model_calls=sampler.caller.calls, trace=sampler.trace)
+            yield from sampler.ranked(block, block_steps, policy, threshold)

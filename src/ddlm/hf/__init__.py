@@ -1,0 +1,95 @@
+"""Hugging Face masked-diffusion models in ddlm's pipeline: BERT-family masked LMs, LLaDA, Dream.
+
+:func:`load_transformers_model` turns a ``transformers`` model directory (a ``config.json``
+that ddlm did not write) into the model, tokenizer and process a :class:`ddlm.DiffusionPipeline`
+holds: masked diffusion with the linear schedule (LLaDA's and MDLM's), over a network that does
+not see the noise level. Model code shipped with the weights (``auto_map`` in config.json, as
+LLaDA and Dream do) runs only when the caller passes ``trust_remote_code=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddlm.device import resolve_precision
+from ddlm.errors import DDLMError
+from ddlm.hf.model import SHIFTED_MODEL_TYPES, HFBackboneConfig, HFDiffusionModel
+from ddlm.hf.tokenizer import HFTokenizer
+from ddlm.processes import Process, Vocabulary, build_process
+
+__all__ = ["HFBackboneConfig", "HFDiffusionModel", "HFTokenizer", "is_transformers_config", "load_transformers_model"]
+
+MASKED_LM_CLASS = "AutoModelForMaskedLM"
+REMOTE_CLASSES = (MASKED_LM_CLASS, "AutoModel")  # LLaDA and Dream register their network under AutoModel
+POSITION_FIELDS = ("max_position_embeddings", "max_sequence_length", "n_positions")
+PROCESS = {"name": "masked", "schedule": {"name": "linear"}}
+
+
+def is_transformers_config(config: dict[str, Any]) -> bool:
+    """Whether a model directory's config.json was written by ``transformers`` rather than by ddlm."""
+    return config.get("library") != "ddlm" and any(key in config for key in ("model_type", "architectures", "auto_map"))
+
+
+def load_transformers_model(
+    directory: Path, config: dict[str, Any], trust_remote_code: bool, device: torch.device, precision: str,
+) -> tuple[HFDiffusionModel, HFTokenizer, Process, dict[str, Any]]:
+    """The wrapped network on ``device`` (bf16 weights when ``precision`` resolves to bf16), its tokenizer,
+    the masked process and a summary describing the source."""
+    auto_map = config.get("auto_map") or {}
+    if auto_map and not trust_remote_code:
+        code = ", ".join(sorted({str(name).split(".")[0] for name in auto_map.values()}))
+        raise DDLMError(f"{directory} ships its own model code ({code}); pass --trust-remote-code "
+                        "(trust_remote_code=True) to run it, if you trust its source")
+    try:
+        import transformers
+    except ImportError:
+        raise DDLMError("Hugging Face models need the transformers library: pip install 'ddlm[hf]'") from None
+    class_name = MASKED_LM_CLASS if not auto_map or MASKED_LM_CLASS in auto_map else "AutoModel"
+    if auto_map and class_name not in auto_map:
+        raise DDLMError(f"{directory}/config.json maps none of {', '.join(REMOTE_CLASSES)} in its auto_map; "
+                        "ddlm samples masked LMs and LLaDA/Dream-style models")
+    dtype = torch.bfloat16 if resolve_precision(precision, device) == "bf16" else torch.float32
+    dtype_keyword = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+        network = getattr(transformers, class_name).from_pretrained(
+            str(directory), trust_remote_code=trust_remote_code, **{dtype_keyword: dtype})
+    except (OSError, ValueError, KeyError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DDLMError(f"transformers cannot load {directory} as a masked LM ({first}); ddlm samples masked LMs "
+                        "(BERT, RoBERTa, ModernBERT) and LLaDA/Dream-style models") from None
+    ddlm_tokenizer = HFTokenizer(tokenizer, mask_id=config.get("mask_token_id"))
+    network_config = network.config
+    model_type = str(getattr(network_config, "model_type", "unknown"))
+    start_ids = ddlm_tokenizer.start_ids if class_name == MASKED_LM_CLASS else []
+    backbone = HFBackboneConfig(
+        model_type=model_type,
+        vocab_size=ddlm_tokenizer.vocab_size,
+        context_length=context_length(network, directory) - len(start_ids),
+        d_model=int(getattr(network_config, "hidden_size", 0) or getattr(network_config, "d_model", 0)),
+        n_layers=int(getattr(network_config, "num_hidden_layers", 0) or getattr(network_config, "n_layers", 0)),
+    )
+    output_size = network.get_output_embeddings().weight.shape[0] if network.get_output_embeddings() is not None \
+        else getattr(network_config, "vocab_size", ddlm_tokenizer.vocab_size)
+    if output_size < ddlm_tokenizer.vocab_size:
+        raise DDLMError(f"the model scores {output_size} tokens but its tokenizer has {ddlm_tokenizer.vocab_size}; "
+                        f"the tokenizer files in {directory} belong to another model")
+    model = HFDiffusionModel(network.eval(), backbone, start_ids, shift_logits=model_type in SHIFTED_MODEL_TYPES)
+    process = build_process(PROCESS, Vocabulary.of(ddlm_tokenizer))
+    summary = {"source": "transformers", "model_type": model_type, "model_class": type(network).__name__,
+               "directory": str(directory)}
+    return model.to(device), ddlm_tokenizer, process, summary
+
+
+def context_length(network: torch.nn.Module, directory: Path) -> int:
+    """Positions the network can embed; RoBERTa-style position ids start after the padding id."""
+    config = network.config
+    positions = next((getattr(config, name) for name in POSITION_FIELDS if getattr(config, name, None)), None)
+    if positions is None:
+        raise DDLMError(f"{directory}/config.json gives no context length ({' or '.join(POSITION_FIELDS)}); add one")
+    embeddings = getattr(getattr(network, "base_model", None), "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    return int(positions) - (padding_idx + 1 if padding_idx is not None else 0)

@@ -1,0 +1,82 @@
+"""What samplers yield and return: one step object per change of the canvas, and the final output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ddlm.samplers.canvas import Canvas
+
+
+@dataclass
+class SamplerStep:
+    """The canvas after one step of a sampler.
+
+    ``noise`` has one meaning for every process and policy: the fraction of the generated
+    positions that are still noise after this step, averaged over the samples of the batch,
+    falling to 0 after the last step. Noise is MASK for masked diffusion and SEDD absorbing,
+    and a position not yet written for the autoregressive model (the canvas shows MASK
+    there). SEDD uniform has no mask and a resampled token looks like any other, so its
+    noise is the forward process's resampling probability at the step's time,
+    1 - exp(-sigma_bar(t)) (0 after the final denoising step), which for the absorbing graph
+    is the expected masked fraction.
+
+    :meth:`ddlm.DiffusionPipeline.stream` fills the last four fields.
+    """
+
+    index: int  # steps before this one in this batch
+    tokens: torch.Tensor  # (B, L) token ids after the step; MASK where still masked, PAD after a row's end
+    revealed: torch.Tensor  # (B, L) bool: positions given a new token by this step
+    remasked: torch.Tensor  # (B, L) bool: positions masked again by this step (ReMDM)
+    confidence: torch.Tensor | None  # (B, L) float32 model probability of each token drawn this step, NaN elsewhere
+    noise: float
+    model_calls: int  # model calls so far in this batch
+    texts: list[str] | None = None  # the pipeline's decoded text of each sample (masked positions left out)
+    first_sample: int = 0  # index of the batch's first sample among all samples of the run
+    canvas: Canvas | None = None  # the batch's canvas: which positions are given, generated, padding
+    seed: int | None = None  # the run's seed (drawn when none was given)
+
+    @property
+    def changed(self) -> torch.Tensor:
+        """(B, L) bool: positions this step revealed or masked again."""
+        return self.revealed | self.remasked
+
+
+@dataclass
+class SampleOutput:
+    """The final tokens of a run, what it cost, and how to repeat it."""
+
+    tokens: torch.Tensor  # (B, L) final token ids
+    model_calls: int
+    canvas: Canvas  # what was asked for: given, generated and padding positions
+    seed: int
+
+    @classmethod
+    def of_step(cls, step: SamplerStep) -> SampleOutput:
+        """The output of a run whose last step is ``step`` (as yielded by the pipeline: canvas and seed set)."""
+        return cls(tokens=step.tokens, model_calls=step.model_calls, canvas=step.canvas, seed=step.seed)
+
+    @classmethod
+    def concatenate(cls, outputs: list[SampleOutput], pad_id: int) -> SampleOutput:
+        """Batches of one run joined into one output, narrower batches padded on the right."""
+        if len(outputs) == 1:
+            return outputs[0]
+        width = max(output.tokens.shape[1] for output in outputs)
+
+        def join(tensors: list[torch.Tensor], fill: int | bool) -> torch.Tensor:
+            return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill) for t in tensors])
+
+        canvas = Canvas(
+            join([output.canvas.tokens for output in outputs], pad_id),
+            join([output.canvas.generated for output in outputs], False),
+            join([output.canvas.active for output in outputs], False),
+        )
+        tokens = join([output.tokens for output in outputs], pad_id)
+        return cls(tokens, sum(output.model_calls for output in outputs), canvas, outputs[0].seed)
+
+
+def masked_fraction(tokens: torch.Tensor, generated: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """(B,) float64: the fraction of each row's generated positions that hold MASK."""
+    masked = ((tokens == mask_id) & generated).sum(dim=1).double()
+    return masked / generated.sum(dim=1).clamp_min(1)
