@@ -12,9 +12,11 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 class Tokenizer(Protocol):
     """Maps text to token ids and back.
 
-    Every tokenizer reserves three special ids at the end of its vocabulary:
-    ``mask_id`` (the absorbing state of masked diffusion), ``eos_id`` (end of text,
-    also the document separator) and ``pad_id`` (never counted in a loss).
+    Every tokenizer has three distinct special ids: ``mask_id`` (the absorbing state of
+    masked diffusion), ``eos_id`` (end of text, also the document separator) and ``pad_id``
+    (never predicted, never counted in a loss). ddlm's own tokenizers put them at the end of
+    the vocabulary, but no code outside them may rely on where they sit: a Hugging Face
+    tokenizer (``ddlm.hf``) keeps its own ids, e.g. BERT's ``[PAD]`` is 0 and ``[MASK]`` 103.
     """
 
     kind: str
