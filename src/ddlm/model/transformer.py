@@ -71,21 +71,29 @@ class KVCache:
 
 
 def attention_mask(
-    causal: bool, new: int, cached: int, key_mask: torch.Tensor | None, device: torch.device
+    causal: bool,
+    new: int,
+    cached: int,
+    key_mask: torch.Tensor | None,
+    device: torch.device,
+    pattern: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, bool]:
     """SDPA's ``attn_mask`` and ``is_causal`` for ``new`` queries after ``cached`` positions.
 
-    ``key_mask`` (B, cached + new) marks the keys that exist (False: batch padding).
+    ``key_mask`` (B, cached + new) marks the keys that exist (False: batch padding);
+    ``pattern`` (new, cached + new) bool, when given, says which keys each query may see.
     """
-    if key_mask is None:
+    if key_mask is None and pattern is None:
         if not causal or (cached > 0 and new == 1):
             return None, False
         if cached == 0:
             return None, True
         return torch.ones(new, cached + new, dtype=torch.bool, device=device).tril(cached), False
-    allowed = key_mask[:, None, None, :]
+    allowed = torch.ones(new, cached + new, dtype=torch.bool, device=device) if pattern is None else pattern
     if causal:
         allowed = allowed & torch.ones(new, cached + new, dtype=torch.bool, device=device).tril(cached)
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, None, :]
     return allowed, False
 
 
@@ -235,20 +243,30 @@ class Transformer(nn.Module):
         noise: torch.Tensor | None = None,
         cache: KVCache | None = None,
         key_mask: torch.Tensor | None = None,
+        attention: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, L, vocab_size) for token ids (B, L) at noise levels ``noise`` (B,).
 
         ``noise`` is required by a model that ``uses_noise`` and ignored by one that does not.
         With a ``cache``, ``tokens`` are the L positions after the ``cache.length`` stored
         ones; they also attend to those, and the cache is extended by them. ``key_mask``
-        (B, cached + L) bool hides padding positions from every query.
+        (B, cached + L) bool hides padding positions from every query. ``attention``
+        (L, cached + L) bool, when given, is the attention pattern: which keys each query
+        sees (e.g. block-causal), on top of ``config.causal`` and ``key_mask``.
+        ``positions`` (L,) long are the rotary positions of the tokens (default: cached,
+        cached + 1, ...); two tokens may share a position, e.g. a noisy and a clean copy.
         """
         start, length = (cache.length if cache is not None else 0), tokens.shape[1]
-        if start + length > self.config.context_length:
-            after = f" after {start} cached positions" if start else ""
-            raise ValueError(
-                f"sequence length {length}{after} exceeds context_length {self.config.context_length}"
-            )
+        if positions is None:
+            if start + length > self.config.context_length:
+                after = f" after {start} cached positions" if start else ""
+                raise ValueError(
+                    f"sequence length {length}{after} exceeds context_length {self.config.context_length}"
+                )
+            positions = torch.arange(start, start + length, device=tokens.device)
+        elif int(positions.max()) >= self.config.context_length:
+            raise ValueError(f"position {int(positions.max())} exceeds context_length {self.config.context_length}")
         if cache is not None and tokens.shape[0] != cache.batch_size:
             raise ValueError(
                 f"a batch of {tokens.shape[0]} sequences does not fit a cache made for {cache.batch_size}; "
@@ -257,8 +275,8 @@ class Transformer(nn.Module):
         if self.uses_noise and noise is None:
             raise NoiseLevelMissing("this model is conditioned on the noise level: pass noise=")
         cond = F.silu(self.noise_embed(noise)) if self.uses_noise else None
-        cos, sin = self.rope_cos[start : start + length], self.rope_sin[start : start + length]
-        mask = attention_mask(self.config.causal, length, start, key_mask, tokens.device)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        mask = attention_mask(self.config.causal, length, start, key_mask, tokens.device, attention)
         x = self.embed(tokens)
         for layer, block in enumerate(self.blocks):
             x = block(x, cos, sin, cond, mask, cache, layer)

@@ -11,6 +11,7 @@ from typing import Any
 from ddlm.errors import DDLMError
 from ddlm.processes.autoregressive import Autoregressive
 from ddlm.processes.base import LossOutput, Process, Vocabulary
+from ddlm.processes.block import BlockDiffusion
 from ddlm.processes.masked import MaskedDiffusion
 from ddlm.processes.schedules import SCHEDULES, Schedule, build_schedule
 from ddlm.processes.sedd import ScoreEntropyDiffusion
@@ -20,6 +21,7 @@ PROCESS_BUILDERS: dict[str, Callable[[dict[str, Any], Vocabulary], Process]] = {
     "ar": Autoregressive.from_config,
     "sedd-absorb": ScoreEntropyDiffusion.from_config,
     "sedd-uniform": ScoreEntropyDiffusion.from_config,
+    "block": BlockDiffusion.from_config,
 }
 
 
@@ -32,6 +34,6 @@ def build_process(config: dict[str, Any], vocab: Vocabulary) -> Process:
 
 
 __all__ = [
-    "Autoregressive", "LossOutput", "MaskedDiffusion", "PROCESS_BUILDERS", "Process", "SCHEDULES", "Schedule",
-    "Vocabulary", "build_process", "build_schedule",
+    "Autoregressive", "BlockDiffusion", "LossOutput", "MaskedDiffusion", "PROCESS_BUILDERS", "Process", "SCHEDULES",
+    "Schedule", "Vocabulary", "build_process", "build_schedule",
 ]

@@ -51,6 +51,9 @@ class ProcessSettings:
     eps: float = 1e-3
     antithetic: bool = True
     estimator: str = "time"  # masked process: time | count (same NELBO, lower variance)
+    block_size: int = 4  # block process: tokens per block (must divide data.context_length)
+    clip_min: float | None = None  # block process: training times drawn from [clip_min, clip_max] (clipped noise)
+    clip_max: float | None = None
 
 
 @dataclass

@@ -56,7 +56,8 @@ def build_run_process(config: RunConfig, tokenizer: Tokenizer) -> Process:
     settings = config.process
     return build_process(
         {"name": settings.name, "schedule": {"name": settings.schedule}, "eps": settings.eps,
-         "antithetic": settings.antithetic, "estimator": settings.estimator},
+         "antithetic": settings.antithetic, "estimator": settings.estimator, "block_size": settings.block_size,
+         "clip_min": settings.clip_min, "clip_max": settings.clip_max},
         Vocabulary.of(tokenizer),
     )
 
