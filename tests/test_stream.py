@@ -42,8 +42,8 @@ def test_the_last_step_of_the_stream_is_the_sample(name):
     mask = TOKENIZER.mask_id
     for before, step in zip([None, *steps], steps):
         previous = before.tokens if before is not None else step.canvas.tokens.masked_fill(step.canvas.generated, mask)
-        if name.startswith("sedd-uniform"):
-            assert torch.equal(step.revealed, step.tokens != previous)
+        if name.startswith("sedd-uniform"):  # starts from uniform noise, not MASK
+            assert before is None or torch.equal(step.revealed, step.tokens != previous)
         else:  # revealed: MASK became a token; remasked: a token became MASK; nothing else moves
             assert torch.equal(step.revealed, (previous == mask) & (step.tokens != mask))
             assert torch.equal(step.remasked, (previous != mask) & (step.tokens == mask))
@@ -91,7 +91,7 @@ def test_batches_of_different_widths_are_joined_with_padding():
         assert torch.equal(getattr(batched.canvas, name), getattr(whole.canvas, name))
     assert (batched.tokens[:3, 5:] == TOKENIZER.pad_id).all()
     texts = pipe.generate(**arguments, batch_size=3, stop_at_eos=False)
-    assert [len(text) for text in texts] == [5, 5, 5, 7, 7, 7] and all(t.startswith("bcd") for t in texts[3:])
+    assert all(text.startswith("a") for text in texts[:3]) and all(text.startswith("bcd") for text in texts[3:])
 
 
 def test_without_a_seed_one_is_drawn_reported_and_the_global_rng_is_untouched():

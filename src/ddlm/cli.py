@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--precision", default="fp32", choices=PRECISIONS)
     sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
     sample.add_argument("--format", choices=["text", "jsonl"], default="text")
+    sample.add_argument("--chat", action="store_true",
+                        help="wrap each prompt in the tokenizer's chat template (Hugging Face chat models)")
+    sample.add_argument("--trust-remote-code", action="store_true",
+                        help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
 
     evaluate = commands.add_parser("eval", parents=[common, sampler_flags()],
                                    help="likelihood, sample quality, diversity and speed of models")
@@ -114,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--precision", default="fp32", choices=PRECISIONS)
     evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument("--trust-remote-code", action="store_true",
+                          help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
 
     commands.add_parser("presets", parents=[common], help="list the named configurations")
     return parser
@@ -168,11 +174,12 @@ def run_train(args: argparse.Namespace) -> int:
 def run_sample(args: argparse.Namespace) -> int:
     from ddlm import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
+    pipe = DiffusionPipeline.from_pretrained(args.model, device=args.device, precision=args.precision,
+                                             trust_remote_code=args.trust_remote_code)
     prompts = args.prompt[0] if args.prompt and len(args.prompt) == 1 else args.prompt
     texts = pipe.generate(
         prompts, sampler_options_from_args(args), num_samples=args.num_samples, length=args.length,
-        infill=args.infill, suffix=args.suffix, stop_at_eos=not args.keep_eos,
+        infill=args.infill, suffix=args.suffix, stop_at_eos=not args.keep_eos, chat=args.chat,
     )
     for index, text in enumerate(texts):
         if args.format == "jsonl":
@@ -205,7 +212,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     results = {}
     for model in args.model:
-        pipe = DiffusionPipeline.from_pretrained(model, device=args.device, precision=args.precision)
+        pipe = DiffusionPipeline.from_pretrained(model, device=args.device, precision=args.precision,
+                                                 trust_remote_code=args.trust_remote_code)
         results[model] = evaluate(pipe, args.data, judge, settings, progress)
     print(markdown_table(results))
     if args.json:

@@ -20,6 +20,7 @@ from ddlm import __version__
 from ddlm.device import autocast, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path, write_json_atomic
+from ddlm.hf import is_transformers_config, load_transformers_model
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Process, Vocabulary, build_process
 from ddlm.samplers import Canvas, SampleOutput, SamplerOptions, SamplerStep, parse_template, sampler_steps
@@ -77,10 +78,19 @@ class DiffusionPipeline:
             write_json_atomic(directory / SUMMARY_FILE, self.summary)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "fp32") -> DiffusionPipeline:
-        """Load a model directory (or a Hugging Face Hub repository id, downloaded once)."""
+    def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "fp32",
+                        trust_remote_code: bool = False) -> DiffusionPipeline:
+        """Load a model directory (or a Hugging Face Hub repository id, downloaded once).
+
+        A ``transformers`` model (BERT family, LLaDA, Dream: a config.json ddlm did not write) is
+        loaded through :mod:`ddlm.hf`; model code shipped with it runs only with ``trust_remote_code``.
+        """
         directory = resolve_model_directory(path)
         config = read_json(directory / CONFIG_FILE, what="model config")
+        if is_transformers_config(config):
+            model, tokenizer, process, summary = load_transformers_model(
+                directory, config, trust_remote_code, resolve_device(device), precision)
+            return cls(model, tokenizer, process, summary, precision)
         tokenizer = load_tokenizer(directory)
         try:
             model_config = ModelConfig.from_dict(config["model"])
@@ -114,18 +124,27 @@ class DiffusionPipeline:
         length: int | None,
         infill: str | None = None,
         suffix: str | None = None,
+        chat: bool = False,
     ) -> list[list[int | None]]:
         """One row per sample (token ids, None to generate): ``num_samples`` of each prompt, or of the infill template.
 
         Samples of one prompt share one row object, so a million samples cost a million references.
+        With ``chat`` each prompt is a user turn in the tokenizer's chat template (Hugging Face chat models).
         """
         check_integer("num_samples", num_samples, minimum=1)
         if infill is not None:
-            if prompt or suffix or length is not None:
-                raise DDLMError("an infill template sets the whole canvas; drop the prompt, suffix and length")
+            if prompt or suffix or length is not None or chat:
+                raise DDLMError("an infill template sets the whole canvas; drop the prompt, suffix, length and chat")
             return [parse_template(infill, self.tokenizer.encode, self.context_length)] * num_samples
         prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
-        encoded = [self.tokenizer.encode(text) if text else [] for text in prompts]
+        if chat:
+            chat_ids = getattr(self.tokenizer, "chat_ids", None)
+            if chat_ids is None:
+                raise DDLMError("chat needs a Hugging Face chat model (its tokenizer's chat template); "
+                                "drop --chat (chat=True) for this model")
+            encoded = [chat_ids(text or "") for text in prompts]
+        else:
+            encoded = [self.tokenizer.encode(text) if text else [] for text in prompts]
         suffix_ids = self.tokenizer.encode(suffix) if suffix else []
         longest = max(len(ids) for ids in encoded) + len(suffix_ids)
         length = self.check_length(longest, length)
@@ -154,20 +173,23 @@ class DiffusionPipeline:
         suffix: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         stop_at_eos: bool = True,
+        chat: bool = False,
         **option_keywords: Any,
     ) -> Iterator[SamplerStep]:
         """One :class:`SamplerStep` per change of the canvas, with each sample's text so far.
 
         ``prompt``: text the samples start with, or a list of them (``num_samples`` samples of
         each). ``infill``: a template such as ``"The [MASK*5] sat on the [MASK] mat"`` instead
-        of a prompt. ``suffix``: text fixed after the generated positions. ``options``: a
+        of a prompt. ``suffix``: text fixed after the generated positions. ``chat``: each prompt
+        is a user turn in the tokenizer's chat template (Hugging Face chat models). ``options``: a
         :class:`SamplerOptions`; keywords (``steps=64, policy="confidence"``, any field of it)
         build one or replace its fields. Samples are drawn ``batch_size`` at a time, batch
         after batch (a step's ``first_sample`` says which); sample i is the same for every
         batch size. Without a seed one is drawn and reported in every step's ``seed``.
         Bad input raises here, before the first step.
         """
-        options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords)
+        options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords,
+                                     chat=chat)
 
         def with_texts() -> Iterator[SamplerStep]:
             for step in self.run_batches(options, rows, batch_size):
@@ -186,10 +208,12 @@ class DiffusionPipeline:
         infill: str | None = None,
         suffix: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
+        chat: bool = False,
         **option_keywords: Any,
     ) -> Iterator[SampleOutput]:
         """Each batch's :class:`SampleOutput` as soon as it is finished; arguments as in :meth:`stream`."""
-        options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords)
+        options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords,
+                                     chat=chat)
 
         def outputs() -> Iterator[SampleOutput]:
             last = None
@@ -221,13 +245,13 @@ class DiffusionPipeline:
 
     def prepare(
         self, prompt: str | list[str] | None, options: SamplerOptions | None, num_samples: int, length: int | None,
-        infill: str | None, suffix: str | None, batch_size: int, option_keywords: dict[str, Any],
+        infill: str | None, suffix: str | None, batch_size: int, option_keywords: dict[str, Any], chat: bool = False,
     ) -> tuple[SamplerOptions, list[list[int | None]]]:
         """Validated options (with a seed) and canvas rows of a run."""
         options = SamplerOptions.build(options, **option_keywords).with_seed()
         options.check_process(self.process.name)
         check_integer("batch_size", batch_size, minimum=1)
-        return options, self.canvas_rows(prompt, num_samples, length, infill, suffix)
+        return options, self.canvas_rows(prompt, num_samples, length, infill, suffix, chat)
 
     def run_batches(self, options: SamplerOptions, rows: list[list[int | None]], batch_size: int) -> Iterator[SamplerStep]:
         """The sampler's steps, batch after batch, each under the pipeline's precision only while it computes."""
