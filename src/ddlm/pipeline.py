@@ -294,7 +294,7 @@ class DiffusionPipeline:
             return room
         if length < 1:
             raise DDLMError(f"length must be at least 1, got {length}")
-        if length > room:
+        if length > room and not getattr(self.process, "generates_past_context", False):  # block diffusion slides
             raise DDLMError(
                 f"prompt ({prompt_length}) + length ({length}) tokens exceed the model's context of "
                 f"{self.context_length}; use --length {room} or less"

@@ -18,6 +18,7 @@ from ddlm.errors import DDLMError
 from ddlm.samplers.policies import POLICIES, RANKED_POLICIES, REMASK_SCHEDULES
 
 MASKED_PROCESSES = ("masked",)
+MASK_POLICY_PROCESSES = ("masked", "block")  # block diffusion runs the masked policies inside each block
 SEDD_PROCESSES = ("sedd-absorb", "sedd-uniform")
 SEDD_METHODS = ("euler", "analytic")
 SEED_LIMIT = 2**63
@@ -49,13 +50,13 @@ class SamplerOptions:
     top_p: float | None = None
     seed: int | None = None
     use_cache: bool = True
-    policy: str = field(default="ancestral", metadata=only_for(MASKED_PROCESSES))
+    policy: str = field(default="ancestral", metadata=only_for(MASK_POLICY_PROCESSES))
     block_length: int | None = field(default=None, metadata=only_for(MASKED_PROCESSES))
-    threshold: float | None = field(default=None, metadata=only_for(MASKED_PROCESSES))
-    remask: str | None = field(default=None, metadata=only_for(MASKED_PROCESSES))
-    remask_eta: float = field(default=0.05, metadata=only_for(MASKED_PROCESSES))
+    threshold: float | None = field(default=None, metadata=only_for(MASK_POLICY_PROCESSES))
+    remask: str | None = field(default=None, metadata=only_for(MASK_POLICY_PROCESSES))
+    remask_eta: float = field(default=0.05, metadata=only_for(MASK_POLICY_PROCESSES))
     prefix_cache: bool = field(default=False, metadata=only_for(MASKED_PROCESSES))
-    min_length: int = field(default=0, metadata=only_for(MASKED_PROCESSES))
+    min_length: int = field(default=0, metadata=only_for(MASK_POLICY_PROCESSES))
     method: str = field(default="analytic", metadata=only_for(SEDD_PROCESSES))
 
     def __post_init__(self) -> None:
