@@ -1,0 +1,249 @@
+"""The JSON API under ``/v1``, ``/health``, and the error answers every route shares.
+
+Every error is JSON ``{"error": {"type", "field", "message"}}``: 422 for invalid values,
+malformed JSON and wrong types, 413 beyond the server's limits, 429 when the queue is full,
+503 when a generation runs past the time limit. None of them stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import typing
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from ddlm.app.limits import GenerationPool, Limits, QueueFull, Run, TimeLimitExceeded
+from ddlm.app.service import (
+    SAMPLER_FIELDS,
+    GenerationRequest,
+    Model,
+    Models,
+    RequestError,
+    as_request_error,
+    open_stream,
+    run_result,
+    step_event,
+    timed,
+)
+from ddlm.errors import DDLMError
+from ddlm.samplers import SamplerOptions, SamplerStep
+
+MAX_BODY_BYTES = 1 << 20
+
+SAMPLER_HELP = {
+    "steps": "denoising steps (default 128; the autoregressive model takes one per token)",
+    "temperature": "0 draws the most likely token; default 1",
+    "top_k": "draw among the k most likely tokens",
+    "top_p": "draw among the most likely tokens holding this much probability, in (0, 1]",
+    "seed": "samples depend only on the seed and their index; default: a fresh one, returned in the answer",
+    "use_cache": "skip model calls that would repeat the last one",
+    "policy": "masked diffusion: which masked positions each step reveals",
+    "block_length": "masked diffusion: semi-autoregressive blocks of this many positions",
+    "threshold": "masked diffusion: also reveal every position this confident (threshold policy: 0.9)",
+    "remask": "masked diffusion: ReMDM remasking schedule (cap, rescale; ancestral policy)",
+    "remask_eta": "masked diffusion: ReMDM remasking strength in [0, 1]",
+    "prefix_cache": "masked diffusion: reuse keys and values left of the current block",
+    "min_length": "masked diffusion: no end-of-text among the first N generated tokens",
+    "method": "SEDD: analytic or euler steps",
+}
+
+
+class CanvasFields(BaseModel):
+    """What to generate; the sampler options are the other fields."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str | None = Field(None, description="a model name from GET /v1/models (default: the first)")
+    prompt: str | None = Field(None, description="text the samples start with, kept fixed")
+    suffix: str | None = Field(None, description="text fixed after the generated positions")
+    infill: str | None = Field(None, description="a template with [MASK] or [MASK*n] gaps, instead of prompt and length")
+    num_samples: int = Field(1, description="samples to draw")
+    length: int | None = Field(None, description="tokens to generate (default: fill the context, up to the server's cap)")
+    stop_at_eos: bool = Field(True, description="cut each sample's text at a generated end-of-text token")
+
+
+def sampler_field(name: str) -> tuple[Any, Any]:
+    hint = typing.get_type_hints(SamplerOptions)[name]
+    default = next(item.default for item in SamplerOptions.__dataclass_fields__.values() if item.name == name)
+    return hint | None, Field(None, description=f"{SAMPLER_HELP[name]} (default: {default})")
+
+
+GenerateBody = create_model(
+    "GenerateBody", __base__=CanvasFields, __doc__="A generation request: the canvas and the sampler options.",
+    **{name: sampler_field(name) for name in SAMPLER_FIELDS},
+)
+
+
+def to_request(body: BaseModel) -> GenerationRequest:
+    values = body.model_dump()
+    return GenerationRequest(**{name: values[name] for name in CanvasFields.model_fields},
+                             options={name: values[name] for name in SAMPLER_FIELDS if values[name] is not None})
+
+
+class GenerateAnswer(BaseModel):
+    model: str
+    texts: list[str] = Field(description="one text per sample, prompt included")
+    token_ids: list[list[int]] = Field(description="each sample's token ids (given and generated)")
+    model_calls: int
+    seconds: float
+    seed: int = Field(description="pass it back to repeat the run")
+    options: dict[str, Any] = Field(description="the sampler options used, seed included")
+    entropy: float = Field(description="mean unigram entropy (nats) of each sample's generated tokens")
+
+
+class Server:
+    """The models, the limits and the generation pool of one running server."""
+
+    def __init__(self, models: Models, limits: Limits):
+        self.models, self.limits, self.pool = models, limits, GenerationPool(limits)
+
+    def start(self, body: BaseModel) -> tuple[Model, SamplerOptions, Run]:
+        """Check a request and queue its generation (raises RequestError or QueueFull)."""
+        request = to_request(body)
+        model = self.models.get(request.model)
+        options, steps = open_stream(model, request, self.limits)
+        return model, options, self.pool.submit(lambda: timed(steps), loop=asyncio.get_running_loop())
+
+
+def error_answer(status: int, kind: str, message: str, field: str | None = None, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "field": field, "message": message}}, status_code=status,
+                        headers=headers or None)
+
+
+QUEUE_FULL_MESSAGE = "the server is busy: every worker is generating and the queue is full; retry in a few seconds"
+
+
+def time_limit_message(limits: Limits) -> str:
+    return (f"the generation ran past this server's limit of {limits.max_seconds:g} s; ask for fewer steps, "
+            "samples or a shorter length")
+
+
+def describe_validation_error(error: dict[str, Any]) -> tuple[str, str | None]:
+    """A one-line message and the field for pydantic's first complaint about a request body."""
+    location = [part for part in error.get("loc", ()) if part != "body"]
+    field = location[0] if location and isinstance(location[0], str) else None
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        reason = error.get("ctx", {}).get("error", "malformed")
+        return f"the request body is not valid JSON ({reason}); send a JSON object such as {{\"prompt\": \"ROMEO:\"}}", None
+    if kind in ("model_attributes_type", "dict_type", "model_type") or (kind == "missing" and field is None):
+        return "the request body must be a JSON object such as {\"prompt\": \"ROMEO:\"}", None
+    if kind == "extra_forbidden":
+        known = ", ".join(GenerateBody.model_fields)
+        return f"unknown field {field!r}; the fields are {known}", field
+    given = json.dumps(error.get("input"), default=str)[:80]
+    return f"{field}: {error.get('msg', 'invalid value').lower()}, got {given}", field
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        message, field = describe_validation_error(error.errors()[0])
+        kind = "invalid_json" if field is None and "JSON" in message else "invalid_value"
+        return error_answer(422, kind, message, field)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse(error.to_json(), status_code=error.status)
+
+    @app.exception_handler(QueueFull)
+    async def busy(request: Request, error: QueueFull) -> JSONResponse:
+        return error_answer(429, "queue_full", QUEUE_FULL_MESSAGE, **{"Retry-After": "2"})
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        return error_answer(500, "server_error", f"the generation failed ({type(error).__name__}: {error}); "
+                            "the server keeps serving, please report this")
+
+    @app.middleware("http")
+    async def body_size_cap(request: Request, call_next):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return error_answer(413, "over_limit", f"the request body is over {MAX_BODY_BYTES} bytes; send a shorter "
+                                "prompt or template")
+        return await call_next(request)
+
+
+def sse(event: str, data: dict[str, Any]) -> str:
+    """One Server-Sent Event."""
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def api_router(server: Server) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health", tags=["server"])
+    async def health() -> dict[str, Any]:
+        """Whether the server is up, its models, its queue and its limits."""
+        return {"status": "ok", "models": server.models.names, "queue": server.pool.stats(),
+                "limits": asdict(server.limits)}
+
+    @router.get("/v1/models", tags=["models"])
+    async def models() -> dict[str, Any]:
+        """Each model's card: process, schedule, size, tokenizer, training summary and sampler defaults."""
+        return {"default": server.models.names[0], "models": [model.card() for model in server.models.by_name.values()]}
+
+    @router.post("/v1/generate", response_model=GenerateAnswer, tags=["generation"],
+                 responses={413: {"description": "over a limit"}, 422: {"description": "invalid request"},
+                            429: {"description": "queue full"}, 503: {"description": "time limit"}})
+    async def generate(body: GenerateBody, request: Request):  # type: ignore[valid-type]
+        """Generate samples and answer once they are finished."""
+        model, options, run = server.start(body)
+        last: dict[int, SamplerStep] = {}
+        seconds = 0.0
+        try:
+            async for step, elapsed in run:
+                last[step.first_sample], seconds = step, elapsed
+                if await request.is_disconnected():
+                    run.cancel()
+                    return error_answer(499, "cancelled", "the client went away; the generation was stopped")
+        except DDLMError as error:  # an option the sampler checks at its first step
+            raise as_request_error(error) from None
+        except TimeLimitExceeded:
+            return error_answer(503, "time_limit", time_limit_message(server.limits))
+        return run_result(model, options, list(last.values()), seconds).to_json()
+
+    @router.post("/v1/generate/stream", tags=["generation"],
+                 responses={200: {"content": {"text/event-stream": {}},
+                                  "description": "`event: step` per step (canvas token ids, texts, revealed and "
+                                                 "remasked positions, noise, model calls), then `event: result` "
+                                                 "(as /v1/generate) or `event: error`"}})
+    async def generate_stream(body: GenerateBody):  # type: ignore[valid-type]
+        """Generate samples, answering with one Server-Sent Event per denoising step, then the result."""
+        model, options, run = server.start(body)
+        steps = run.__aiter__()
+        try:
+            first = await anext(steps)  # an option the sampler refuses is still a 422, before the stream starts
+        except DDLMError as error:
+            raise as_request_error(error) from None
+        except (TimeLimitExceeded, StopAsyncIteration):
+            return error_answer(503, "time_limit", time_limit_message(server.limits))
+
+        async def events() -> AsyncIterator[str]:
+            last: dict[int, SamplerStep] = {}
+            item = first
+            try:
+                while item is not None:
+                    step, seconds = item
+                    last[step.first_sample] = step
+                    yield sse("step", step_event(step, seconds))
+                    item = await anext(steps, None)
+                result = run_result(model, options, list(last.values()), seconds)
+                yield sse("result", result.to_json())
+            except TimeLimitExceeded:
+                yield sse("error", {"error": {"type": "time_limit", "field": None,
+                                              "message": time_limit_message(server.limits)}})
+            finally:  # the client went away (or the stream ended): stop the generation
+                run.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return router

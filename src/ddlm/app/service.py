@@ -1,0 +1,270 @@
+"""What the API and the web page share: the loaded models, a request checked against the limits, and the run's results.
+
+Nothing here knows HTTP or Gradio. A :class:`GenerationRequest` becomes a stream of
+:class:`~ddlm.samplers.SamplerStep` (``DiffusionPipeline.stream`` with one validated
+:class:`~ddlm.samplers.SamplerOptions`); bad input raises :class:`RequestError`, which
+names the request field at fault and the HTTP status that says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddlm.app.limits import Limits
+from ddlm.bundled import DEFAULT_MODEL, bundled_models
+from ddlm.errors import DDLMError
+from ddlm.eval.diversity import unigram_entropy
+from ddlm.pipeline import DiffusionPipeline
+from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep
+
+SAMPLER_FIELDS = tuple(item.name for item in dataclasses.fields(SamplerOptions))
+CANVAS_FIELDS = ("model", "prompt", "suffix", "infill", "num_samples", "length", "stop_at_eos")
+
+
+class RequestError(Exception):
+    """A request the server will not run: ``status`` 422 (invalid) or 413 (over a limit), naming ``field``."""
+
+    def __init__(self, message: str, field: str | None, status: int = 422, kind: str = "invalid_value"):
+        super().__init__(message)
+        self.message, self.field, self.status, self.kind = message, field, status, kind
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"type": self.kind, "field": self.field, "message": self.message}}
+
+
+@dataclass
+class GenerationRequest:
+    """One generation, as the API's JSON or the web page's form gives it.
+
+    ``options``: the sampler options the caller set (fields of :class:`SamplerOptions`);
+    the others keep their defaults. ``length`` None fills the context, up to the server's cap.
+    """
+
+    model: str | None = None
+    prompt: str | None = None
+    suffix: str | None = None
+    infill: str | None = None
+    num_samples: int = 1
+    length: int | None = None
+    stop_at_eos: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Model:
+    """A loaded model and the name clients pick it by."""
+
+    name: str
+    pipe: DiffusionPipeline
+    source: str
+
+    @property
+    def process(self) -> str:
+        return self.pipe.process.name
+
+    def default_options(self) -> dict[str, Any]:
+        """The sampler options that apply to this model's process, with their defaults."""
+        return SamplerOptions().applicable(self.process)
+
+    def card(self) -> dict[str, Any]:
+        """Process, schedule, size, tokenizer and the training summary (held-out NELBO included)."""
+        pipe, config = self.pipe, self.pipe.model.config
+        summary = {key: value for key, value in pipe.summary.items() if key != "run_config"}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "process": pipe.process.to_dict(),
+            "parameters": pipe.model.num_parameters(),
+            "layers": config.n_layers,
+            "d_model": config.d_model,
+            "heads": config.n_heads,
+            "context_length": config.context_length,
+            "tokenizer": {"kind": pipe.tokenizer.kind, "vocab_size": pipe.tokenizer.vocab_size,
+                          "mask_id": pipe.tokenizer.mask_id, "eos_id": pipe.tokenizer.eos_id,
+                          "pad_id": pipe.tokenizer.pad_id},
+            "held_out_nelbo": pipe.summary.get("final_valid_nelbo"),
+            "training_summary": summary,
+            "sampler_defaults": self.default_options(),
+        }
+
+
+class Models:
+    """The models one server holds, by name; the first is the default."""
+
+    def __init__(self, models: list[Model]):
+        if not models:
+            raise DDLMError("no model to serve; pass --model DIR")
+        self.by_name = {model.name: model for model in models}
+
+    @classmethod
+    def load(cls, sources: list[str], device: str = "auto", precision: str = "fp32") -> Models:
+        """Load model directories or bundled names; without any, every installed bundled model."""
+        if not sources:  # the installed bundled models, else the default one, whose loading says what is missing
+            sources = [model.name for model in bundled_models() if model.installed] or [DEFAULT_MODEL]
+        models, names = [], set()
+        for source in sources:
+            name = unique_name(Path(source).name or source, names)
+            names.add(name)
+            models.append(Model(name, DiffusionPipeline.from_pretrained(source, device=device, precision=precision),
+                                source))
+        return cls(models)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.by_name)
+
+    def get(self, name: str | None) -> Model:
+        if name is None:
+            return next(iter(self.by_name.values()))
+        if name not in self.by_name:
+            raise RequestError(f"unknown model {name!r}; this server has {', '.join(map(repr, self.by_name))}", "model")
+        return self.by_name[name]
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... when two model directories share a folder name."""
+    candidate, number = name, 1
+    while candidate in taken:
+        number += 1
+        candidate = f"{name}-{number}"
+    return candidate
+
+
+def field_of(message: str, candidates: tuple[str, ...] = CANVAS_FIELDS + SAMPLER_FIELDS) -> str | None:
+    """The request field a DDLMError message names first (it names the option at fault), or None."""
+    found = [(match.start(), name) for name in candidates for spelling in {name, name.replace("_", " ")}
+             if (match := re.search(rf"(?<![\w-]){re.escape(spelling)}(?![\w-])", message))]
+    return min(found)[1] if found else None
+
+
+def as_request_error(error: DDLMError) -> RequestError:
+    message = str(error)
+    return RequestError(message, field_of(message))
+
+
+def over_limit(name: str, value: int, cap: int, flag: str) -> RequestError:
+    return RequestError(f"{name} {value} is over this server's limit of {cap}; ask for {cap} or fewer "
+                        f"(the server's operator can raise it with ddlm serve {flag})", name, 413, "over_limit")
+
+
+def open_stream(model: Model, request: GenerationRequest, limits: Limits) -> tuple[SamplerOptions, Iterator[SamplerStep]]:
+    """The run's options and steps, after every check that can be made before the first step (raises RequestError)."""
+    unknown = sorted(set(request.options) - set(SAMPLER_FIELDS))
+    if unknown:
+        raise RequestError(f"unknown sampler option {unknown[0]!r}; the options are {', '.join(SAMPLER_FIELDS)}",
+                           unknown[0])
+    if isinstance(request.num_samples, int) and request.num_samples > limits.max_samples:
+        raise over_limit("num_samples", request.num_samples, limits.max_samples, "--max-samples")
+    try:
+        given = {key: value for key, value in request.options.items() if value is not None}
+        options = SamplerOptions.build(**{"steps": min(SamplerOptions.steps, limits.max_steps), **given})
+        if options.steps > limits.max_steps:
+            raise over_limit("steps", options.steps, limits.max_steps, "--max-steps")
+        for name in ("prompt", "suffix"):  # a text the tokenizer refuses: name the field that holds it
+            text = getattr(request, name)
+            try:
+                model.pipe.tokenizer.encode(text) if isinstance(text, str) else None
+            except DDLMError as error:
+                raise RequestError(f"{name}: {error}", name) from None
+        length = generated_length(model.pipe, request, limits)
+        return options, model.pipe.stream(
+            request.prompt or None, options, num_samples=request.num_samples, length=length,
+            infill=request.infill or None, suffix=request.suffix or None, stop_at_eos=request.stop_at_eos,
+        )
+    except DDLMError as error:
+        raise as_request_error(error) from None
+
+
+def generated_length(pipe: DiffusionPipeline, request: GenerationRequest, limits: Limits) -> int | None:
+    """The ``length`` to pass the pipeline: the request's, or what fills the context, within the server's cap."""
+    if request.length is not None and not request.infill:
+        if isinstance(request.length, int) and request.length > limits.max_length:
+            raise over_limit("length", request.length, limits.max_length, "--max-length")
+        return request.length
+    row = pipe.canvas_rows(request.prompt or None, 1, request.length, request.infill or None, request.suffix or None)[0]
+    gaps = sum(token is None for token in row)
+    if request.infill:
+        if gaps == 0:
+            raise RequestError("the infill template has no gap; put [MASK] or [MASK*n] where the model should write",
+                               "infill")
+        if gaps > limits.max_length:
+            raise RequestError(f"the infill template has {gaps} gaps to fill, over this server's limit of "
+                               f"{limits.max_length} tokens; use fewer [MASK]s", "infill", 413, "over_limit")
+        return None
+    return min(gaps, limits.max_length)
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns: texts, token ids, cost, seed and the options used."""
+
+    model: str
+    texts: list[str]
+    token_ids: list[list[int]]
+    model_calls: int
+    seconds: float
+    seed: int
+    options: dict[str, Any]
+    entropy: float  # mean unigram entropy (nats) of the generated tokens of each sample
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def timed(steps: Iterator[SamplerStep]) -> Iterator[tuple[SamplerStep, float]]:
+    """Each step with the seconds spent computing the run so far."""
+    started = time.perf_counter()
+    for step in steps:
+        yield step, time.perf_counter() - started
+
+
+def run_result(model: Model, options: SamplerOptions, last_steps: list[SamplerStep], seconds: float) -> RunResult:
+    """The result of a run of ``options`` from the last step of each of its batches."""
+    pipe = model.pipe
+    output = SampleOutput.concatenate([SampleOutput.of_step(step) for step in last_steps], pipe.tokenizer.pad_id)
+    texts = [text for step in last_steps for text in step.texts]
+    rows = range(output.tokens.shape[0])
+    token_ids = [output.tokens[row][output.canvas.active[row]].tolist() for row in rows]
+    generated = [output.tokens[row][output.canvas.generated[row]].tolist() for row in rows]
+    used = dataclasses.replace(options, seed=output.seed).applicable(pipe.process.name)
+    return RunResult(model.name, texts, token_ids, output.model_calls, round(seconds, 4), output.seed, used,
+                     round(sum(map(unigram_entropy, generated)) / len(generated), 4))
+
+
+def step_event(step: SamplerStep, seconds: float) -> dict[str, Any]:
+    """One step as JSON: the canvas (token ids, MASK where still masked, and texts) and what changed."""
+    rows = range(step.tokens.shape[0])
+    active = step.canvas.active
+
+    def positions(where) -> list[list[int]]:
+        return [where[row].nonzero().flatten().tolist() for row in rows]
+
+    revealed = positions(step.revealed)
+    confidence = None
+    if step.confidence is not None:
+        confidence = [[finite_or_none(step.confidence[row, index]) for index in revealed[row]] for row in rows]
+    return {
+        "index": step.index,
+        "first_sample": step.first_sample,
+        "tokens": [step.tokens[row][active[row]].tolist() for row in rows],
+        "texts": step.texts,
+        "revealed": revealed,
+        "remasked": positions(step.remasked),
+        "confidence": confidence,
+        "noise": round(float(step.noise), 6),
+        "model_calls": step.model_calls,
+        "seconds": round(seconds, 4),
+    }
+
+
+def finite_or_none(value) -> float | None:
+    """A probability for JSON: rounded, or None where the sampler recorded none (NaN)."""
+    number = float(value)
+    return round(number, 4) if math.isfinite(number) else None
