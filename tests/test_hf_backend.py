@@ -127,8 +127,13 @@ def encoder_model(kind: str, directory: Path) -> Path:
 
 
 def llada_model(directory: Path, shifted: bool = False) -> tuple[Path, Transformer]:
-    """A LLaDA-interface directory with its own code, and the same network as a native ddlm Transformer."""
-    specials = dict(bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<|unk|>")
+    """A LLaDA-interface directory with its own code, and the same network as a native ddlm Transformer.
+
+    Special tokens as in LLaDA-Instruct: no mask token in the tokenizer (config.json names it; the
+    shifted Dream-style model leaves even that out), end of turn ``<|eot_id|>``, and
+    ``<|endoftext|>``, which fills the tail of an answer, named as padding and as the config's eos.
+    """
+    specials = dict(bos_token="<|startoftext|>", eos_token="<|eot_id|>", pad_token="<|endoftext|>", unk_token="<|unk|>")
     tokenizer = word_tokenizer(specials, extra=("<|mdm_mask|>", "<|user|>", "<|assistant|>"))
     mask_id = tokenizer.convert_tokens_to_ids("<|mdm_mask|>")
     model_type = "Dream" if shifted else "tiny-llada"
@@ -140,7 +145,8 @@ def llada_model(directory: Path, shifted: bool = False) -> tuple[Path, Transform
     finally:
         sys.path.remove(str(directory))
         sys.modules.pop("modeling_tiny", None)
-    config = modeling_tiny.TinyConfig(vocab_size=len(tokenizer), mask_token_id=mask_id, max_sequence_length=CONTEXT)
+    config = modeling_tiny.TinyConfig(vocab_size=len(tokenizer), mask_token_id=None if shifted else mask_id,
+                                      max_sequence_length=CONTEXT, eos_token_id=tokenizer.pad_token_id)
     config.auto_map = {"AutoConfig": "modeling_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"}
     torch.manual_seed(1)
     network = modeling_tiny.TinyModel(config)
@@ -241,7 +247,8 @@ def test_special_ids_anywhere_and_special_text_stays_text(pipes):
     assert tokenizer.mask_id not in tokenizer.encode("the [MASK] cat")
     llada = pipes["llada"].tokenizer  # no mask_token in the tokenizer (as LLaDA's): config.json names it
     assert llada.mask_id == llada.hf.convert_tokens_to_ids("<|mdm_mask|>")
-    assert llada.pad_id == llada.hf.bos_token_id != llada.eos_id  # no pad token: a distinct special id
+    assert llada.eos_id == llada.hf.convert_tokens_to_ids("<|eot_id|>")
+    assert llada.pad_id == llada.hf.bos_token_id  # its pad token is an end token the model writes: not the pad
 
 
 def test_encoder_models_see_their_start_token_and_context(pipes):
@@ -301,6 +308,7 @@ def test_one_sampler_two_backends_same_tokens(tmp_path, shifted):
     directory, native = llada_model(tmp_path / ("dream" if shifted else "llada"), shifted=shifted)
     pipe = DiffusionPipeline.from_pretrained(directory, device="cpu", trust_remote_code=True)
     assert pipe.model.shift_logits == shifted
+    assert pipe.tokenizer.mask_id == pipe.tokenizer.hf.convert_tokens_to_ids("<|mdm_mask|>")
     canvas = pipe.build_canvas(["the cat sat on", "a dog"], 1, 12)  # padded second row
     for options in (dict(policy="confidence"), dict(policy="confidence", block_length=4),
                     dict(policy="threshold", threshold=0.2)):

@@ -61,7 +61,7 @@ def load_transformers_model(
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DDLMError(f"transformers cannot load {directory} as a masked LM ({first}); ddlm samples masked LMs "
                         "(BERT, RoBERTa, ModernBERT) and LLaDA/Dream-style models") from None
-    ddlm_tokenizer = HFTokenizer(tokenizer, mask_id=config.get("mask_token_id"))
+    ddlm_tokenizer = HFTokenizer(tokenizer, mask_id=config.get("mask_token_id"), end_ids=end_ids(config))
     network_config = network.config
     model_type = str(getattr(network_config, "model_type", "unknown"))
     start_ids = ddlm_tokenizer.start_ids if class_name == MASKED_LM_CLASS else []
@@ -82,6 +82,13 @@ def load_transformers_model(
     summary = {"source": "transformers", "model_type": model_type, "model_class": type(network).__name__,
                "directory": str(directory)}
     return model.to(device), ddlm_tokenizer, process, summary
+
+
+def end_ids(config: dict[str, Any]) -> tuple[int, ...]:
+    """The end-of-text ids config.json names (``eos_token_id``: one id or a list)."""
+    ids = config.get("eos_token_id")
+    ids = ids if isinstance(ids, list) else [ids]
+    return tuple(int(i) for i in ids if isinstance(i, int))
 
 
 def context_length(network: torch.nn.Module, directory: Path) -> int:

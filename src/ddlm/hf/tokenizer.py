@@ -3,12 +3,13 @@
 The special ids come from the tokenizer itself, wherever they sit in its vocabulary:
 
 - ``mask_id``: the tokenizer's mask token, else ``mask_token_id`` of the model's config.json
-  (LLaDA and Dream name theirs there).
+  (LLaDA names its mask there), else a token spelt like a mask (``<|mdm_mask|>``, ``<|mask|>``, ...).
 - ``eos_id``: the end-of-text token, else the separator (BERT's ``[SEP]``).
-- ``pad_id``: the padding token when it differs from end-of-text and mask, else the
-  begin-of-text, unknown or classifier token. The masked process never predicts the pad id
-  (nor counts it in a loss), so it must not be a token the model is meant to write: models
-  such as LLaDA fill the tail of an answer with end-of-text, which therefore cannot be the pad.
+- ``pad_id``: the padding token unless it is also an end token (the tokenizer's, or one of
+  ``end_ids``: the model config's ``eos_token_id``), else the begin-of-text, unknown or
+  classifier token. The masked process never predicts the pad id (nor counts it in a loss),
+  so it must not be a token the model is meant to write: LLaDA fills the tail of an answer
+  with its end-of-text token, which its config also names as padding.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from typing import Any
 from ddlm.errors import DDLMError
 from ddlm.tokenizers._common import short_hash
 
+MASK_TOKEN_NAMES = ("<|mdm_mask|>", "<|mask|>", "[MASK]", "<mask>")
+
 
 class HFTokenizer:
     """A ``transformers`` fast tokenizer seen through ddlm's :class:`~ddlm.tokenizers.Tokenizer` protocol."""
 
     kind = "hf"
 
-    def __init__(self, tokenizer: Any, mask_id: int | None = None):
+    def __init__(self, tokenizer: Any, mask_id: int | None = None, end_ids: tuple[int, ...] = ()):
         backend = getattr(tokenizer, "backend_tokenizer", None)
         if backend is None:
             raise DDLMError(
@@ -35,10 +38,11 @@ class HFTokenizer:
             )
         self.hf = tokenizer
         self.vocab_size = len(tokenizer)
+        vocabulary = tokenizer.get_vocab()
         self.mask_id = first_id("a mask token (mask_token in the tokenizer or mask_token_id in config.json)",
-                                tokenizer.mask_token_id, mask_id)
+                                tokenizer.mask_token_id, mask_id, *(vocabulary.get(name) for name in MASK_TOKEN_NAMES))
         self.eos_id = first_id("an end-of-text or separator token", tokenizer.eos_token_id, tokenizer.sep_token_id)
-        reserved = {self.mask_id, self.eos_id}
+        reserved = {self.mask_id, self.eos_id, *end_ids}
         self.pad_id = first_id(
             "a padding token distinct from end-of-text and mask (pad, bos, unk or cls token)",
             *(i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id,
