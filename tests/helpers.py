@@ -18,6 +18,8 @@ class IIDOracle(nn.Module):
     Special ids (the last three: mask, eos, pad) get probability zero.
     """
 
+    uses_noise = False  # the noise level changes nothing: samplers may reuse its output
+
     def __init__(self, pi: torch.Tensor, context_length: int = 64):
         super().__init__()
         vocab = len(pi) + 3

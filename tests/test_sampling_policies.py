@@ -108,6 +108,8 @@ PAIRS = torch.tensor([[0.30, 0.05, 0.05], [0.02, 0.08, 0.20], [0.10, 0.10, 0.10]
 class PairOracle(torch.nn.Module):
     """The exact denoiser for 2-token sequences (a, b) with joint distribution PAIRS."""
 
+    uses_noise = False
+
     def __init__(self):
         super().__init__()
         self.config = ModelConfig(vocab_size=K + 3, context_length=2, d_model=8, n_layers=1, n_heads=2)
@@ -182,6 +184,7 @@ class Recorder(torch.nn.Module):
     def __init__(self, model: Transformer):
         super().__init__()
         self.model, self.config, self.widths = model, model.config, []
+        self.uses_noise = model.uses_noise
 
     def new_cache(self, batch_size):
         return self.model.new_cache(batch_size)

@@ -233,6 +233,11 @@ class Transformer(nn.Module):
         noise argument is ignored and equal tokens give equal logits."""
         return self.noise_embed is not None
 
+    @property
+    def context_length(self) -> int:
+        """The most positions one forward pass (with its cache) may hold."""
+        return self.config.context_length
+
     def new_cache(self, batch_size: int) -> KVCache:
         """An empty key/value cache for ``batch_size`` sequences of up to context_length positions."""
         return KVCache(batch_size, self.config.n_layers, self.config.context_length)

@@ -41,7 +41,7 @@ def ar_steps(
     generated = canvas.generated.to(device)
     random = RowRandom(options.seed, batch_size, device, first_row)
     rows = torch.arange(batch_size, device=device)
-    noise = process.model_noise(model, batch_size, device)
+    noise = process.model_noise(batch_size, device)
     cache = model.new_cache(batch_size) if options.use_cache else None
     first = 1 + prompt_length
     for step in range(length):

@@ -53,7 +53,7 @@ class ModelCaller:
     def __init__(self, model: torch.nn.Module, canvas: Canvas, reuse: bool, prefix_cache: bool):
         self.model = model
         self.key_mask = canvas.key_mask
-        self.reuse = reuse and not model.config.time_conditioning
+        self.reuse = reuse and not model.uses_noise
         self.cache = model.new_cache(canvas.batch_size) if prefix_cache else None
         self.prefix = 0
         self.fresh_block = True
@@ -66,7 +66,7 @@ class ModelCaller:
         self.prefix = int(block.long().argmax(dim=1).min())
         self.fresh_block = True
 
-    def __call__(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.reuse and self.seen is not None and torch.equal(x, self.seen):
             return self.logits
         if self.cache is None:
@@ -109,8 +109,7 @@ class MaskedSampler:
 
     def predict(self, mask_probability: torch.Tensor) -> torch.Tensor:
         """log p(x0 | x_t) (B, L, V) in float32, with EOS forbidden before ``min_length``."""
-        time_conditioned = self.model.config.time_conditioning
-        noise = mask_probability.to(self.x.device, torch.float32) if time_conditioned else None
+        noise = mask_probability.to(self.x.device, torch.float32)
         log_probs = self.process.log_probs(self.caller(self.x, noise))
         if self.no_eos is not None and self.process.eos_id is not None:
             log_probs[..., self.process.eos_id] = log_probs[..., self.process.eos_id].masked_fill(self.no_eos, -torch.inf)

@@ -75,7 +75,7 @@ def sedd_steps(
         confidence = torch.full(x.shape, torch.nan, device=device)  # probability of each drawn step
         if active.any():
             t_batch = torch.full((batch_size,), float(t), dtype=torch.float64, device=device)
-            logits = model(x, process.model_noise(model, t_batch), key_mask=key_mask)
+            logits = model(x, process.model_noise(t_batch), key_mask=key_mask)
             calls += 1
             probs = reverse_step(process, logits[active], x[active], t, s, options.method, final=step == steps - 1)
             log_probs = step_log_probs(probs)
