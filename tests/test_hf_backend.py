@@ -359,3 +359,14 @@ def test_a_cached_hub_id_loads_offline(model_dirs, tmp_path, monkeypatch):
     pipe = DiffusionPipeline.from_pretrained("tiny-org/tiny-bert", device="cpu")
     assert pipe.summary["model_type"] == "bert"
     check_sample(pipe, pipe.sample("the cat", length=4, steps=4, seed=0))
+
+
+@pytest.mark.parametrize("kind", ["bert", "llada"])
+def test_save_pretrained_keeps_the_transformers_format(pipes, kind, tmp_path):
+    pipe = pipes[kind]
+    pipe.save_pretrained(tmp_path / "copy")
+    assert json.loads((tmp_path / "copy" / "config.json").read_text()).get("library") != "ddlm"
+    assert not any(path.name.startswith(".saving-") for path in (tmp_path / "copy").iterdir())
+    copy = DiffusionPipeline.from_pretrained(tmp_path / "copy", device="cpu", trust_remote_code=kind == "llada")
+    arguments = dict(length=6, steps=6, seed=1, policy="confidence")
+    assert torch.equal(copy.sample("the cat", **arguments).tokens, pipe.sample("the cat", **arguments).tokens)

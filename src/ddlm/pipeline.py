@@ -20,7 +20,7 @@ from ddlm import __version__
 from ddlm.device import autocast, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path, write_json_atomic
-from ddlm.hf import is_transformers_config, load_transformers_model
+from ddlm.hf import HFDiffusionModel, is_transformers_config, load_transformers_model
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Process, Vocabulary, build_process
 from ddlm.samplers import Canvas, SampleOutput, SamplerOptions, SamplerStep, parse_template, sampler_steps
@@ -61,9 +61,16 @@ class DiffusionPipeline:
     # ----- saving and loading -----
 
     def save_pretrained(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
-        """Write the model directory; ``weights`` (e.g. the EMA) replace the model's own."""
+        """Write the model directory; ``weights`` (e.g. the EMA) replace the model's own.
+
+        A Hugging Face model (:mod:`ddlm.hf`) is written in its own ``transformers`` format.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.model, HFDiffusionModel):
+            self.model.save_pretrained(directory)
+            self.tokenizer.save(directory)
+            return
         state = weights if weights is not None else self.model.state_dict()
         with atomic_path(directory / WEIGHTS_FILE) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))

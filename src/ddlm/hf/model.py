@@ -12,12 +12,14 @@ canvas, as in pre-training, and Dream's network predicts position i at position 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ddlm.errors import DDLMError
+from ddlm.hf.files import save_through_staging
 
 SHIFTED_MODEL_TYPES = ("Dream",)  # logits at position i predict token i + 1 (Dream's generation code)
 
@@ -59,6 +61,10 @@ class HFDiffusionModel(nn.Module):
         total = sum(p.numel() for p in self.network.parameters())
         embeddings = self.network.get_input_embeddings()
         return total if include_embeddings or embeddings is None else total - embeddings.weight.numel()
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the network in its own ``transformers`` format (with any model code it shipped with)."""
+        save_through_staging(directory, self.network.save_pretrained)
 
     def new_cache(self, batch_size: int):
         """Hugging Face models run without ddlm's prefix cache: refuse the option in one line."""

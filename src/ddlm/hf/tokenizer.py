@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ddlm.errors import DDLMError
+from ddlm.hf.files import save_through_staging
 from ddlm.tokenizers._common import short_hash
 
 MASK_TOKEN_NAMES = ("<|mdm_mask|>", "<|mask|>", "[MASK]", "<mask>")
@@ -87,7 +88,7 @@ class HFTokenizer:
 
     def save(self, directory: str | Path) -> None:
         """Write the tokenizer files (Hugging Face format) into ``directory``."""
-        self.hf.save_pretrained(str(directory))
+        save_through_staging(directory, self.hf.save_pretrained)
 
     def fingerprint(self) -> str:
         """A hash of the whole tokenizer definition and of the special ids ddlm uses."""
