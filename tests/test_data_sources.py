@@ -218,6 +218,7 @@ def train(args: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
 
 def test_train_without_data_uses_the_builtin_corpus_resumes_and_evaluates(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DDLM_CACHE_DIR", str(tmp_path / "cache"))  # where eval caches its tokens
     code, err = train(["--out", "run", "--max-steps", "2"], tmp_path, capsys)
     assert code == 0, err
     notes = [line for line in err.splitlines() if "built-in corpus" in line]
@@ -247,7 +248,10 @@ def stories(tmp_path) -> Path:
     return folder
 
 
-def test_train_on_a_dataset_by_name_and_resume_from_the_token_cache(datasets, stories, tmp_path, capsys) -> None:
+def test_train_on_a_dataset_by_name_evaluate_and_resume_from_the_token_cache(
+    datasets, stories, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("DDLM_CACHE_DIR", str(tmp_path / "eval-cache"))
     name = f"hf:{stories}"
     code, err = train(["--data", name, "--valid", name, "--out", str(tmp_path / "run"), "--max-steps", "2"],
                       tmp_path, capsys)
@@ -258,6 +262,13 @@ def test_train_on_a_dataset_by_name_and_resume_from_the_token_cache(datasets, st
     tokenizer = load_tokenizer(tmp_path / "run")
     assert set(tokenizer.decode(list(range(tokenizer.vocab_size - 3)))) == set("".join(
         json.loads(line)["text"] for line in (stories / "train.jsonl").read_text(encoding="utf-8").splitlines()))
+    report = tmp_path / "eval.json"
+    code = main(["eval", "--model", str(tmp_path / "run"), "--data", name, "--metrics", "likelihood", "--draws", "1",
+                 "--max-sequences", "0", "--no-progress", "--json", str(report)])
+    assert code == 0
+    validation_chars = sum(len(f"story {i}: once upon a time.") for i in range(120, 150))
+    scored = json.loads(report.read_text(encoding="utf-8"))["models"][str(tmp_path / "run")]["likelihood"]
+    assert 0 < validation_chars - scored["bytes"] < 32  # the validation split, in whole rows of 32 tokens
     shutil.rmtree(stories)  # resuming reads the token cache: the data set is not streamed again
     code, err = train(["--out", str(tmp_path / "run"), "--resume", "--max-steps", "3"], tmp_path, capsys)
     assert code == 0, err
