@@ -370,3 +370,16 @@ def test_save_pretrained_keeps_the_transformers_format(pipes, kind, tmp_path):
     copy = DiffusionPipeline.from_pretrained(tmp_path / "copy", device="cpu", trust_remote_code=kind == "llada")
     arguments = dict(length=6, steps=6, seed=1, policy="confidence")
     assert torch.equal(copy.sample("the cat", **arguments).tokens, pipe.sample("the cat", **arguments).tokens)
+
+
+def test_tokenizer_code_never_runs_without_the_flag(model_dirs, tmp_path):
+    import shutil
+
+    directory = tmp_path / "custom-tokenizer"
+    shutil.copytree(model_dirs["bert"], directory)
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tokenization_tiny.TinyTokenizer", None]}
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(DDLMError, match=r"tokenization_tiny.*--trust-remote-code"):
+        DiffusionPipeline.from_pretrained(directory, device="cpu")

@@ -9,6 +9,7 @@ LLaDA and Dream do) runs only when the caller passes ``trust_remote_code=True``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,9 @@ def load_transformers_model(
     """The wrapped network on ``device`` (bf16 weights when ``precision`` resolves to bf16), its tokenizer,
     the masked process and a summary describing the source."""
     auto_map = config.get("auto_map") or {}
-    if auto_map and not trust_remote_code:
-        code = ", ".join(sorted({str(name).split(".")[0] for name in auto_map.values()}))
-        raise DDLMError(f"{directory} ships its own model code ({code}); pass --trust-remote-code "
+    code = shipped_code(auto_map) | shipped_code(tokenizer_auto_map(directory))
+    if code and not trust_remote_code:
+        raise DDLMError(f"{directory} ships its own model code ({', '.join(sorted(code))}); pass --trust-remote-code "
                         "(trust_remote_code=True) to run it, if you trust its source")
     try:
         import transformers
@@ -82,6 +83,21 @@ def load_transformers_model(
     summary = {"source": "transformers", "model_type": model_type, "model_class": type(network).__name__,
                "directory": str(directory)}
     return model.to(device), ddlm_tokenizer, process, summary
+
+
+def tokenizer_auto_map(directory: Path) -> dict[str, Any]:
+    """The ``auto_map`` of tokenizer_config.json (a tokenizer with its own code), if any."""
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return (config.get("auto_map") or {}) if isinstance(config, dict) else {}
+
+
+def shipped_code(auto_map: dict[str, Any]) -> set[str]:
+    """The Python modules an ``auto_map`` names ("modeling_llada.LLaDAModelLM" or a list of such)."""
+    names = [name for value in auto_map.values() for name in (value if isinstance(value, list) else [value])]
+    return {str(name).split("--")[-1].split(".")[0] for name in names if name}
 
 
 def end_ids(config: dict[str, Any]) -> tuple[int, ...]:
