@@ -81,8 +81,8 @@ class EndsEarly(torch.nn.Module):
 
     def __init__(self, model: Transformer, start: int):
         super().__init__()
-        self.model, self.config, self.start = model, model.config, start
-        self.uses_noise = model.uses_noise
+        self.model, self.start = model, start
+        self.uses_noise, self.context_length = model.uses_noise, model.context_length
 
     def new_cache(self, batch_size):
         return self.model.new_cache(batch_size)

@@ -34,7 +34,6 @@ from ddlm.processes.block import BlockDiffusion, block_causal_attention
 from ddlm.samplers.canvas import Canvas
 from ddlm.samplers.masked import MaskedSampler
 from ddlm.samplers.options import SamplerOptions
-from ddlm.samplers.policies import DEFAULT_THRESHOLD
 from ddlm.samplers.step import SamplerStep, masked_fraction
 
 
@@ -50,7 +49,7 @@ class BlockContext:
         self.model = model
         self.block_size = block_size
         self.active = canvas.active if canvas.key_mask is not None else None
-        self.window_width = model.config.context_length // block_size * block_size
+        self.window_width = model.context_length // block_size * block_size
         self.cache = model.new_cache(canvas.batch_size) if use_cache else None
         self.window = 0  # first column the model sees
         self.cached_end = 0  # columns [window, cached_end) are in the cache
@@ -163,16 +162,7 @@ class BlockSampler:
         inner = MaskedSampler(self.model, self.process, sub_canvas, options, self.first_row)
         inner.caller = self.context
         inner.no_eos = self.no_eos[:, columns] if bool(self.no_eos[:, columns].any()) else None
-        block = sub_canvas.generated
-        policy, threshold = options.policy, options.threshold
-        if policy == "ancestral":
-            inner_steps = inner.ancestral(block, steps, True, options.remask, options.remask_eta)
-        elif policy == "first-hitting":
-            inner_steps = inner.first_hitting(block, True)
-        else:
-            threshold = DEFAULT_THRESHOLD if policy == "threshold" and threshold is None else threshold
-            inner_steps = inner.ranked(block, steps, policy, threshold)
-        for step in inner_steps:
+        for step in inner.fill(sub_canvas.generated, steps, whole_canvas=True):  # each block from t = 1 to 0
             yield self.widen(step, columns)
         if self.end_rows(columns):
             yield self.widen(None, columns)
@@ -223,8 +213,8 @@ def block_steps(
     fewest = int(canvas.generated.sum(dim=1).min())
     if options.min_length > fewest:
         raise DDLMError(f"min_length {options.min_length} exceeds the {fewest} generated positions; lower it")
-    if process.block_size > model.config.context_length:
-        raise DDLMError(f"block size {process.block_size} exceeds the model's context {model.config.context_length}")
+    if process.block_size > model.context_length:
+        raise DDLMError(f"block size {process.block_size} exceeds the model's context {model.context_length}")
     device = next(model.parameters()).device
     canvas = Canvas(canvas.tokens.to(device), canvas.generated.to(device), canvas.active.to(device))
     check_canvas(canvas, process.block_size)
