@@ -34,7 +34,6 @@ from ddlm.processes.block import BlockDiffusion, block_causal_attention
 from ddlm.samplers.canvas import Canvas
 from ddlm.samplers.masked import MaskedSampler
 from ddlm.samplers.options import SamplerOptions
-from ddlm.samplers.policies import DEFAULT_THRESHOLD
 from ddlm.samplers.step import SamplerStep, masked_fraction
 
 
@@ -163,16 +162,7 @@ class BlockSampler:
         inner = MaskedSampler(self.model, self.process, sub_canvas, options, self.first_row)
         inner.caller = self.context
         inner.no_eos = self.no_eos[:, columns] if bool(self.no_eos[:, columns].any()) else None
-        block = sub_canvas.generated
-        policy, threshold = options.policy, options.threshold
-        if policy == "ancestral":
-            inner_steps = inner.ancestral(block, steps, True, options.remask, options.remask_eta)
-        elif policy == "first-hitting":
-            inner_steps = inner.first_hitting(block, True)
-        else:
-            threshold = DEFAULT_THRESHOLD if policy == "threshold" and threshold is None else threshold
-            inner_steps = inner.ranked(block, steps, policy, threshold)
-        for step in inner_steps:
+        for step in inner.fill(sub_canvas.generated, steps, whole_canvas=True):  # each block from t = 1 to 0
             yield self.widen(step, columns)
         if self.end_rows(columns):
             yield self.widen(None, columns)

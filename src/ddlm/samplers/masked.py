@@ -145,6 +145,19 @@ class MaskedSampler:
 
     # ----- policies -----
 
+    def fill(self, block: torch.Tensor, steps: int, whole_canvas: bool) -> Iterator[SamplerStep]:
+        """Reveal the masked positions of ``block`` (B, L) in ``steps`` steps with the options' policy
+        (first-hitting: one position per call); the threshold defaults to 0.9 for the threshold policy."""
+        options = self.options
+        if options.policy == "ancestral":
+            return self.ancestral(block, steps, whole_canvas, options.remask, options.remask_eta)
+        if options.policy == "first-hitting":
+            return self.first_hitting(block, whole_canvas)
+        threshold = options.threshold
+        if options.policy == "threshold" and threshold is None:
+            threshold = DEFAULT_THRESHOLD
+        return self.ranked(block, steps, options.policy, threshold)
+
     def ancestral(
         self, block: torch.Tensor, steps: int, whole_canvas: bool, remask: str | None, eta: float
     ) -> Iterator[SamplerStep]:
@@ -232,16 +245,13 @@ def masked_steps(
     positions cannot be end-of-text. Given positions never change; no MASK survives. Sample
     i depends only on (seed, first_row + i), not on how many samples are drawn with it.
     """
-    policy, threshold = options.policy, options.threshold
-    if policy == "threshold" and threshold is None:
-        threshold = DEFAULT_THRESHOLD
     fewest = int(canvas.generated.sum(dim=1).min())
     if options.min_length > fewest:
         raise DDLMError(f"min_length {options.min_length} exceeds the {fewest} generated positions; lower it")
     device = next(model.parameters()).device
     canvas = Canvas(canvas.tokens.to(device), canvas.generated.to(device), canvas.active.to(device))
     block_masks = blocks(canvas, options.block_length)
-    if options.steps < len(block_masks) and policy != "first-hitting":
+    if options.steps < len(block_masks) and options.policy != "first-hitting":
         raise DDLMError(
             f"{options.steps} steps cannot cover {len(block_masks)} blocks; use at least one step per block"
         )
@@ -249,9 +259,4 @@ def masked_steps(
     whole_canvas = len(block_masks) == 1
     for block, block_steps in zip(block_masks, split_evenly(options.steps, len(block_masks))):
         sampler.caller.start_block(block)
-        if policy == "ancestral":
-            yield from sampler.ancestral(block, block_steps, whole_canvas, options.remask, options.remask_eta)
-        elif policy == "first-hitting":
-            yield from sampler.first_hitting(block, whole_canvas)
-        else:
-            yield from sampler.ranked(block, block_steps, policy, threshold)
+        yield from sampler.fill(block, block_steps, whole_canvas)
