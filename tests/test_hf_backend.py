@@ -42,9 +42,9 @@ ENCODER_SPECIALS = {
 MODELING_CODE = '''
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ddlm.model import ModelConfig, Transformer
+from ddlm.model import KVCache, ModelConfig, Transformer
 from ddlm.model.transformer import rotary_tables
 
 
@@ -52,14 +52,15 @@ class TinyConfig(PretrainedConfig):
     model_type = "{model_type}"
 
     def __init__(self, vocab_size=32, d_model=32, n_layers=2, n_heads=2, max_sequence_length=40,
-                 mask_token_id=None, **kwargs):
+                 mask_token_id=None, kv_cache=False, **kwargs):
         self.vocab_size, self.d_model, self.n_layers, self.n_heads = vocab_size, d_model, n_layers, n_heads
-        self.max_sequence_length, self.mask_token_id = max_sequence_length, mask_token_id
+        self.max_sequence_length, self.mask_token_id, self.kv_cache = max_sequence_length, mask_token_id, kv_cache
         super().__init__(**kwargs)
 
 
 class TinyModel(PreTrainedModel):
-    """LLaDA's interface: model(input_ids, attention_mask=None).logits; no noise level."""
+    """LLaDA's interface: model(input_ids, attention_mask=None).logits; no noise level. past_key_values as
+    (key, value) tuples per layer when config.kv_cache (as Fast-dLLM's LLaDA code), else refused (as LLaDA's own)."""
 
     config_class = TinyConfig
 
@@ -78,12 +79,21 @@ class TinyModel(PreTrainedModel):
     def get_input_embeddings(self):
         return self.net.embed
 
-    def forward(self, input_ids, attention_mask=None, **kwargs):
+    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
+        assert not use_cache or self.config.kv_cache, "The kvcache is not supported for MDM."
         key_mask = None if attention_mask is None else attention_mask.bool()
-        logits = self.net(input_ids, key_mask=key_mask)
+        cache = KVCache(input_ids.shape[0], self.config.n_layers, self.config.max_sequence_length) if use_cache else None
+        for layer, (keys, values) in enumerate(past_key_values or ()):
+            cache.store(layer, keys, values)
+        if past_key_values:
+            cache.length = past_key_values[0][0].shape[2]
+        logits = self.net(input_ids, key_mask=key_mask, cache=cache)
         if {shifted}:  # Dream's convention: position i scores token i + 1
             logits = torch.cat((logits[:, 1:], logits[:, -1:]), dim=1)
-        return MaskedLMOutput(logits=logits)
+        past = None if cache is None else tuple(
+            (cache.keys[layer][:, :, : cache.length], cache.values[layer][:, :, : cache.length])
+            for layer in range(self.config.n_layers))
+        return CausalLMOutputWithPast(logits=logits, past_key_values=past)
 '''
 
 
@@ -126,7 +136,7 @@ def encoder_model(kind: str, directory: Path) -> Path:
     return directory
 
 
-def llada_model(directory: Path, shifted: bool = False) -> tuple[Path, Transformer]:
+def llada_model(directory: Path, shifted: bool = False, kv_cache: bool = False) -> tuple[Path, Transformer]:
     """A LLaDA-interface directory with its own code, and the same network as a native ddlm Transformer.
 
     Special tokens as in LLaDA-Instruct: no mask token in the tokenizer (config.json names it; the
@@ -146,7 +156,8 @@ def llada_model(directory: Path, shifted: bool = False) -> tuple[Path, Transform
         sys.path.remove(str(directory))
         sys.modules.pop("modeling_tiny", None)
     config = modeling_tiny.TinyConfig(vocab_size=len(tokenizer), mask_token_id=None if shifted else mask_id,
-                                      max_sequence_length=CONTEXT, eos_token_id=tokenizer.pad_token_id)
+                                      max_sequence_length=CONTEXT, eos_token_id=tokenizer.pad_token_id,
+                                      kv_cache=kv_cache)
     config.auto_map = {"AutoConfig": "modeling_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"}
     torch.manual_seed(1)
     network = modeling_tiny.TinyModel(config)
@@ -284,9 +295,11 @@ def test_chat_without_a_template_is_refused(tmp_path, pipes):
         pipe.sample("the cat", chat=True, length=4, steps=2)
 
 
-def test_prefix_cache_is_refused_in_one_line(pipes):
-    with pytest.raises(DDLMError, match="prefix cache is off.*--prefix-cache") as error:
-        pipes["bert"].sample("the cat", length=8, steps=4, block_length=4, prefix_cache=True)
+@pytest.mark.parametrize("kind", ["bert", "llada"])
+def test_prefix_cache_is_refused_in_one_line_where_the_model_has_none(pipes, kind):
+    """BERT takes no past_key_values; the LLaDA-interface model's code asserts, as LLaDA's own does."""
+    with pytest.raises(DDLMError, match="(prefix cache is off|refuses a key/value cache).*--prefix-cache") as error:
+        pipes[kind].sample("the cat", length=8, steps=4, block_length=4, prefix_cache=True)
     assert "\n" not in str(error.value)
 
 
@@ -304,18 +317,24 @@ def test_custom_code_never_runs_without_the_flag(tmp_path, capsys):
 
 @pytest.mark.parametrize("shifted", [False, True], ids=["llada", "dream-shifted"])
 def test_one_sampler_two_backends_same_tokens(tmp_path, shifted):
-    """The same network through transformers + trust_remote_code and as a native ddlm model: identical samples."""
-    directory, native = llada_model(tmp_path / ("dream" if shifted else "llada"), shifted=shifted)
+    """The same network through transformers + trust_remote_code and as a native ddlm model: identical samples,
+    with the prefix cache too (past_key_values) where the network is not shifted."""
+    directory, native = llada_model(tmp_path / ("dream" if shifted else "llada"), shifted=shifted, kv_cache=True)
     pipe = DiffusionPipeline.from_pretrained(directory, device="cpu", trust_remote_code=True)
     assert pipe.model.shift_logits == shifted
     assert pipe.tokenizer.mask_id == pipe.tokenizer.hf.convert_tokens_to_ids("<|mdm_mask|>")
     canvas = pipe.build_canvas(["the cat sat on", "a dog"], 1, 12)  # padded second row
+    cached = [] if shifted else [dict(policy="confidence", block_length=4, prefix_cache=True),
+                                  dict(policy="threshold", block_length=6, prefix_cache=True, threshold=0.3)]
     for options in (dict(policy="confidence"), dict(policy="confidence", block_length=4),
-                    dict(policy="threshold", threshold=0.2)):
+                    dict(policy="threshold", threshold=0.2), *cached):
         hf_run = run_steps(pipe.model, pipe.process, canvas=canvas, steps=12, temperature=0.0, **options)
         native_run = run_steps(native, pipe.process, canvas=canvas, steps=12, temperature=0.0, **options)
         assert torch.equal(hf_run.tokens, native_run.tokens)
         assert hf_run.model_calls == native_run.model_calls
+    if shifted:
+        with pytest.raises(DDLMError, match="prefix cache is off"):
+            run_steps(pipe.model, pipe.process, canvas=canvas, steps=12, block_length=4, prefix_cache=True)
     rows = [torch.tensor(pipe.tokenizer.encode(TEXT)[:CONTEXT]), torch.tensor(pipe.tokenizer.encode(TEXT)[5:CONTEXT])]
     if not shifted:  # a shifted network cannot score position 0, so only the LLaDA interface gives the same bound
         hf_bound = evaluate_likelihood(pipe.model, pipe.process, rows, pipe.tokenizer.byte_lengths(), draws=4, seed=0)

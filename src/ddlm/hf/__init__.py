@@ -9,6 +9,7 @@ LLaDA and Dream do) runs only when the caller passes ``trust_remote_code=True``.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,9 @@ def load_transformers_model(
     if output_size < ddlm_tokenizer.vocab_size:
         raise DDLMError(f"the model scores {output_size} tokens but its tokenizer has {ddlm_tokenizer.vocab_size}; "
                         f"the tokenizer files in {directory} belong to another model")
-    model = HFDiffusionModel(network.eval(), backbone, start_ids, shift_logits=model_type in SHIFTED_MODEL_TYPES)
+    shifted = model_type in SHIFTED_MODEL_TYPES
+    cache_support = class_name == "AutoModel" and not shifted and "past_key_values" in forward_parameters(network)
+    model = HFDiffusionModel(network.eval(), backbone, start_ids, shift_logits=shifted, cache_support=cache_support)
     process = build_process(PROCESS, Vocabulary.of(ddlm_tokenizer))
     summary = {"source": "transformers", "model_type": model_type, "model_class": type(network).__name__,
                "directory": str(directory)}
@@ -98,6 +101,14 @@ def shipped_code(auto_map: dict[str, Any]) -> set[str]:
     """The Python modules an ``auto_map`` names ("modeling_llada.LLaDAModelLM" or a list of such)."""
     names = [name for value in auto_map.values() for name in (value if isinstance(value, list) else [value])]
     return {str(name).split("--")[-1].split(".")[0] for name in names if name}
+
+
+def forward_parameters(network: torch.nn.Module) -> set[str]:
+    """The keyword parameters of the network's ``forward``."""
+    try:
+        return set(inspect.signature(network.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def end_ids(config: dict[str, Any]) -> tuple[int, ...]:

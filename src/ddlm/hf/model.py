@@ -7,6 +7,12 @@ logits are cut to the tokenizer's vocabulary (LLaDA pads its embedding matrix pa
 Two model-specific conventions are handled here and nowhere else: encoder models (BERT,
 RoBERTa, ModernBERT) see their tokenizer's start token (``[CLS]``, ``<s>``) before the
 canvas, as in pre-training, and Dream's network predicts position i at position i - 1.
+
+The prefix cache (``new_cache``) drives the network's own ``past_key_values`` the way
+Fast-dLLM drives LLaDA's: one full pass stores every position's keys and values, then the
+positions from the current block on are run again against the stored prefix, cut to its
+length. It is offered for LLaDA-style networks (``AutoModel``) whose ``forward`` takes
+``past_key_values``; a model whose code refuses a cache (LLaDA's own asserts) is told in one line.
 """
 
 from __future__ import annotations
@@ -40,18 +46,37 @@ class HFBackboneConfig:
         return asdict(self)
 
 
+class HFPrefixCache:
+    """ddlm's cache protocol (``batch_size``, a settable ``length`` of canvas positions) over the
+    ``past_key_values`` a Hugging Face network returns."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.length = 0
+        self.past: Any = None
+
+
+def crop(past: Any, length: int) -> Any:
+    """``past_key_values`` cut to the first ``length`` positions: a Cache object or tuples of (B, H, T, D) tensors."""
+    if hasattr(past, "crop"):
+        past.crop(length)
+        return past
+    return tuple(tuple(tensor[:, :, :length] for tensor in layer) for layer in past)
+
+
 class HFDiffusionModel(nn.Module):
     """``network`` (a ``transformers`` model returning ``.logits``) as a ddlm denoiser without noise conditioning."""
 
     uses_noise = False
 
     def __init__(self, network: nn.Module, config: HFBackboneConfig, start_ids: list[int] | tuple[int, ...] = (),
-                 shift_logits: bool = False):
+                 shift_logits: bool = False, cache_support: bool = False):
         super().__init__()
         self.network = network
         self.config = config
         self.start_ids = list(start_ids)
         self.shift_logits = shift_logits
+        self.cache_support = cache_support
 
     @property
     def context_length(self) -> int:
@@ -66,12 +91,14 @@ class HFDiffusionModel(nn.Module):
         """Write the network in its own ``transformers`` format (with any model code it shipped with)."""
         save_through_staging(directory, self.network.save_pretrained)
 
-    def new_cache(self, batch_size: int):
-        """Hugging Face models run without ddlm's prefix cache: refuse the option in one line."""
-        raise DDLMError(
-            f"the prefix cache is off for Hugging Face models ({self.config.model_type}): ddlm does not drive "
-            "their key/value caches; drop --prefix-cache (prefix_cache=True)"
-        )
+    def new_cache(self, batch_size: int) -> HFPrefixCache:
+        """An empty prefix cache, for a network that takes ``past_key_values``; else a one-line refusal."""
+        if not self.cache_support:
+            raise DDLMError(
+                f"the prefix cache is off for this Hugging Face model ({self.config.model_type}): ddlm drives only "
+                "LLaDA-style past_key_values; drop --prefix-cache (prefix_cache=True)"
+            )
+        return HFPrefixCache(batch_size)
 
     def forward(
         self,
@@ -80,21 +107,44 @@ class HFDiffusionModel(nn.Module):
         cache: Any = None,
         key_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, L, vocab_size) for token ids (B, L); ``noise`` is ignored; ``key_mask`` hides padding."""
-        if cache is not None:
-            self.new_cache(tokens.shape[0])
-        if tokens.shape[1] > self.config.context_length:
-            raise ValueError(f"sequence length {tokens.shape[1]} exceeds context_length {self.config.context_length}")
-        start = len(self.start_ids)
+        """Logits (B, L, vocab_size) for token ids (B, L); ``noise`` is ignored; ``key_mask`` hides padding.
+
+        With a ``cache`` (from :meth:`new_cache`), ``tokens`` are the positions after the
+        ``cache.length`` stored ones, as for ddlm's own backbone; ``key_mask`` covers both.
+        """
+        cached = cache.length if cache is not None else 0
+        if cached + tokens.shape[1] > self.config.context_length:
+            raise ValueError(f"sequence length {cached + tokens.shape[1]} exceeds context_length "
+                             f"{self.config.context_length}")
+        start = len(self.start_ids) if not cached else 0  # start tokens already sit in a non-empty cache
         if start:
             lead = torch.tensor(self.start_ids, dtype=tokens.dtype, device=tokens.device).expand(tokens.shape[0], -1)
             tokens = torch.cat((lead, tokens), dim=1)
-            if key_mask is not None:
-                key_mask = torch.cat((key_mask.new_ones(key_mask.shape[0], start), key_mask), dim=1)
-        inputs = {"input_ids": tokens}
+        if key_mask is not None and self.start_ids:
+            key_mask = torch.cat((key_mask.new_ones(key_mask.shape[0], len(self.start_ids)), key_mask), dim=1)
+        inputs: dict[str, Any] = {"input_ids": tokens}
         if key_mask is not None:
             inputs["attention_mask"] = key_mask.long()
-        logits = self.network(**inputs).logits
+        if cache is None:
+            logits = self.network(**inputs).logits
+        else:
+            logits = self.cached_forward(inputs, cache, tokens.shape[1] - start)
         if self.shift_logits:
             logits = torch.cat((logits[:, :1], logits[:, :-1]), dim=1)
         return logits[:, start:, : self.config.vocab_size]
+
+    def cached_forward(self, inputs: dict[str, Any], cache: HFPrefixCache, new: int) -> torch.Tensor:
+        """Run ``inputs`` against the first ``cache.length`` stored positions, then store the new ones too."""
+        if cache.length:
+            inputs["past_key_values"] = crop(cache.past, len(self.start_ids) + cache.length)
+        try:
+            output = self.network(**inputs, use_cache=True)
+        except (AssertionError, TypeError, ValueError, NotImplementedError) as error:
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise DDLMError(f"this model's code refuses a key/value cache ({reason}); "
+                            "drop --prefix-cache (prefix_cache=True)") from None
+        if getattr(output, "past_key_values", None) is None:
+            raise DDLMError("this model's code returns no key/value cache; drop --prefix-cache (prefix_cache=True)")
+        cache.past = output.past_key_values
+        cache.length += new
+        return output.logits
