@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, corpus, monk
 
     monkeypatch.setattr(checkpoint_module, "save_file", crash)
     trainer.state.step = 99
-    with pytest.raises(OSError):
+    with pytest.raises(DDLMError, match=r"could not write the checkpoint .*\(disk full\); the previous checkpoint is intact"):
         trainer.save_checkpoint()
     assert trainer.checkpoint_path.read_bytes() == before
     assert not [p for p in trainer.out_dir.iterdir() if p.name.endswith(".tmp")]
@@ -187,3 +188,138 @@ def test_noise_conditioning_follows_the_process(process, requested, expected):
     model = build_model(config, tokenizer, build_run_process(config, tokenizer))
     assert model.config.time_conditioning is expected
     assert (model.noise_embed is not None) is expected
+
+
+# ----- resuming with other settings, the warm-up under a time budget, interrupted runs -----
+
+def cli_error(capsys, args: list[str]) -> str:
+    from ddlm.cli import main
+
+    code = main(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.fixture
+def stopped_run(tmp_path, corpus) -> Path:
+    """A run of 12 steps stopped at step 2, to be resumed through the command line."""
+    trainer_for(tmp_path / "run", corpus, "fp32").train(stop_after=2)
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("override", ["data.context_length=64", "process.name=ar", "process.schedule=cosine",
+                                      "tokenizer.kind=byte", "model.d_model=64", "optim.batch_size=16"])
+def test_resume_refuses_a_change_that_would_not_continue_the_run(stopped_run, capsys, override):
+    before = (stopped_run / "run.json").read_text()
+    line = cli_error(capsys, ["train", "--resume", "--out", str(stopped_run), "--cache-dir", str(stopped_run.parent / "cache"),
+                              override])
+    assert f"--resume cannot change {override.split('=')[0]} (" in line
+    assert (stopped_run / "run.json").read_text() == before
+
+
+def test_resume_records_allowed_changes_and_keeps_them(stopped_run):
+    import json
+
+    from ddlm.cli import main
+    from ddlm.training import saved_config
+
+    common = ["train", "--resume", "--out", str(stopped_run), "--cache-dir", str(stopped_run.parent / "cache"),
+              "--no-progress"]
+    assert main(common + ["--stop-after", "4", "optim.max_steps=14", "log.log_every=3"]) == 0
+    history = json.loads((stopped_run / "run.json").read_text())["history"]
+    assert [entry["step"] for entry in history] == [2]
+    assert history[0]["changes"] == {"optim.max_steps": [12, 14], "log.log_every": [5, 3]}
+    assert main(common) == 0  # a plain --resume keeps the changed settings
+    assert saved_config(stopped_run).optim.max_steps == 14
+    assert load_checkpoint_step(stopped_run) == 14
+    assert len(json.loads((stopped_run / "run.json").read_text())["history"]) == 1
+
+
+def load_checkpoint_step(run: Path) -> int:
+    from ddlm.training.checkpoint import load_checkpoint
+
+    return load_checkpoint(run / "checkpoint.safetensors")["train"]["step"]
+
+
+def test_under_a_time_budget_the_warm_up_follows_elapsed_time(tmp_path, corpus):
+    from ddlm.training.schedule import learning_rate, warmup_progress
+
+    # by steps, as before: step s of a 100-step warm-up runs at (s + 1) / 100 of the peak
+    assert [learning_rate(0.0, warmup_progress(s, 100), 1.0, 0.1) for s in (0, 49, 99)] == [0.01, 0.5, 1.0]
+    # a 2-minute budget with 5% warm-up: 6 s in, step 47 of a 100-step warm-up is past it
+    config = load_config("tiny", overrides=["optim.time_budget=2m", "optim.warmup_steps=100", "optim.warmup_fraction=0.05",
+                                            "optim.precision=fp32", "log.eval_every=0"])
+    trainer = prepare_training(config, tmp_path / "run", data=corpus, device="cpu", cache_dir=tmp_path / "cache",
+                               show_progress=False)
+    trainer.state.step, trainer.state.elapsed = 47, 3.0
+    assert trainer.warmup() == pytest.approx(0.5)
+    trainer.state.elapsed = 7.0
+    assert trainer.warmup() > 1
+    lr = learning_rate(trainer.progress(), trainer.warmup(), config.optim.lr, config.optim.min_lr_ratio)
+    assert lr == pytest.approx(config.optim.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 120))))
+
+
+def test_a_run_interrupted_before_its_first_export_says_how_to_continue(tmp_path, corpus):
+    trainer = trainer_for(tmp_path / "run", corpus, "fp32")
+    trainer.save_checkpoint()  # what a stop before the end leaves: a checkpoint, no model yet
+    with pytest.raises(DDLMError, match=r"interrupted before its first export; continue it with "
+                                        r"`ddlm train --out .*run --resume`"):
+        DiffusionPipeline.from_pretrained(tmp_path / "run", device="cpu")
+
+
+def test_a_checkpoint_in_the_earlier_flat_layout_still_resumes(tmp_path, corpus):
+    """Format 1 (before the nested dictionary): model/, ema/, optim/INDEX/NAME, rng/NAME/RANK tensors."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from ddlm.training.checkpoint import load_checkpoint
+
+    trainer = trainer_for(tmp_path / "run", corpus, "fp32")
+    trainer.train(stop_after=3)
+    state = trainer.state_dict()
+    flat = {f"model/{k}": v for k, v in state["model"].items()}
+    flat.update({f"ema/{k}": v for k, v in state["ema"]["shadow"].items()})
+    flat.update({f"optim/{i}/{k}": v for i, entry in state["optimizer"]["state"].items() for k, v in entry.items()})
+    flat.update({f"rng/{name}/{rank}": v for name, ranks in state["rng"].items() for rank, v in ranks.items()})
+    meta = {"train": state["train"], "loader": state["loader"], "ema_updates": state["ema"]["updates"],
+            "optimizer": {"param_groups": state["optimizer"]["param_groups"]}, "run_config": state["run_config"],
+            "world_size": 1}
+    legacy = tmp_path / "legacy.safetensors"
+    save_file({k: v.contiguous() for k, v in flat.items()}, str(legacy), metadata={"trainer_state": json.dumps(meta)})
+    fresh = trainer_for(tmp_path / "other", corpus, "fp32")
+    fresh.load_state_dict(load_checkpoint(legacy))
+    assert fresh.state.step == 3 and fresh.train_loader.state_dict() == trainer.train_loader.state_dict()
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(fresh.model.state_dict()[name], tensor)
+    assert torch.equal(fresh.optimizer.state_dict()["state"][0]["exp_avg"], trainer.optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["optim.lr=nan"], "optim.lr must be a finite number"),
+    (["optim.lr=-1"], "optim.lr must be greater than 0"),
+    (["optim.grad_accum=0"], "optim.grad_accum must be at least 1"),
+    (["data.context_length=-5"], "data.context_length must be at least 1"),
+    (["model.d_model=0"], "model.d_model must be at least 1"),
+    (["--max-steps", "0"], "--max-steps must be at least 1"),
+    (["--stop-after", "-1"], "--stop-after must be at least 1"),
+    (["--time-budget", "0"], "--time-budget must be more than 0 seconds"),
+    (["optim.time_budget=soon"], "invalid optim.time_budget 'soon'"),
+])
+def test_bad_settings_are_one_line_before_any_work(tmp_path, corpus, capsys, args, message):
+    line = cli_error(capsys, ["train", "--data", str(corpus), "--preset", "tiny", "--out", str(tmp_path / "run"), *args])
+    assert message in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    from ddlm import training
+    from ddlm.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "prepare_training", interrupted)
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import math
-import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -18,14 +17,26 @@ from ddlm.samplers.options import SEDD_METHODS, SamplerOptions
 from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 
 def parse_duration(text: str) -> float:
     """Seconds in '600', '90s', '10m', '1.5h'."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; write e.g. 600, 90s, 10m or 1.5h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    from ddlm.training.config import duration_seconds
+
+    try:
+        return duration_seconds(text)
+    except DDLMError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def check_minimums(args: argparse.Namespace, minimums: dict[str, int]) -> None:
+    """A one-line error for a numeric option below its minimum (None: not given)."""
+    for name, minimum in minimums.items():
+        value = getattr(args, name)
+        if value is not None and not value >= minimum:
+            raise DDLMError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
 
 
 def sampler_flags() -> argparse.ArgumentParser:
@@ -128,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     from ddlm.data import DEFAULT_CORPUS
     from ddlm.training import load_config, prepare_training, saved_config
+    from ddlm.training.signals import TrainingInterrupted
 
+    check_minimums(args, {"max_steps": 1, "stop_after": 1})
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise DDLMError(f"--time-budget must be more than 0 seconds, got {args.time_budget:g}")
     if args.resume:
         if args.preset or args.config:
             raise DDLMError("--resume continues with the run's saved configuration; drop --preset/--config")
@@ -157,10 +172,17 @@ def run_train(args: argparse.Namespace) -> int:
                   "and much slower than fp32; use optim.precision=auto or fp32", file=sys.stderr)
     try:
         summary = trainer.train(stop_after=args.stop_after)
+    except TrainingInterrupted as stop:
+        if main_process:
+            print(f"stopped by {stop.signal_name} at step {stop.step}, checkpoint saved; "
+                  f"continue with `ddlm train --out {args.out} --resume`", file=sys.stderr)
+        return EXIT_SIGTERM if stop.signal_name == "SIGTERM" else EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if main_process:
-            print(f"interrupted at step {trainer.state.step}; continue with --resume", file=sys.stderr)
-        return 130
+            saved = "no checkpoint yet" if trainer.saved_step is None else f"its checkpoint is at step {trainer.saved_step}"
+            print(f"stopped at once at step {trainer.state.step} ({saved}); "
+                  f"continue with `ddlm train --out {args.out} --resume`", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not main_process:
         return 0
     if "final_valid_nelbo" in summary:
@@ -198,8 +220,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from ddlm import DiffusionPipeline
     from ddlm.eval import load_judge
     from ddlm.eval.report import EvalSettings, evaluate, markdown_table
-    from ddlm.fileio import write_json_atomic
+    from ddlm.fileio import check_writable_file, write_json_atomic
 
+    check_minimums(args, {"draws": 1, "max_sequences": 0, "num_samples": 1})
+    if args.json:
+        check_writable_file(args.json, "the --json file")  # before the work, not after the table
     settings = EvalSettings(
         metrics=tuple(args.metrics), draws=args.draws, max_sequences=args.max_sequences,
         num_samples=args.num_samples, sampler=sampler_options_from_args(args), seed=args.seed,
@@ -231,7 +256,12 @@ def run_presets(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra  # KEY=VALUE overrides may follow options: train ... --out X model.d_model=64
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handlers = {"train": run_train, "sample": run_sample, "eval": run_eval, "presets": run_presets}
     try:
         return handlers[args.command](args)
@@ -240,6 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

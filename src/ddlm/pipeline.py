@@ -328,6 +328,13 @@ def resolve_model_directory(path: str | Path) -> Path:
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
+        directory = path.parent
+        if (directory / "checkpoint.safetensors").is_file():  # a training run (ddlm.training) not yet exported
+            raise DDLMError(f"{directory} holds a training run that was interrupted before its first export; "
+                            f"continue it with `ddlm train --out {directory} --resume`")
+        if (directory / "run.json").is_file():
+            raise DDLMError(f"{directory} holds a training run that was interrupted before its first checkpoint; "
+                            f"start it again with `ddlm train --out {directory}` and its data and settings")
         raise DDLMError(f"no {path.name} in {path.parent}; is it a ddlm model directory?")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -1,8 +1,8 @@
-"""Training checkpoints: one safetensors file holding every stateful part of a run.
+"""Training checkpoints: one safetensors file holding one nested dictionary, every stateful part of a run.
 
-Tensors (model, EMA, optimizer moments, RNG states) are stored as safetensors; the
-rest (step, data position, optimizer hyper-parameters, ...) as JSON in its metadata.
-Nothing is ever unpickled.
+The dictionary's tensors (model, EMA, optimizer moments, RNG states) are stored as
+safetensors under their path ("optimizer/state/0/exp_avg"); everything else (step, data
+position, optimizer settings, ...) as JSON in the file's metadata. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -16,40 +16,58 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ddlm.errors import DDLMError
-from ddlm.fileio import atomic_path
+from ddlm.fileio import atomic_path, error_reason
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+FORMAT = 2  # 1: the flat layout before the nested dictionary (still read)
 
 
-def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors (keys "index/name") and JSON-able settings."""
-    state = optimizer.state_dict()
-    tensors = {
-        f"{index}/{name}": value.detach().clone()
-        for index, entry in state["state"].items()
-        for name, value in entry.items()
-    }
-    return tensors, {"param_groups": state["param_groups"]}
+def split_tensors(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A nested dictionary as (tensors keyed by path, the rest as a JSON-able tree)."""
+    tensors: dict[str, torch.Tensor] = {}
+    rest: dict[str, Any] = {}
+    for key, value in state.items():
+        key = str(key)
+        if "/" in key:
+            raise ValueError(f"state key {key!r} contains '/'")
+        if isinstance(value, torch.Tensor):
+            tensors[prefix + key] = value
+        elif isinstance(value, dict):
+            inner_tensors, rest[key] = split_tensors(value, f"{prefix}{key}/")
+            tensors.update(inner_tensors)
+        else:
+            rest[key] = value
+    return tensors, rest
 
 
-def optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    """The optimizer state dict rebuilt from ``optimizer_to_flat``'s output."""
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        index, name = key.split("/", 1)
-        state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+def join_tensors(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of ``split_tensors`` (dictionary keys come back as strings)."""
+    for path, tensor in tensors.items():
+        *parents, name = path.split("/")
+        node = rest
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[name] = tensor
+    return rest
 
 
-def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    """Write tensors plus a JSON state atomically."""
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write a nested state dictionary atomically; a failed write keeps the previous file."""
+    tensors, rest = split_tensors(state)
     contiguous = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp), metadata={"trainer_state": json.dumps(state)})
+    metadata = {"format": str(FORMAT), "trainer_state": json.dumps(rest)}
+    try:
+        with atomic_path(path) as tmp:
+            save_file(contiguous, str(tmp), metadata=metadata)
+    except (OSError, SafetensorError) as error:
+        raise DDLMError(
+            f"could not write the checkpoint {path} ({error_reason(error)}); the previous checkpoint is intact: "
+            "free disk space or raise the file-size limit, then continue with --resume"
+        ) from None
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and JSON state of a checkpoint written by ``save_checkpoint``."""
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The nested state dictionary written by ``save_checkpoint``."""
     path = Path(path)
     if not path.is_file():
         raise DDLMError(f"no checkpoint at {path}; train without --resume first")
@@ -57,16 +75,24 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path))
-        state = json.loads(metadata["trainer_state"])
+        rest = json.loads(metadata["trainer_state"])
     except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as error:
         raise DDLMError(f"checkpoint {path} is corrupt ({error}); delete it or resume from a copy") from None
-    return tensors, state
+    if metadata.get("format") is None:
+        return from_flat_layout(tensors, rest)
+    return join_tensors(tensors, rest)
 
 
-def with_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}/{key}": value for key, value in tensors.items()}
-
-
-def take_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    start = len(prefix) + 1
-    return {key[start:]: value for key, value in tensors.items() if key.startswith(prefix + "/")}
+def from_flat_layout(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint ("model/", "ema/", "optim/INDEX/NAME", "rng/NAME/RANK" tensors) as a format-2 state."""
+    state = join_tensors(tensors, {})
+    return {
+        "model": state["model"],
+        "ema": {"shadow": state["ema"], "updates": rest["ema_updates"]},
+        "optimizer": {"state": state.get("optim", {}), "param_groups": rest["optimizer"]["param_groups"]},
+        "rng": state["rng"],
+        "loader": rest["loader"],
+        "train": rest["train"],
+        "run_config": rest["run_config"],
+        "world_size": rest.get("world_size", 1),
+    }

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import math
+import re
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
@@ -63,13 +67,14 @@ class OptimSettings:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
+    warmup_fraction: float = 0.05  # under a time budget the warm-up also ends after this share of it
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
     ema: float = 0.999
     max_steps: int = 5000
-    time_budget: float | None = None  # seconds; the LR schedule then follows elapsed time
+    time_budget: float | None = None  # seconds (or "10m", "1.5h"); the LR schedule then follows elapsed time
     precision: str = "auto"  # auto (bf16 where the device has native bf16) | bf16 | fp32
     seed: int = 0
 
@@ -112,8 +117,18 @@ class RunConfig:
             key, sep, raw = item.partition("=")
             if not sep:
                 raise DDLMError(f"override {item!r} is not key=value; write e.g. optim.lr=3e-4")
-            set_value(config, key.strip(), yaml.safe_load(raw))
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                value = raw  # e.g. a separator such as "- -": taken as written
+            set_value(config, key.strip(), value)
         return config
+
+    def validate(self) -> None:
+        """Check every setting against its type and range (a one-line error naming the first bad key)."""
+        for key, value in flatten(self.to_dict()).items():
+            section, _, name = key.partition(".")
+            coerce(key, setting_type(getattr(self, section), name), value)
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -128,7 +143,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def set_value(config: RunConfig, dotted_key: str, value: Any) -> None:
-    """Set ``section.key`` on ``config``, checking that the key exists and the type fits."""
+    """Set ``section.key`` on ``config``, checking that the key exists and the type and range fit."""
     section_name, _, key = dotted_key.partition(".")
     section = getattr(config, section_name, None)
     if not is_dataclass(section) or not key:
@@ -137,24 +152,135 @@ def set_value(config: RunConfig, dotted_key: str, value: Any) -> None:
     names = {f.name: f for f in fields(section)}
     if key not in names:
         raise DDLMError(f"unknown config key {dotted_key!r}; {section_name} has {sorted(names)}")
-    setattr(section, key, coerce(dotted_key, getattr(section, key), value))
+    setattr(section, key, coerce(dotted_key, setting_type(section, key), value))
 
 
-def coerce(dotted_key: str, current: Any, value: Any) -> Any:
-    """``value`` converted to the type of the current setting, or a clear error."""
-    if isinstance(current, bool):
+def setting_type(section: Any, key: str) -> tuple[type, bool]:
+    """The declared type of ``section.key`` and whether it may be null (``int | None``)."""
+    declared = typing.get_type_hints(type(section))[key]
+    if isinstance(declared, types.UnionType) or typing.get_origin(declared) is typing.Union:
+        (base,) = [arg for arg in typing.get_args(declared) if arg is not type(None)]
+        return base, True
+    return declared, False
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric setting: ``low``/``high`` included unless marked open."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'greater than' if self.low_open else 'at least'} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+AT_LEAST_ONE = Bounds(1)
+NOT_NEGATIVE = Bounds(0)
+POSITIVE = Bounds(0, low_open=True)
+FRACTION = Bounds(0, 1)
+BELOW_ONE = Bounds(0, 1, high_open=True)
+
+# Every numeric setting's range, in one place (a test checks that none is missing).
+BOUNDS: dict[str, Bounds] = {
+    "tokenizer.vocab_size": AT_LEAST_ONE,
+    "data.context_length": AT_LEAST_ONE,
+    "data.valid_fraction": BELOW_ONE,
+    "model.d_model": AT_LEAST_ONE,
+    "model.n_layers": AT_LEAST_ONE,
+    "model.n_heads": AT_LEAST_ONE,
+    "model.mlp_hidden": AT_LEAST_ONE,
+    "model.dropout": BELOW_ONE,
+    "model.cond_dim": AT_LEAST_ONE,
+    "process.eps": Bounds(0, 1, low_open=True, high_open=True),
+    "process.block_size": AT_LEAST_ONE,
+    "process.clip_min": Bounds(0, 1, low_open=True),
+    "process.clip_max": Bounds(0, 1, low_open=True),
+    "optim.batch_size": AT_LEAST_ONE,
+    "optim.grad_accum": AT_LEAST_ONE,
+    "optim.lr": POSITIVE,
+    "optim.min_lr_ratio": FRACTION,
+    "optim.warmup_steps": NOT_NEGATIVE,
+    "optim.warmup_fraction": FRACTION,
+    "optim.weight_decay": NOT_NEGATIVE,
+    "optim.beta1": BELOW_ONE,
+    "optim.beta2": BELOW_ONE,
+    "optim.grad_clip": NOT_NEGATIVE,
+    "optim.ema": BELOW_ONE,
+    "optim.max_steps": AT_LEAST_ONE,
+    "optim.time_budget": POSITIVE,
+    "optim.seed": Bounds(0, 2**31 - 1),
+    "log.log_every": AT_LEAST_ONE,
+    "log.eval_every": NOT_NEGATIVE,
+    "log.eval_batches": AT_LEAST_ONE,
+    "log.sample_every": NOT_NEGATIVE,
+    "log.sample_steps": AT_LEAST_ONE,
+    "log.save_every": NOT_NEGATIVE,
+}
+DURATION_KEYS = {"optim.time_budget"}
+
+
+def coerce(dotted_key: str, declared: tuple[type, bool], value: Any) -> Any:
+    """``value`` converted to the declared type of the setting and checked against its range, or a clear error."""
+    kind, nullable = declared
+    if value is None:
+        if nullable:
+            return None
+        raise DDLMError(f"{dotted_key} must be set (got null)")
+    if kind is bool:
         if not isinstance(value, bool):
             raise DDLMError(f"{dotted_key} must be true or false, got {value!r}")
         return value
-    if isinstance(current, (int, float)) and value is not None:
-        try:
-            number = float(value)  # YAML reads 1e-3 as a string
-        except (TypeError, ValueError):
-            raise DDLMError(f"{dotted_key} must be a number, got {value!r}") from None
-        if isinstance(current, int) and not number.is_integer():
+    if kind is str:
+        if not isinstance(value, str):
+            raise DDLMError(f"{dotted_key} must be text, got {value!r}")
+        return value
+    number = to_number(dotted_key, kind, value)
+    bounds = BOUNDS.get(dotted_key)
+    if bounds is not None and not bounds.contains(number):
+        raise DDLMError(f"{dotted_key} must be {bounds.describe()}, got {value!r}")
+    return number
+
+
+def to_number(dotted_key: str, kind: type, value: Any) -> int | float:
+    """An int or finite float from a number or its text ("1e-3", and durations such as "10m" where allowed)."""
+    if isinstance(value, str) and dotted_key in DURATION_KEYS:
+        value = duration_seconds(value, dotted_key)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise DDLMError(f"{dotted_key} must be a number, got {value!r}")
+    if kind is int and isinstance(value, int):
+        return value
+    try:
+        number = float(value)  # YAML reads 1e-3 as a string
+    except ValueError:
+        raise DDLMError(f"{dotted_key} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise DDLMError(f"{dotted_key} must be a finite number, got {value!r}")
+    if kind is int:
+        if not number.is_integer():
             raise DDLMError(f"{dotted_key} must be a whole number, got {value!r}")
-        return int(number) if isinstance(current, int) else number
-    return value
+        return int(number)
+    return number
+
+
+DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*")
+
+
+def duration_seconds(text: str, what: str = "duration") -> float:
+    """Seconds in '600', '90s', '10m', '1.5h'."""
+    match = DURATION.fullmatch(text)
+    if not match:
+        raise DDLMError(f"invalid {what} {text!r}; write e.g. 600, 90s, 10m or 1.5h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 def preset_names() -> list[str]:
@@ -180,4 +306,6 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
             raise DDLMError(f"config file {path} is not valid YAML ({str(error).splitlines()[0]})") from None
         if not isinstance(values, dict):
             raise DDLMError(f"config file {path} must hold a mapping of sections (tokenizer, data, model, ...)")
-    return RunConfig.from_dict(values).with_overrides(overrides or [])
+    config = RunConfig.from_dict(values).with_overrides(overrides or [])
+    config.validate()
+    return config

@@ -64,6 +64,10 @@ class Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return float(tensor.item())
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` holds on any rank."""
+        return self.max(float(flag), device) > 0
+
     def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's copy of an equally shaped ``tensor``, in rank order."""
         if not self.enabled:

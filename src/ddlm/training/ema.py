@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from ddlm.errors import DDLMError
 
 
 class EMA:
@@ -19,6 +23,15 @@ class EMA:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for name, p in model.named_parameters():
             self.shadow[name].lerp_(p.detach().float(), 1 - decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"shadow": dict(self.shadow), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            raise DDLMError("the checkpoint's EMA does not fit this model; resume with the run's own model settings")
+        self.shadow = {name: tensor.to(self.shadow[name].device, torch.float32) for name, tensor in state["shadow"].items()}
+        self.updates = int(state["updates"])
 
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:

@@ -1,39 +1,53 @@
-"""Training logs: a CSV file always, TensorBoard when it is installed."""
+"""Training logs: a CSV file always, TensorBoard when it is installed.
+
+``log.csv`` is only ever appended to, one whole row per write. The one rewrite, dropping
+the rows an interrupted run logged after its checkpoint, writes a new file and renames it
+over the old one, so no failure (a full disk, a file-size limit, a kill) loses a row.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
+from ddlm.errors import DDLMError
+from ddlm.fileio import error_reason, write_text_atomic
+
 COLUMNS = ("step", "tokens", "elapsed_s", "lr", "train_nelbo", "valid_nelbo", "tokens_per_s")
+LOG_FILE = "log.csv"
 
 
 class MetricsLog:
     """Appends rows to ``log.csv``, keeping the rows up to ``resume_step`` (the checkpoint's step).
 
     Rows logged after the checkpoint by the interrupted run are dropped, since the
-    resumed run logs those steps again.
+    resumed run logs those steps again; so is a row cut short by a failed write.
     """
 
     def __init__(self, directory: Path, resume_step: int = 0):
-        self.path = directory / "log.csv"
-        kept = [row for row in self.read_rows() if int(row["step"]) <= resume_step] if resume_step else []
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, COLUMNS)
-            writer.writeheader()
-            writer.writerows(kept)
+        self.path = directory / LOG_FILE
+        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True) if self.path.is_file() else []
+        kept = [line.rstrip("\r\n") + "\n" for line in lines[1:]
+                if row_step(line) is not None and row_step(line) <= resume_step]
+        header = format_row(dict(zip(COLUMNS, COLUMNS)))
+        if [header, *kept] != lines:
+            try:
+                write_text_atomic(self.path, "".join([header, *kept]))
+            except OSError as error:
+                raise DDLMError(f"could not rewrite {self.path} ({error_reason(error)}); it is unchanged: "
+                                "free disk space or raise the file-size limit, then --resume") from None
         self.tensorboard = open_tensorboard(directory / "tensorboard")
 
-    def read_rows(self) -> list[dict[str, str]]:
-        if not self.path.is_file():
-            return []
-        with self.path.open(newline="") as handle:
-            return list(csv.DictReader(handle))
-
     def write(self, **values: Any) -> None:
-        with self.path.open("a", newline="") as handle:
-            csv.DictWriter(handle, COLUMNS).writerow({k: values.get(k, "") for k in COLUMNS})
+        """Append one row (the file is opened, written in one call and closed)."""
+        try:
+            with self.path.open("a", encoding="utf-8", newline="") as handle:
+                handle.write(format_row({k: values.get(k, "") for k in COLUMNS}))
+        except OSError as error:
+            raise DDLMError(f"could not append to {self.path} ({error_reason(error)}); its rows up to the last checkpoint "
+                            "are kept: free disk space or raise the file-size limit, then --resume") from None
         if self.tensorboard is not None:
             for key, value in values.items():
                 if key != "step" and value not in ("", None):
@@ -42,6 +56,25 @@ class MetricsLog:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def format_row(values: dict[str, Any]) -> str:
+    text = io.StringIO()
+    csv.DictWriter(text, COLUMNS, lineterminator="\n").writerow(values)
+    return text.getvalue()
+
+
+def row_step(line: str) -> int | None:
+    """The step of a complete row (all columns, ending in a newline), else None."""
+    if not line.endswith("\n"):
+        return None
+    fields = next(csv.reader([line]), [])
+    if len(fields) != len(COLUMNS):
+        return None
+    try:
+        return int(fields[0])
+    except ValueError:
+        return None
 
 
 def open_tensorboard(directory: Path):  # -> SummaryWriter | None

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ddlm.data import DEFAULT_CORPUS, HFSelection, TextSource, TokenizedCorpus, resolve_source, tokenize_source
 from ddlm.errors import DDLMError
-from ddlm.fileio import write_json_atomic
+from ddlm.fileio import prepare_directory, remove_stale_temporaries, write_json_atomic
 from ddlm.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from ddlm.training.checkpoint import CHECKPOINT_FILE
-from ddlm.training.config import RunConfig
+from ddlm.training.config import RunConfig, flatten
+from ddlm.training.distributed import Distributed
+from ddlm.training.lock import RunLock
 from ddlm.training.trainer import Trainer
 
 RUN_FILE = "run.json"
+# What --resume may change: budgets, the learning-rate schedule's shape, precision and logging.
+# Anything else (model, data, tokenizer, process, batch, optimizer moments' settings) would not
+# continue the same run.
+CHANGEABLE_ON_RESUME = ("optim.max_steps", "optim.time_budget", "optim.lr", "optim.min_lr_ratio", "optim.warmup_steps",
+                        "optim.warmup_fraction", "optim.grad_clip", "optim.precision", "log.")
 
 
 def data_source(config: RunConfig, data: str | Path, split: str | None = None) -> TextSource:
@@ -65,6 +74,37 @@ def prepare_training(
 ) -> Trainer:
     """A Trainer for a new run in ``out_dir``, or the run saved there when ``resume``.
 
+    ``out_dir`` must be writable; the trainer holds its lock (one training per directory)
+    until ``train`` returns. On resume only the settings in ``CHANGEABLE_ON_RESUME`` may
+    differ from the run's, and each change is recorded in ``run.json``.
+    """
+    config.validate()
+    lock = RunLock(out_dir)
+    if Distributed.from_environment().is_main:
+        prepare_directory(out_dir, "the run directory")
+        lock.acquire()
+        remove_stale_temporaries(out_dir)
+    try:
+        trainer = build_trainer(config, out_dir, data, valid, resume, device, cache_dir, show_progress)
+    except BaseException:
+        lock.release()
+        raise
+    trainer.run_lock = lock
+    return trainer
+
+
+def build_trainer(
+    config: RunConfig,
+    out_dir: str | Path,
+    data: str | Path | None = None,
+    valid: str | Path | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> Trainer:
+    """``prepare_training``'s work once the run directory is locked.
+
     ``data`` and ``valid`` name corpora as :func:`ddlm.data.resolve_source` reads them; a new
     run without ``data`` trains on the built-in corpus (``DEFAULT_CORPUS``).
     """
@@ -72,6 +112,7 @@ def prepare_training(
     documents = None
     if resume:
         run = read_run_file(out_dir)
+        changes = resume_changes(run["run_config"], config)
         data = data or run["data"]
         valid = valid or run["valid"]
         tokenizer = load_tokenizer(out_dir)
@@ -88,6 +129,8 @@ def prepare_training(
     trainer = Trainer(config, tokenizer, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
     if resume:
         trainer.resume()
+        if changes and trainer.dist.is_main:
+            record_changes(out_dir, run, config, changes, trainer.state.step)
     elif trainer.dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out_dir)
@@ -112,3 +155,25 @@ def read_run_file(out_dir: Path) -> dict:
 def saved_config(out_dir: str | Path) -> RunConfig:
     """The configuration a run in ``out_dir`` was started with."""
     return RunConfig.from_dict(read_run_file(Path(out_dir))["run_config"])
+
+
+def resume_changes(saved: dict[str, Any], config: RunConfig) -> dict[str, list[Any]]:
+    """The settings ``config`` changes from the run's saved ones, each as [before, after].
+
+    A one-line error names every change that ``CHANGEABLE_ON_RESUME`` does not allow.
+    """
+    before = flatten(RunConfig.from_dict(saved).to_dict())  # keys added since the run started take their defaults
+    changes = {key: [before[key], value] for key, value in flatten(config.to_dict()).items() if before[key] != value}
+    refused = [f"{key} ({old!r} -> {new!r})" for key, (old, new) in changes.items()
+               if not key.startswith(CHANGEABLE_ON_RESUME)]
+    if refused:
+        raise DDLMError(f"--resume cannot change {', '.join(refused)}: the checkpoint belongs to the run's own settings; "
+                        "drop the override, or start a new run with another --out")
+    return changes
+
+
+def record_changes(out_dir: Path, run: dict[str, Any], config: RunConfig, changes: dict[str, list[Any]], step: int) -> None:
+    """Make the changed settings the run's own (a later plain --resume keeps them) and log them in its history."""
+    entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "changes": changes}
+    write_json_atomic(out_dir / RUN_FILE, {**run, "run_config": config.to_dict(),
+                                           "history": [*run.get("history", []), entry]})

@@ -1,7 +1,8 @@
 """The trainer: a loop over stateful parts that are saved and restored together.
 
 Model, EMA, optimizer, data position, RNG states, step, token count and elapsed time
-go into one checkpoint, so N steps + resume + N steps equals 2N steps in one go.
+go into one checkpoint, so N steps + resume + N steps equals 2N steps in one go. A
+checkpoint is only ever taken between two steps, also when a signal stops the run.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,37 +19,23 @@ from tqdm.auto import tqdm
 from ddlm.data import BatchLoader, TokenizedCorpus
 from ddlm.device import autocast, describe_machine, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
+from ddlm.fileio import error_reason
 from ddlm.model import ModelConfig, Transformer
 from ddlm.pipeline import DiffusionPipeline
 from ddlm.processes import Process, Vocabulary, build_process
 from ddlm.tokenizers import Tokenizer
-from ddlm.training.checkpoint import (
-    CHECKPOINT_FILE,
-    load_checkpoint,
-    optimizer_from_flat,
-    optimizer_to_flat,
-    save_checkpoint,
-    take_prefix,
-    with_prefix,
-)
+from ddlm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from ddlm.training.config import RunConfig
 from ddlm.training.distributed import Distributed
 from ddlm.training.ema import EMA
+from ddlm.training.lock import RunLock
 from ddlm.training.logger import MetricsLog
-from ddlm.training.schedule import learning_rate
+from ddlm.training.schedule import learning_rate, warmup_progress
+from ddlm.training.signals import StopSignals, TrainingInterrupted
+from ddlm.training.state import RandomStates, TrainState
 
 VALIDATION_SEED = 1234
 EVAL_BATCH_TOKENS = 16384  # validation batches hold about this many tokens
-
-
-@dataclass
-class TrainState:
-    """The counters of a run (the rest of its state lives in tensors)."""
-
-    step: int = 0
-    tokens: int = 0
-    elapsed: float = 0.0
-    best_valid: float | None = None
 
 
 def build_run_process(config: RunConfig, tokenizer: Tokenizer) -> Process:
@@ -105,9 +91,11 @@ class Trainer:
         device: str = "auto",
         show_progress: bool = True,
     ):
+        config.validate()
         self.config = config
         self.tokenizer = tokenizer
         self.out_dir = Path(out_dir)
+        self.run_lock = RunLock(self.out_dir)
         self.dist = Distributed.from_environment()
         self.device = self.dist.setup(resolve_device(device))
         self.precision = resolve_precision(config.optim.precision, self.device)
@@ -119,8 +107,7 @@ class Trainer:
         self.trained_model = self.wrap_for_data_parallel(self.model)
         self.optimizer = build_optimizer(self.model, config)
         self.ema = EMA(self.model, config.optim.ema)
-        self.noise_generator = torch.Generator(device=self.device)
-        self.noise_generator.manual_seed(config.optim.seed + 1 + self.dist.rank)
+        self.random = RandomStates(self.device, config.optim.seed, self.dist)
         data = config.data
         self.train_loader = BatchLoader(
             train_corpus, config.optim.batch_size, data.context_length, layout=data.layout,
@@ -132,6 +119,7 @@ class Trainer:
             if valid_corpus is not None else None
         )
         self.state = TrainState()
+        self.saved_step: int | None = None  # the step of the checkpoint on disk, when this trainer knows it
         self.log: MetricsLog | None = None
 
     def wrap_for_data_parallel(self, model: Transformer) -> torch.nn.Module:
@@ -148,15 +136,38 @@ class Trainer:
     # ----- the loop -----
 
     def train(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Train until max_steps or the time budget (or ``stop_after`` steps); export the model."""
+        """Train until max_steps or the time budget (or ``stop_after`` steps); export the model.
+
+        SIGINT and SIGTERM stop the run at the next step boundary, after a checkpoint of that
+        step, with ``TrainingInterrupted``; a second signal stops it at once (KeyboardInterrupt).
+        """
+        if stop_after is not None and stop_after < 1:
+            raise DDLMError(f"stop_after must be at least 1, got {stop_after}")
+        if self.dist.is_main:
+            self.run_lock.acquire()
+        try:
+            if self.log is None and self.dist.is_main:
+                self.log = MetricsLog(self.out_dir, resume_step=self.state.step)
+            with StopSignals() as signals:
+                self.run_steps(stop_after, signals)
+            summary = self.finish()
+        finally:
+            self.run_lock.release()
+        self.dist.shutdown()
+        return summary
+
+    def run_steps(self, stop_after: int | None, signals: StopSignals) -> None:
+        """The optimizer steps, each followed by its logs and periodic work; a checkpoint at the end."""
         settings = self.config.optim
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.log is None and self.dist.is_main:
-            self.log = MetricsLog(self.out_dir, resume_step=self.state.step)
         bar = self.progress_bar()
         window_tokens, window_start = 0, time.perf_counter()
         try:
-            while not self.finished(stop_after):
+            while True:
+                if self.dist.any(signals.received is not None, self.device):  # every rank stops at the same step
+                    self.save_checkpoint()
+                    raise TrainingInterrupted(self.state.step, signals.received or "a signal to another rank")
+                if self.finished(stop_after):
+                    break
                 step_start = time.perf_counter()
                 loss, lr = self.train_step()
                 # every rank must agree on the elapsed time: it drives the LR and the stop
@@ -174,16 +185,9 @@ class Trainer:
                                    lr=f"{lr:.3e}", train_nelbo=f"{loss:.4f}", tokens_per_s=f"{speed:.0f}")
                     window_tokens, window_start = 0, time.perf_counter()
                 self.periodic(step, bar)
-        except KeyboardInterrupt:
+        finally:
             bar.close()
-            if not self.dist.enabled:  # ranks may stop at different points: keep the last periodic save
-                self.save_checkpoint()
-            raise
-        bar.close()
         self.save_checkpoint()
-        summary = self.finish()
-        self.dist.shutdown()
-        return summary
 
     def progress_bar(self) -> tqdm:
         """Counts steps, or seconds of the time budget when one is set."""
@@ -217,10 +221,16 @@ class Trainer:
             return self.state.elapsed / settings.time_budget
         return self.state.step / settings.max_steps
 
+    def warmup(self) -> float:
+        """How far the warm-up is: by steps, and under a time budget also by elapsed time."""
+        settings = self.config.optim
+        seconds = None if settings.time_budget is None else settings.warmup_fraction * settings.time_budget
+        return warmup_progress(self.state.step, settings.warmup_steps, self.state.elapsed, seconds)
+
     def train_step(self) -> tuple[float, float]:
         """One optimizer step over grad_accum micro-batches; returns (NELBO/token, lr)."""
         settings = self.config.optim
-        lr = learning_rate(self.progress(), self.state.step, settings.lr, settings.warmup_steps, settings.min_lr_ratio)
+        lr = learning_rate(self.progress(), self.warmup(), settings.lr, settings.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -231,7 +241,7 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.trained_model.no_sync()
             with sync:
                 with autocast(self.device, self.precision):
-                    output = self.process.loss(self.trained_model, batch, self.noise_generator)
+                    output = self.process.loss(self.trained_model, batch, self.random.noise)
                 (output.loss / settings.grad_accum).backward()
             nelbo_sum += output.nelbo_sum
             token_count += output.num_tokens
@@ -250,21 +260,22 @@ class Trainer:
         return nelbo_sum / token_count, lr
 
     def periodic(self, step: int, bar: tqdm) -> None:
-        """Validation, sample previews and checkpoints at their intervals."""
+        """Validation, sample previews and checkpoints at their intervals.
+
+        The checkpoint comes last, so every log row of a step is on disk before its checkpoint.
+        """
         log = self.config.log
-        if log.save_every and step % log.save_every == 0:
-            self.save_checkpoint()
-        if not self.dist.is_main:
-            return
-        if self.valid_loader is not None and log.eval_every and step % log.eval_every == 0:
+        if self.dist.is_main and self.valid_loader is not None and log.eval_every and step % log.eval_every == 0:
             valid = self.evaluate(log.eval_batches)
             self.state.best_valid = valid if self.state.best_valid is None else min(valid, self.state.best_valid)
             bar.write(f"step {step}: valid NELBO {valid:.4f} nats/token ({valid / math.log(2):.4f} bits)")
             assert self.log is not None
             self.log.write(step=step, tokens=self.state.tokens, elapsed_s=f"{self.state.elapsed:.1f}",
                            valid_nelbo=f"{valid:.4f}")
-        if log.sample_every and step % log.sample_every == 0:
+        if self.dist.is_main and log.sample_every and step % log.sample_every == 0:
             bar.write(f"step {step} sample: {self.preview()!r}")
+        if log.save_every and step % log.save_every == 0:
+            self.save_checkpoint()
 
     # ----- evaluation and export -----
 
@@ -326,7 +337,11 @@ class Trainer:
             summary = self.summary()
         pipe = self.pipeline()
         pipe.summary = summary
-        pipe.save_pretrained(self.out_dir)
+        try:
+            pipe.save_pretrained(self.out_dir)
+        except OSError as error:
+            raise DDLMError(f"could not export the model to {self.out_dir} ({error_reason(error)}); the checkpoint "
+                            "is intact: free disk space or raise the file-size limit, then continue with --resume") from None
         if self.log is not None:
             self.log.close()
         self.dist.barrier()
@@ -334,66 +349,55 @@ class Trainer:
 
     # ----- checkpoints -----
 
-    def rng_states(self) -> dict[str, torch.Tensor]:
-        """Every rank's random states (collective: all ranks call it), keyed "name/rank"."""
-        states = {"torch": torch.get_rng_state(), "noise": self.noise_generator.get_state()}
-        if self.device.type == "cuda":
-            states["cuda"] = torch.cuda.get_rng_state(self.device)
+    def state_dict(self) -> dict[str, Any]:
+        """Every stateful part of the run, as one dictionary (collective: all ranks call it)."""
         return {
-            f"{name}/{rank}": part.cpu()
-            for name, state in states.items()
-            for rank, part in enumerate(self.dist.gather(state.to(self.device)))
-        }
-
-    def save_checkpoint(self) -> None:
-        """Write the checkpoint (collective: every rank calls it, rank 0 writes)."""
-        rng = self.rng_states()
-        if not self.dist.is_main:
-            self.dist.barrier()
-            return
-        optim_tensors, optim_meta = optimizer_to_flat(self.optimizer)
-        tensors = {
-            **with_prefix("model", self.model.state_dict()),
-            **with_prefix("ema", self.ema.shadow),
-            **with_prefix("optim", optim_tensors),
-            **with_prefix("rng", rng),
-        }
-        state = {
-            "train": vars(self.state),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.random.state_dict(),
             "loader": self.train_loader.state_dict(),
-            "ema_updates": self.ema.updates,
-            "optimizer": optim_meta,
+            "train": self.state.state_dict(),
             "run_config": self.config.to_dict(),
             "world_size": self.dist.world_size,
         }
-        save_checkpoint(self.checkpoint_path, tensors, state)
-        self.dist.barrier()
 
-    def resume(self) -> None:
-        """Restore every stateful part from the checkpoint in ``out_dir``."""
-        tensors, state = load_checkpoint(self.checkpoint_path)
-        try:
-            self.model.load_state_dict(take_prefix("model", tensors))
-        except RuntimeError:
-            raise DDLMError(
-                f"checkpoint {self.checkpoint_path} does not fit this model configuration; "
-                "resume with the run's own config (leave model.* and data.* unchanged)"
-            ) from None
-        self.ema.shadow = take_prefix("ema", tensors)
-        self.ema.updates = state["ema_updates"]
-        self.optimizer.load_state_dict(optimizer_from_flat(take_prefix("optim", tensors), state["optimizer"]))
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore every stateful part from ``state_dict``'s output, as read back from a checkpoint."""
         saved_world = state.get("world_size", 1)
         if saved_world != self.dist.world_size:
             raise DDLMError(
                 f"the checkpoint was written by {saved_world} process(es) and this run has {self.dist.world_size}; "
                 f"resume with the same number of processes (torchrun --nproc_per_node {saved_world})"
             )
-        rank = self.dist.rank
-        torch.set_rng_state(tensors[f"rng/torch/{rank}"])
-        self.noise_generator.set_state(tensors[f"rng/noise/{rank}"])
-        if f"rng/cuda/{rank}" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors[f"rng/cuda/{rank}"], self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise DDLMError(
+                f"checkpoint {self.checkpoint_path} does not fit this model configuration; "
+                "resume with the run's own config (leave model.* and data.* unchanged)"
+            ) from None
+        self.ema.load_state_dict(state["ema"])
+        optimizer = state["optimizer"]  # JSON turned the parameter indices into strings
+        self.optimizer.load_state_dict({"state": {int(index): entry for index, entry in optimizer["state"].items()},
+                                        "param_groups": optimizer["param_groups"]})
+        self.random.load_state_dict(state["rng"])
         self.train_loader.load_state_dict(state["loader"])
-        self.state = TrainState(**state["train"])
+        self.state.load_state_dict(state["train"])
+
+    def save_checkpoint(self) -> None:
+        """Write the checkpoint of the current step (collective: every rank calls it, rank 0 writes)."""
+        if self.saved_step == self.state.step:
+            return
+        state = self.state_dict()
+        if self.dist.is_main:
+            save_checkpoint(self.checkpoint_path, state)
+        self.dist.barrier()
+        self.saved_step = self.state.step
+
+    def resume(self) -> None:
+        """Restore every stateful part from the checkpoint in ``out_dir``."""
+        self.load_state_dict(load_checkpoint(self.checkpoint_path))
+        self.saved_step = self.state.step
         if self.dist.is_main:
             self.log = MetricsLog(self.out_dir, resume_step=self.state.step)

@@ -1,0 +1,44 @@
+"""Stopping a training cleanly: SIGINT (Ctrl-C) and SIGTERM end it at the next step boundary."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A signal stopped the run between two steps, after a checkpoint of the last one."""
+
+    def __init__(self, step: int, signal_name: str):
+        super().__init__(f"{signal_name} at step {step}")
+        self.step = step
+        self.signal_name = signal_name
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set ``received``; a second signal raises KeyboardInterrupt at once.
+
+    Outside the main thread (where Python cannot install handlers) it does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {number: signal.signal(number, self.handle) for number in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        self.previous = {}
+
+    def handle(self, number: int, frame: FrameType | None) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt  # the second signal: stop now, keeping the last checkpoint
+        self.received = signal.Signals(number).name
