@@ -175,3 +175,77 @@ def test_overrides_may_follow_options(tmp_path: Path):
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_code:
         main(["train", "--preset", "tiny", "--out", str(tmp_path), "--bogus"])
     assert exit_code.value.code == 2 and "unrecognized arguments: --bogus" in err.getvalue()
+
+
+# ----- infill templates and tokenizers -----
+
+@st.composite
+def templates(draw) -> tuple[str, list[int | None]]:
+    """A template written from random pieces (text with brackets and backslashes escaped, masks) and its parse."""
+    pieces = draw(st.lists(st.one_of(st.text(alphabet="ab []\\\u00e9", min_size=1, max_size=6), st.integers(1, 20)),
+                           max_size=8))
+    template, expected = [], []
+    for piece in pieces:
+        if isinstance(piece, int):
+            template.append("[MASK]" if piece == 1 else f"[MASK*{piece}]")
+            expected.extend([None] * piece)
+        else:
+            template.append(piece.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]"))
+            expected.extend(ord(char) for char in piece)
+    return "".join(template), expected
+
+
+def char_codes(text: str) -> list[int]:
+    return [ord(char) for char in text]
+
+
+@PROPERTY_SETTINGS
+@given(templates())
+def test_an_infill_template_parses_to_its_pieces(case):
+    from ddlm.samplers.canvas import parse_template
+
+    template, expected = case
+    if None not in expected:
+        with pytest.raises(DDLMError, match="no \\[MASK\\]"):
+            parse_template(template, char_codes)
+        return
+    assert parse_template(template, char_codes) == expected
+
+
+@PROPERTY_SETTINGS
+@given(st.text(alphabet="ab[]\\MASK*0123456789", max_size=30), st.integers(1, 64))
+def test_any_template_text_parses_within_the_context_or_is_a_ddlm_error(template, max_tokens):
+    from ddlm.samplers.canvas import parse_template
+
+    try:
+        row = parse_template(template, char_codes, max_tokens)
+    except DDLMError as error:
+        assert "\n" not in str(error)
+        return
+    assert 0 < len(row) <= max_tokens and None in row
+
+
+@pytest.fixture(scope="module")
+def tokenizers() -> dict:
+    from ddlm.tokenizers import build_tokenizer
+
+    corpus = ["To be, or not to be, that is the question:", "Whether 'tis nobler in the mind to suffer"] * 20
+    return {"byte": build_tokenizer("byte"), "char": build_tokenizer("char", texts=corpus),
+            "bpe": build_tokenizer("bpe", texts=corpus, vocab_size=300)}
+
+
+@PROPERTY_SETTINGS
+@given(text=st.text(max_size=40))
+def test_byte_and_bpe_tokenizers_round_trip_any_text(tokenizers, text):
+    for kind in ("byte", "bpe"):
+        tokenizer = tokenizers[kind]
+        ids = tokenizer.encode(text)
+        assert all(0 <= i < tokenizer.vocab_size for i in ids)
+        assert tokenizer.decode(ids) == text, kind
+
+
+@PROPERTY_SETTINGS
+@given(text=st.text(alphabet="To be, or nt th qusi:W'mdfr", max_size=40))
+def test_the_char_tokenizer_round_trips_text_of_its_alphabet(tokenizers, text):
+    tokenizer = tokenizers["char"]
+    assert tokenizer.decode(tokenizer.encode(text)) == text
