@@ -402,3 +402,15 @@ def test_tokenizer_code_never_runs_without_the_flag(model_dirs, tmp_path):
     config_path.write_text(json.dumps(config))
     with pytest.raises(DDLMError, match=r"tokenization_tiny.*--trust-remote-code"):
         DiffusionPipeline.from_pretrained(directory, device="cpu")
+
+
+def test_the_web_app_serves_a_hugging_face_model(model_dirs):
+    from ddlm.app.service import Models
+
+    with pytest.raises(DDLMError, match="--trust-remote-code"):
+        Models.load([str(model_dirs["llada"])], device="cpu")
+    models = Models.load([str(model_dirs["llada"]), str(model_dirs["bert"])], device="cpu", trust_remote_code=True)
+    cards = [models.get(name).card() for name in models.names]
+    assert [card["tokenizer"]["kind"] for card in cards] == ["hf", "hf"]
+    assert [(card["layers"], card["d_model"], card["heads"]) for card in cards] == [(2, 32, 2), (2, 32, 2)]
+    assert cards[1]["context_length"] == CONTEXT - 1 and cards[1]["process"]["schedule"]["name"] == "linear"

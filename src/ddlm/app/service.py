@@ -104,16 +104,19 @@ class Models:
         self.by_name = {model.name: model for model in models}
 
     @classmethod
-    def load(cls, sources: list[str], device: str = "auto", precision: str = "fp32") -> Models:
-        """Load model directories or bundled names; without any, every installed bundled model."""
+    def load(cls, sources: list[str], device: str = "auto", precision: str = "fp32",
+             trust_remote_code: bool = False) -> Models:
+        """Load model directories, bundled names or Hugging Face models (``trust_remote_code`` for those that
+        ship their own code); without any, every installed bundled model."""
         if not sources:  # the installed bundled models, else the default one, whose loading says what is missing
             sources = [model.name for model in bundled_models() if model.installed] or [DEFAULT_MODEL]
         models, names = [], set()
         for source in sources:
             name = unique_name(Path(source).name or source, names)
             names.add(name)
-            models.append(Model(name, DiffusionPipeline.from_pretrained(source, device=device, precision=precision),
-                                source))
+            pipe = DiffusionPipeline.from_pretrained(source, device=device, precision=precision,
+                                                     trust_remote_code=trust_remote_code)
+            models.append(Model(name, pipe, source))
         return cls(models)
 
     @property

@@ -73,6 +73,7 @@ def load_transformers_model(
         context_length=context_length(network, directory) - len(start_ids),
         d_model=int(getattr(network_config, "hidden_size", 0) or getattr(network_config, "d_model", 0)),
         n_layers=int(getattr(network_config, "num_hidden_layers", 0) or getattr(network_config, "n_layers", 0)),
+        n_heads=int(getattr(network_config, "num_attention_heads", 0) or getattr(network_config, "n_heads", 0)),
     )
     output_size = network.get_output_embeddings().weight.shape[0] if network.get_output_embeddings() is not None \
         else getattr(network_config, "vocab_size", ddlm_tokenizer.vocab_size)

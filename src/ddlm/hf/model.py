@@ -39,6 +39,7 @@ class HFBackboneConfig:
     context_length: int  # canvas positions (the start tokens excluded)
     d_model: int
     n_layers: int
+    n_heads: int
     time_conditioning: bool = False
     causal: bool = False
 
