@@ -32,7 +32,7 @@ SHIFTED_MODEL_TYPES = ("Dream",)  # logits at position i predict token i + 1 (Dr
 
 @dataclass(frozen=True)
 class HFBackboneConfig:
-    """What ddlm reads of a Hugging Face network: its size, its context, and that it does not see the noise level."""
+    """What ddlm reports of a Hugging Face network: its kind, size and context."""
 
     model_type: str
     vocab_size: int  # the tokenizer's ids; logits are cut to these
@@ -40,8 +40,6 @@ class HFBackboneConfig:
     d_model: int
     n_layers: int
     n_heads: int
-    time_conditioning: bool = False
-    causal: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
