@@ -162,13 +162,24 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_answer(500, "server_error", f"the generation failed ({type(error).__name__}: {error}); "
                             "the server keeps serving, please report this")
 
-    @app.middleware("http")
-    async def body_size_cap(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return error_answer(413, "over_limit", f"the request body is over {MAX_BODY_BYTES} bytes; send a shorter "
-                                "prompt or template")
-        return await call_next(request)
+    app.add_middleware(BodySizeCap)
+
+
+class BodySizeCap:
+    """Refuse a request whose declared body is over MAX_BODY_BYTES with a 413 (plain ASGI: streams pass untouched)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                answer = error_answer(413, "over_limit", f"the request body is over {MAX_BODY_BYTES} bytes; "
+                                      "send a shorter prompt or template")
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def sse(event: str, data: dict[str, Any]) -> str:

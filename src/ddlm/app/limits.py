@@ -110,6 +110,7 @@ class GenerationPool:
         self._executor = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="ddlm-generation")
         self._lock = threading.Lock()
         self.admitted = 0  # running or waiting
+        self.runs: set[Run] = set()
         self.running = 0
         self.counts = {"completed": 0, "cancelled": 0, "refused": 0, "failed": 0, "timed_out": 0}
 
@@ -124,6 +125,8 @@ class GenerationPool:
                 raise QueueFull
             self.admitted += 1
         run = Run(loop)
+        with self._lock:
+            self.runs.add(run)
         run.future = self._executor.submit(self._work, run, steps)
         run.future.add_done_callback(lambda future: self._leave(future, run))
         return run
@@ -158,6 +161,7 @@ class GenerationPool:
     def _leave(self, future: Future, run: Run) -> None:
         with self._lock:
             self.admitted -= 1
+            self.runs.discard(run)
             if future.cancelled():  # cancelled while waiting in line: _work never ran
                 self.counts["cancelled"] += 1
         if future.cancelled():
@@ -169,4 +173,9 @@ class GenerationPool:
             return {"running": self.running, "waiting": self.admitted - self.running, **self.counts}
 
     def shutdown(self) -> None:
+        """Stop every run at its next step (and those waiting before they start), so that the process can exit."""
+        with self._lock:
+            runs = list(self.runs)
+        for run in runs:
+            run.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -115,7 +115,8 @@ def token_html(piece: str, classes: str) -> str:
     return f'<span class="t {classes}">{shown}</span>'
 
 
-def canvas_html(frame: Frame | None, pieces: TokenPieces, mask_id: int, empty: str = "Press Generate.") -> str:
+def canvas_html(frame: Frame | None, pieces: TokenPieces, mask_id: int,
+                empty: str = "The canvas appears here: the prompt, then grey boxes that the model fills in.") -> str:
     """The frame as HTML: given text plain, masked positions grey, new ones outlined, colour by confidence."""
     if frame is None:
         return f'<div class="ddlm-canvas" id="canvas-empty">{html.escape(empty)}</div>'
@@ -143,7 +144,7 @@ def status_html(frame: Frame | None, total_steps: int | None = None, state: str 
     written = sum(1 for row, tokens in enumerate(frame.tokens)
                   for position, _ in enumerate(tokens) if frame.generated[row][position])
     rate = written * (1 - frame.noise) / frame.seconds if frame.seconds > 0 else 0.0
-    steps = f"{frame.step}" + (f" of at most {total_steps}" if total_steps and state == "denoising" else "")
+    steps = f"{frame.step}" + (f" of {total_steps}" if total_steps else "")
     return (f'<div class="ddlm-status" data-state="{state}"><b>{state}</b> · step <b>{steps}</b> · '
             f'<b>{frame.model_calls}</b> model calls · <b>{rate:,.0f}</b> tokens/s · '
             f'<b>{frame.noise:.0%}</b> still noise · {frame.seconds:.2f} s'

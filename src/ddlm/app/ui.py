@@ -149,8 +149,9 @@ def forward_frame(model: Model, text: str, t: float, seed: int) -> tuple[Frame |
     generator = torch.Generator(device=model.pipe.device).manual_seed(int(seed or 0))
     xt = process.corrupt(x0, torch.tensor([float(t)], dtype=torch.float64, device=x0.device), generator)[0]
     changed = (xt != x0[0]).nonzero().flatten().tolist()
+    replaced = [position for position in changed if int(xt[position]) != tokenizer.mask_id]  # SEDD uniform
     count = len(ids)
-    frame = Frame(step=0, tokens=[xt.tolist()], generated=[[True] * count], new=[changed], confidence=[[None] * count],
+    frame = Frame(step=0, tokens=[xt.tolist()], generated=[[True] * count], new=[replaced], confidence=[[None] * count],
                   model_calls=0, seconds=0.0, noise=len(changed) / count)
     return frame, (f"t = {t:.2f}: {len(changed)} of {count} tokens corrupted ({len(changed) / count:.0%}). "
                    "The model is trained to undo exactly this, from any t.")
@@ -177,7 +178,7 @@ def card_markdown(model: Model) -> str:
         ("loaded from", card["source"]),
     ]
     table = "\n".join(f"| {name} | {html.escape(str(value))} |" for name, value in rows)
-    return f"### {card['name']}\n\n| | |\n|---|---|\n{table}\n"
+    return f"### {card['name']}\n\n| property | value |\n|---|---|\n{table}\n"
 
 
 def build_page(server: Server) -> gr.Blocks:
@@ -216,11 +217,11 @@ def build_page(server: Server) -> gr.Blocks:
                         samples = gr.Slider(1, min(limits.max_samples, 4), value=1, step=1, label="samples",
                                             elem_id="samples")
                         seed = gr.Number(0, precision=0, label="seed (same seed, same text)", elem_id="seed")
-                    with gr.Accordion("Sampler options", open=False):
-                        inputs = option_inputs(step_cap)
                     with gr.Row():
                         generate = gr.Button("Generate", variant="primary", elem_id="generate")
                         stop = gr.Button("Stop", elem_id="stop")
+                    with gr.Accordion("Sampler options (defaults of the model's process)", open=False):
+                        inputs = option_inputs(step_cap)
                 with gr.Column(scale=3, min_width=420):
                     status = gr.HTML(status_html(None, note="Press Generate to start."), elem_id="status")
                     canvas = gr.HTML(canvas_html(None, pieces_of(first), first.pipe.tokenizer.mask_id),
@@ -237,11 +238,12 @@ def build_page(server: Server) -> gr.Blocks:
                 compare_length = gr.Slider(1, length_cap(first), value=min(64, length_cap(first) // 2), step=1,
                                            label="length", scale=2)
                 compare_seed = gr.Number(0, precision=0, label="seed", scale=1)
+            run_both = gr.Button("Run both", variant="primary", elem_id="compare")
             sides = []
             with gr.Row():
                 for side, policy, steps in (("A", "ancestral", 64), ("B", "confidence", 16)):
                     with gr.Column():
-                        gr.Markdown(f"**Setting {side}**")
+                        gr.Markdown(f"#### Setting {side}")
                         with gr.Row():
                             side_model = gr.Dropdown(models.names, value=first.name, label="model",
                                                      visible=len(models.names) > 1)
@@ -253,7 +255,6 @@ def build_page(server: Server) -> gr.Blocks:
                                                           empty="Press Run both."))
                         sides.append((side_model, side_policy, side_steps, side_temperature, side_status, side_canvas))
             gr.HTML(LEGEND)
-            run_both = gr.Button("Run both", variant="primary", elem_id="compare")
 
         with gr.Tab("Forward process"):
             gr.Markdown("Training corrupts text with the model's own forward process; generation runs it backwards. "
@@ -296,7 +297,8 @@ def build_page(server: Server) -> gr.Blocks:
                     pacer.wait()
                     yield canvas_html(frame, pieces, mask_id), status_html(frame, options.steps), gr.skip(), gr.skip()
             if frame is not None:
-                yield (canvas_html(kept[-1] if kept else frame, pieces, mask_id), status_html(frame, state="done"),
+                yield (canvas_html(kept[-1] if kept else frame, pieces, mask_id),
+                       status_html(frame, options.steps, state="done"),
                        gr.Slider(1, len(kept), value=len(kept), step=1, visible=len(kept) > 1), kept)
 
         generation = generate.click(run_generate, [model_name, mode, prompt, suffix, template, length, samples, seed,
