@@ -55,6 +55,45 @@ def test_sample_in_a_fresh_process_prints_text_with_the_prompt(trained):
     assert all(line["text"].startswith("ROMEO:") for line in lines)
 
 
+def test_sample_prints_every_batch_in_order_and_the_batch_size_changes_nothing(trained, capsys):
+    args = ["sample", "--model", str(trained), "--length", "8", "--steps", "4", "--seed", "5", "-n", "3",
+            "--prompt", "A", "--prompt", "B", "--format", "jsonl"]
+    code, whole, _ = run_cli(args, capsys)
+    code_batched, batched, _ = run_cli([*args, "--batch-size", "2"], capsys)
+    assert code == code_batched == 0 and whole == batched
+    lines = [json.loads(line) for line in batched.splitlines()]
+    assert [line["index"] for line in lines] == list(range(6))
+    assert [line["prompt"] for line in lines] == ["A"] * 3 + ["B"] * 3
+
+
+def test_sample_without_a_seed_reports_the_seed_it_drew(trained, capsys):
+    code, out, err = run_cli(["sample", "--model", str(trained), "--length", "12", "--steps", "4"], capsys)
+    seed = int(err.split("--seed ")[1].split()[0])
+    assert code == 0 and run_cli(["sample", "--model", str(trained), "--length", "12", "--steps", "4", "--seed",
+                                  str(seed)], capsys)[1] == out
+
+
+def test_live_without_a_terminal_prints_plain_text(trained, capsys):
+    args = ["sample", "--model", str(trained), "--length", "12", "--steps", "4", "--seed", "1", "-n", "2"]
+    assert run_cli([*args, "--live"], capsys)[1] == run_cli(args, capsys)[1]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--temperature", "inf"], "temperature must be a finite number"),
+    (["--temperature", "nan"], "temperature must be a finite number"),
+    (["--policy", "threshold", "--threshold", "2"], "threshold must be in (0, 1]"),
+    (["--seed", "-1"], "seed must be at least 0"),
+    (["--steps", "0"], "steps must be at least 1"),
+    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--infill", "[MASK*999999999999]"], "the infill template is at least 999999999999 tokens"),
+    (["--method", "euler"], "the masked sampler has no option method"),
+])
+def test_bad_sampler_options_are_one_line_errors(trained, capsys, extra, message):
+    code, out, err = run_cli(["sample", "--model", str(trained), *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and out == ""
+
+
 def test_same_seed_same_text(trained, capsys):
     args = ["sample", "--model", str(trained), "--length", "16", "--steps", "4", "--seed", "3"]
     assert run_cli(args, capsys)[1] == run_cli(args, capsys)[1]

@@ -161,6 +161,13 @@ def test_pipeline_refuses_unknown_and_foreign_options_and_oversized_templates():
         pipeline("masked").generate(infill="[MASK]" + "a" * 40)
 
 
+def test_a_canvas_the_options_do_not_fit_raises_before_the_first_step():
+    with pytest.raises(DDLMError, match="does not divide"):
+        pipeline("masked").stream(length=10, block_length=3)
+    with pytest.raises(DDLMError, match="left to right"):
+        pipeline("ar").stream(infill="a[MASK]b")
+
+
 def test_eval_options_drop_what_does_not_apply_to_the_process():
     options = SamplerOptions(policy="confidence", method="euler", steps=9)
     assert options.for_process("ar") == SamplerOptions(steps=9)

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -13,30 +14,19 @@ from pathlib import Path
 
 from ddlm.device import PRECISIONS, describe_machine, has_fast_bf16
 from ddlm.errors import DDLMError
+from ddlm.pipeline import DEFAULT_BATCH_SIZE
 from ddlm.samplers.options import SEDD_METHODS, SamplerOptions
 from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
-EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 
 def parse_duration(text: str) -> float:
     """Seconds in '600', '90s', '10m', '1.5h'."""
-    from ddlm.training.config import duration_seconds
-
-    try:
-        return duration_seconds(text)
-    except DDLMError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def check_minimums(args: argparse.Namespace, minimums: dict[str, int]) -> None:
-    """A one-line error for a numeric option below its minimum (None: not given)."""
-    for name, minimum in minimums.items():
-        value = getattr(args, name)
-        if value is not None and not value >= minimum:
-            raise DDLMError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; write e.g. 600, 90s, 10m or 1.5h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 def sampler_flags() -> argparse.ArgumentParser:
@@ -104,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("-n", "--num-samples", type=int, default=1)
     sample.add_argument("--length", type=int, help="tokens to generate (default: fill the context)")
     sample.add_argument("--steps", type=int, default=128, help="denoising steps (default: 128)")
+    sample.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"samples drawn at once; each batch is printed when done (default: {DEFAULT_BATCH_SIZE})")
+    sample.add_argument("--live", action="store_true",
+                        help="watch the denoising in the terminal (plain text when stdout is not a terminal)")
+    sample.add_argument("--no-progress", action="store_true", help="hide the progress bar on stderr")
     sample.add_argument("--seed", type=int)
     sample.add_argument("--precision", default="fp32", choices=PRECISIONS)
     sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
@@ -139,11 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_train(args: argparse.Namespace) -> int:
     from ddlm.data import DEFAULT_CORPUS
     from ddlm.training import load_config, prepare_training, saved_config
-    from ddlm.training.signals import TrainingInterrupted
 
-    check_minimums(args, {"max_steps": 1, "stop_after": 1})
-    if args.time_budget is not None and args.time_budget <= 0:
-        raise DDLMError(f"--time-budget must be more than 0 seconds, got {args.time_budget:g}")
     if args.resume:
         if args.preset or args.config:
             raise DDLMError("--resume continues with the run's saved configuration; drop --preset/--config")
@@ -172,17 +163,10 @@ def run_train(args: argparse.Namespace) -> int:
                   "and much slower than fp32; use optim.precision=auto or fp32", file=sys.stderr)
     try:
         summary = trainer.train(stop_after=args.stop_after)
-    except TrainingInterrupted as stop:
-        if main_process:
-            print(f"stopped by {stop.signal_name} at step {stop.step}, checkpoint saved; "
-                  f"continue with `ddlm train --out {args.out} --resume`", file=sys.stderr)
-        return EXIT_SIGTERM if stop.signal_name == "SIGTERM" else EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if main_process:
-            saved = "no checkpoint yet" if trainer.saved_step is None else f"its checkpoint is at step {trainer.saved_step}"
-            print(f"stopped at once at step {trainer.state.step} ({saved}); "
-                  f"continue with `ddlm train --out {args.out} --resume`", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            print(f"interrupted at step {trainer.state.step}; continue with --resume", file=sys.stderr)
+        return 130
     if not main_process:
         return 0
     if "final_valid_nelbo" in summary:
@@ -198,20 +182,37 @@ def run_sample(args: argparse.Namespace) -> int:
 
     pipe = DiffusionPipeline.from_pretrained(args.model, device=args.device, precision=args.precision,
                                              trust_remote_code=args.trust_remote_code)
+    from ddlm.samplers import last_steps
+    from ddlm.viz.terminal import LiveView, SamplingProgress
+
     prompts = args.prompt[0] if args.prompt and len(args.prompt) == 1 else args.prompt
-    texts = pipe.generate(
-        prompts, sampler_options_from_args(args), num_samples=args.num_samples, length=args.length,
-        infill=args.infill, suffix=args.suffix, stop_at_eos=not args.keep_eos, chat=args.chat,
+    options = sampler_options_from_args(args).with_seed()
+    steps = pipe.stream(
+        prompts, options, num_samples=args.num_samples, length=args.length, infill=args.infill, suffix=args.suffix,
+        batch_size=args.batch_size, texts=False, chat=args.chat,
     )
-    for index, text in enumerate(texts):
-        if args.format == "jsonl":
-            prompt = args.prompt[index // args.num_samples] if args.prompt else None
-            print(json.dumps({"index": index, "prompt": prompt, "text": text}, ensure_ascii=False))
-        else:
-            if index:
-                print("\n" + "-" * 40)
-            print(text)
+    total = args.num_samples * (len(args.prompt) if args.prompt else 1)
+    live = args.live and sys.stdout.isatty()
+    view = LiveView(pipe.tokenizer, total) if live else SamplingProgress(total, enabled=not args.no_progress)
+    with view:
+        for last in last_steps(view.watch(steps)):
+            for row in range(last.tokens.shape[0]):
+                print_sample(args, last.first_sample + row, pipe.decode(last, row, stop_at_eos=not args.keep_eos))
+            sys.stdout.flush()
+    if args.seed is None:
+        print(f"seed {options.seed} (pass --seed {options.seed} to draw these samples again)", file=sys.stderr)
     return 0
+
+
+def print_sample(args: argparse.Namespace, index: int, text: str) -> None:
+    """One sample of ``ddlm sample``, as text with separator lines or as a JSON line."""
+    if args.format == "jsonl":
+        prompt = args.prompt[index // args.num_samples] if args.prompt else None
+        print(json.dumps({"index": index, "prompt": prompt, "text": text}, ensure_ascii=False))
+    else:
+        if index:
+            print("\n" + "-" * 40)
+        print(text)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -220,11 +221,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from ddlm import DiffusionPipeline
     from ddlm.eval import load_judge
     from ddlm.eval.report import EvalSettings, evaluate, markdown_table
-    from ddlm.fileio import check_writable_file, write_json_atomic
+    from ddlm.fileio import write_json_atomic
 
-    check_minimums(args, {"draws": 1, "max_sequences": 0, "num_samples": 1})
-    if args.json:
-        check_writable_file(args.json, "the --json file")  # before the work, not after the table
     settings = EvalSettings(
         metrics=tuple(args.metrics), draws=args.draws, max_sequences=args.max_sequences,
         num_samples=args.num_samples, sampler=sampler_options_from_args(args), seed=args.seed,
@@ -256,12 +254,7 @@ def run_presets(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):
-        args.overrides += extra  # KEY=VALUE overrides may follow options: train ... --out X model.d_model=64
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = build_parser().parse_args(argv)
     handlers = {"train": run_train, "sample": run_sample, "eval": run_eval, "presets": run_presets}
     try:
         return handlers[args.command](args)
@@ -270,11 +263,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        if args.debug:
-            traceback.print_exc()
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ from ddlm import __version__
 from ddlm.device import autocast, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path, write_json_atomic
-from ddlm.hf import HFDiffusionModel, is_transformers_config, load_transformers_model
+from ddlm.hf import is_transformers_config, load_transformers_model
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Process, Vocabulary, build_process
-from ddlm.samplers import Canvas, SampleOutput, SamplerOptions, SamplerStep, parse_template, sampler_steps
+from ddlm.samplers import Canvas, SampleOutput, SamplerOptions, SamplerStep, last_steps, parse_template, sampler_steps
 from ddlm.samplers.options import check_integer
 from ddlm.tokenizers import Tokenizer, load_tokenizer
 
@@ -61,16 +61,9 @@ class DiffusionPipeline:
     # ----- saving and loading -----
 
     def save_pretrained(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
-        """Write the model directory; ``weights`` (e.g. the EMA) replace the model's own.
-
-        A Hugging Face model (:mod:`ddlm.hf`) is written in its own ``transformers`` format.
-        """
+        """Write the model directory; ``weights`` (e.g. the EMA) replace the model's own."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if isinstance(self.model, HFDiffusionModel):
-            self.model.save_pretrained(directory)
-            self.tokenizer.save(directory)
-            return
         state = weights if weights is not None else self.model.state_dict()
         with atomic_path(directory / WEIGHTS_FILE) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
@@ -180,10 +173,11 @@ class DiffusionPipeline:
         suffix: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         stop_at_eos: bool = True,
+        texts: bool = True,
         chat: bool = False,
         **option_keywords: Any,
     ) -> Iterator[SamplerStep]:
-        """One :class:`SamplerStep` per change of the canvas, with each sample's text so far.
+        """One :class:`SamplerStep` per change of the canvas, with each sample's text so far (unless not ``texts``).
 
         ``prompt``: text the samples start with, or a list of them (``num_samples`` samples of
         each). ``infill``: a template such as ``"The [MASK*5] sat on the [MASK] mat"`` instead
@@ -198,9 +192,12 @@ class DiffusionPipeline:
         options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords,
                                      chat=chat)
 
+        steps = self.run_batches(options, rows, batch_size)
+
         def with_texts() -> Iterator[SamplerStep]:
-            for step in self.run_batches(options, rows, batch_size):
-                step.texts = [self.decode(step, row, stop_at_eos) for row in range(step.tokens.shape[0])]
+            for step in steps:
+                if texts:
+                    step.texts = [self.decode(step, row, stop_at_eos) for row in range(step.tokens.shape[0])]
                 yield step
 
         return with_texts()
@@ -222,15 +219,7 @@ class DiffusionPipeline:
         options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords,
                                      chat=chat)
 
-        def outputs() -> Iterator[SampleOutput]:
-            last = None
-            for step in self.run_batches(options, rows, batch_size):
-                if last is not None and step.first_sample != last.first_sample:
-                    yield SampleOutput.of_step(last)
-                last = step
-            yield SampleOutput.of_step(last)
-
-        return outputs()
+        return (SampleOutput.of_step(step) for step in last_steps(self.run_batches(options, rows, batch_size)))
 
     def sample(self, prompt: str | list[str] | None = None, options: SamplerOptions | None = None,
                **arguments: Any) -> SampleOutput:
@@ -261,18 +250,31 @@ class DiffusionPipeline:
         return options, self.canvas_rows(prompt, num_samples, length, infill, suffix, chat)
 
     def run_batches(self, options: SamplerOptions, rows: list[list[int | None]], batch_size: int) -> Iterator[SamplerStep]:
-        """The sampler's steps, batch after batch, each under the pipeline's precision only while it computes."""
-        for first in range(0, len(rows), batch_size):
+        """The sampler's steps, batch after batch, each under the pipeline's precision only while it computes.
+
+        The first batch's sampler is set up at once, so that its checks of the canvas raise
+        before the first step (the batches share one layout).
+        """
+
+        def batch(first: int) -> tuple[Canvas, Iterator[SamplerStep]]:
             canvas = Canvas.from_rows(rows[first : first + batch_size], self.tokenizer.mask_id, self.tokenizer.pad_id,
                                       self.device)
-            steps = sampler_steps(self.model, self.process, canvas, options, first)
-            while True:
-                with autocast(self.device, self.precision):  # entered per step: nothing leaks past a yield
-                    step = next(steps, None)
-                if step is None:
-                    break
-                step.first_sample, step.canvas, step.seed = first, canvas, options.seed
-                yield step
+            return canvas, sampler_steps(self.model, self.process, canvas, options, first)
+
+        first_batch = batch(0)
+
+        def steps() -> Iterator[SamplerStep]:
+            for first in range(0, len(rows), batch_size):
+                canvas, sampler = first_batch if first == 0 else batch(first)
+                while True:
+                    with autocast(self.device, self.precision):  # entered per step: nothing leaks past a yield
+                        step = next(sampler, None)
+                    if step is None:
+                        break
+                    step.first_sample, step.canvas, step.seed = first, canvas, options.seed
+                    yield step
+
+        return steps()
 
     def decode(self, output: SampleOutput | SamplerStep, row: int, stop_at_eos: bool = True) -> str:
         """The text of sample ``row``: padding and masks removed, cut at end-of-text as :meth:`generate` says."""
@@ -301,7 +303,7 @@ class DiffusionPipeline:
             return room
         if length < 1:
             raise DDLMError(f"length must be at least 1, got {length}")
-        if length > room and not getattr(self.process, "generates_past_context", False):  # block diffusion slides
+        if length > room:
             raise DDLMError(
                 f"prompt ({prompt_length}) + length ({length}) tokens exceed the model's context of "
                 f"{self.context_length}; use --length {room} or less"
@@ -328,13 +330,6 @@ def resolve_model_directory(path: str | Path) -> Path:
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        directory = path.parent
-        if (directory / "checkpoint.safetensors").is_file():  # a training run (ddlm.training) not yet exported
-            raise DDLMError(f"{directory} holds a training run that was interrupted before its first export; "
-                            f"continue it with `ddlm train --out {directory} --resume`")
-        if (directory / "run.json").is_file():
-            raise DDLMError(f"{directory} holds a training run that was interrupted before its first checkpoint; "
-                            f"start it again with `ddlm train --out {directory}` and its data and settings")
         raise DDLMError(f"no {path.name} in {path.parent}; is it a ddlm model directory?")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

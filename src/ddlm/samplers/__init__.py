@@ -7,27 +7,26 @@ first sample, and yields one :class:`SamplerStep` per change of the canvas.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
 
 import torch
 
 from ddlm.errors import DDLMError
 from ddlm.samplers.autoregressive import ar_steps
-from ddlm.samplers.block import block_steps
 from ddlm.samplers.canvas import Canvas, parse_template
 from ddlm.samplers.categorical import filter_logits, sample_categorical
 from ddlm.samplers.masked import masked_steps
 from ddlm.samplers.options import SamplerOptions
 from ddlm.samplers.policies import POLICIES
 from ddlm.samplers.sedd import sedd_steps
-from ddlm.samplers.step import SampleOutput, SamplerStep
+from ddlm.samplers.step import SampleOutput, SamplerStep, last_steps
 
 SAMPLERS: dict[str, Callable[..., Iterator[SamplerStep]]] = {
     "masked": masked_steps,
     "ar": ar_steps,
     "sedd-absorb": sedd_steps,
     "sedd-uniform": sedd_steps,
-    "block": block_steps,
 }
 
 
@@ -46,13 +45,11 @@ def run_sampler(
 ) -> SampleOutput:
     """Drain :func:`sampler_steps`: the final tokens, the model calls and the seed used."""
     options = options.with_seed()
-    last = None
-    for last in sampler_steps(model, process, canvas, options, first_row):
-        pass
+    last = deque(sampler_steps(model, process, canvas, options, first_row), maxlen=1)[0]
     return SampleOutput(tokens=last.tokens, model_calls=last.model_calls, canvas=canvas, seed=options.seed)
 
 
 __all__ = [
-    "POLICIES", "SAMPLERS", "Canvas", "SampleOutput", "SamplerOptions", "SamplerStep", "ar_steps", "block_steps", "filter_logits",
-    "masked_steps", "parse_template", "run_sampler", "sample_categorical", "sampler_steps", "sedd_steps",
+    "POLICIES", "SAMPLERS", "Canvas", "SampleOutput", "SamplerOptions", "SamplerStep", "ar_steps", "filter_logits",
+    "last_steps", "masked_steps", "parse_template", "run_sampler", "sample_categorical", "sampler_steps", "sedd_steps",
 ]

@@ -14,7 +14,6 @@ from ddlm.samplers.randomness import RowRandom
 from ddlm.samplers.step import SamplerStep, masked_fraction
 
 
-@torch.no_grad()
 def ar_steps(
     model: torch.nn.Module, process: Autoregressive, canvas: Canvas, options: SamplerOptions, first_row: int = 0
 ) -> Iterator[SamplerStep]:
@@ -25,7 +24,8 @@ def ar_steps(
     only the new positions (keys and values of the others come from its KV cache), else
     the whole prefix at every step; both give the same samples. ``options.steps`` is
     ignored. The steps show the canvas as a diffusion sampler's do: not-yet-generated
-    positions hold MASK. Sample i depends only on (seed, first_row + i).
+    positions hold MASK. Sample i depends only on (seed, first_row + i). A canvas with
+    infill or a suffix raises here, before the first step.
     """
     prompt_length = canvas.prefix_length()
     if prompt_length is None:
@@ -33,6 +33,15 @@ def ar_steps(
             "the autoregressive model writes left to right: it needs prompts of one length and no infill "
             "or suffix; use a diffusion model for infilling"
         )
+    return write_left_to_right(model, process, canvas, options, first_row, prompt_length)
+
+
+@torch.no_grad()
+def write_left_to_right(
+    model: torch.nn.Module, process: Autoregressive, canvas: Canvas, options: SamplerOptions, first_row: int,
+    prompt_length: int,
+) -> Iterator[SamplerStep]:
+    """The steps of :func:`ar_steps` for a canvas of prompts of ``prompt_length`` tokens."""
     device = next(model.parameters()).device
     batch_size, length = canvas.batch_size, canvas.width - prompt_length
     start_token = torch.full((batch_size, 1), process.eos_id, dtype=torch.long)

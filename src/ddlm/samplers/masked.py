@@ -233,7 +233,6 @@ class MaskedSampler:
             yield self.take_step(reveal, tokens[reveal[masked]], confidence)
 
 
-@torch.no_grad()
 def masked_steps(
     model: torch.nn.Module, process: MaskedDiffusion, canvas: Canvas, options: SamplerOptions, first_row: int = 0
 ) -> Iterator[SamplerStep]:
@@ -244,6 +243,7 @@ def masked_steps(
     to 0.9 for the threshold policy. ``min_length``: the first ``min_length`` generated
     positions cannot be end-of-text. Given positions never change; no MASK survives. Sample
     i depends only on (seed, first_row + i), not on how many samples are drawn with it.
+    A canvas the options do not fit raises here, before the first step.
     """
     fewest = int(canvas.generated.sum(dim=1).min())
     if options.min_length > fewest:
@@ -255,8 +255,13 @@ def masked_steps(
         raise DDLMError(
             f"{options.steps} steps cannot cover {len(block_masks)} blocks; use at least one step per block"
         )
-    sampler = MaskedSampler(model, process, canvas, options, first_row)
+    return fill_blocks(MaskedSampler(model, process, canvas, options, first_row), block_masks, options.steps)
+
+
+@torch.no_grad()
+def fill_blocks(sampler: MaskedSampler, block_masks: list[torch.Tensor], steps: int) -> Iterator[SamplerStep]:
+    """The steps of ``sampler`` over the blocks, left to right, with the step budget split evenly."""
     whole_canvas = len(block_masks) == 1
-    for block, block_steps in zip(block_masks, split_evenly(options.steps, len(block_masks))):
+    for block, block_steps in zip(block_masks, split_evenly(steps, len(block_masks))):
         sampler.caller.start_block(block)
         yield from sampler.fill(block, block_steps, whole_canvas)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,17 @@ class SampleOutput:
         )
         tokens = join([output.tokens for output in outputs], pad_id)
         return cls(tokens, sum(output.model_calls for output in outputs), canvas, outputs[0].seed)
+
+
+def last_steps(steps: Iterable[SamplerStep]) -> Iterator[SamplerStep]:
+    """The last step of each batch of a pipeline's stream (batches are told apart by ``first_sample``)."""
+    last = None
+    for step in steps:
+        if last is not None and step.first_sample != last.first_sample:
+            yield last
+        last = step
+    if last is not None:
+        yield last
 
 
 def masked_fraction(tokens: torch.Tensor, generated: torch.Tensor, mask_id: int) -> torch.Tensor:
