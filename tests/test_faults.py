@@ -151,6 +151,20 @@ def test_the_command_reports_a_stop_in_one_line_with_the_signal_exit_code(tmp_pa
     assert err[-1] == f"stopped by SIGTERM at step 3, checkpoint saved; continue with `ddlm train --out {out} --resume`"
 
 
+def test_an_ignored_signal_stays_ignored():
+    """`ddlm train ... &` in a script ignores SIGINT (POSIX): the trainer must not make it stoppable by one."""
+    from ddlm.training.signals import StopSignals
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # ----- the real command in a subprocess -----
 
 def start_training(out: Path, corpus: Path, resume: bool = False, limit_bytes: int | None = None) -> subprocess.Popen:
@@ -205,6 +219,19 @@ def test_ddlm_train_stopped_at_a_random_point_resumes_bit_identically(tmp_path, 
     assert main(["train", "--resume", "--out", str(out), "--no-progress", "--device", "cpu",
                  "--cache-dir", str(corpus.parent / "cache")]) == 0
     assert_same_run(out, reference)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches /proc/PID/maps for torch loading")
+def test_ctrl_c_while_the_command_loads_torch_is_one_line_and_exit_130(tmp_path, corpus):
+    process = subprocess.Popen([sys.executable, "-m", "ddlm.launcher", "train", "--data", str(corpus), "--out",
+                                str(tmp_path / "run")], stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{process.pid}/maps")
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline and "libtorch" not in maps.read_text():
+        time.sleep(0.001)
+    process.send_signal(signal.SIGINT)  # torch is loading: inside `from ddlm.cli import main`
+    _, err = process.communicate(timeout=60)
+    assert (process.returncode, err) == (130, "interrupted\n")
 
 
 def test_a_second_training_into_a_busy_directory_is_refused(tmp_path, corpus, capsys):

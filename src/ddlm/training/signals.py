@@ -21,7 +21,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 class StopSignals:
     """While active, SIGINT and SIGTERM only set ``received``; a second signal raises KeyboardInterrupt at once.
 
-    Outside the main thread (where Python cannot install handlers) it does nothing.
+    A signal the process ignores stays ignored; outside the main thread (where Python cannot
+    install handlers) it does nothing.
     """
 
     def __init__(self) -> None:
@@ -30,7 +31,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            self.previous = {number: signal.signal(number, self.handle) for number in STOP_SIGNALS}
+            self.previous = {number: signal.signal(number, self.handle) for number in STOP_SIGNALS
+                             if signal.getsignal(number) is not signal.SIG_IGN}  # e.g. SIGINT under nohup or `&`
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
