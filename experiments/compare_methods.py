@@ -3,12 +3,13 @@
     python experiments/compare_methods.py --data ../shared/data/tinystories/train.txt \
         --valid ../shared/data/tinystories/valid.txt --budget 600 --out runs/methods
 
-Trains masked diffusion (linear and cosine schedules), SEDD absorbing, SEDD uniform and the
-autoregressive model one after the other with the same preset (bpe-small: one BPE tokenizer
-trained on the data, the same backbone) and the same training time, then evaluates each with
-the code of ``ddlm eval``: bits per byte on the validation text (the NELBO bound for diffusion,
-the exact NLL for AR), generative perplexity of unconditional samples under the AR model as
-judge with their unigram entropy at two step counts, and training / sampling tokens per second.
+Trains masked diffusion (linear and cosine schedules), SEDD absorbing and SEDD uniform (with
+SEDD's noise for each graph: log-linear and geometric) and the autoregressive model one after
+the other with the same preset (bpe-small: one BPE tokenizer trained on the data, the same
+backbone) and the same training time, then evaluates each with the code of ``ddlm eval``: bits
+per byte on the validation text (the NELBO bound for diffusion, the exact NLL for AR),
+generative perplexity of unconditional samples under the AR model as judge with their unigram
+entropy at two step counts, and training / sampling tokens per second.
 Finished runs are reused; pass --retrain to start over.
 """
 
@@ -20,7 +21,7 @@ import math
 import shutil
 from pathlib import Path
 
-from compare_processes import train_or_reuse
+from compare_processes import schedule_label, train_or_reuse
 
 from ddlm import DiffusionPipeline
 from ddlm.device import describe_machine
@@ -29,8 +30,8 @@ from ddlm.eval.report import EvalSettings, evaluate
 from ddlm.samplers import SamplerOptions
 
 METHODS: dict[str, list[str]] = {
-    "masked, linear (MDLM)": ["process.name=masked", "process.schedule=linear"],
-    "masked, cosine (MD4)": ["process.name=masked", "process.schedule=cosine"],
+    "masked, linear (MDLM)": ["process.name=masked", "process.schedule.name=linear"],
+    "masked, cosine (MD4)": ["process.name=masked", "process.schedule.name=cosine"],
     "SEDD absorbing": ["process.name=sedd-absorb"],
     "SEDD uniform": ["process.name=sedd-uniform"],
     "autoregressive": ["process.name=ar"],
@@ -80,6 +81,7 @@ def main() -> None:
             samples[steps] = result["samples"]
         summary = summaries[method]
         results[method] = {"likelihood": likelihood, "samples": samples, "training": summary,
+                           "schedule": schedule_label(pipe.process.to_dict()),
                            "train_tokens_per_second": summary["tokens"] / summary["train_seconds"]}
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\n{args.budget:.0f} s of training each, preset {args.preset}; machine: {describe_machine()}\n")
@@ -89,9 +91,9 @@ def main() -> None:
 def table(results: dict[str, dict], step_counts: list[int]) -> str:
     low, high = step_counts
     lines = [
-        f"| method | bits/byte (valid) | gen. PPL / entropy, {low} steps | gen. PPL / entropy, {high} steps "
+        f"| method | schedule | bits/byte (valid) | gen. PPL / entropy, {low} steps | gen. PPL / entropy, {high} steps "
         "| training tokens/s | sampling tokens/s | steps trained |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [row(method, result, low, high) for method, result in results.items()]
     return "\n".join(lines)
@@ -107,7 +109,8 @@ def row(method: str, result: dict, low: int, high: int) -> str:
             return "n/a (one call per token)"
         return f"{samples[steps]['generative_perplexity']:.1f} / {samples[steps]['unigram_entropy']:.2f}"
 
-    return (f"| {method} | {bound}{like['bits_per_byte']:.3f} ± {error:.3f} | {quality(low)} | {quality(high)} "
+    return (f"| {method} | {result['schedule']} | {bound}{like['bits_per_byte']:.3f} ± {error:.3f} "
+            f"| {quality(low)} | {quality(high)} "
             f"| {result['train_tokens_per_second']:,.0f} | {samples[max(samples)]['tokens_per_second']:,.0f} "
             f"| {result['training']['steps']} |")
 

@@ -4,8 +4,10 @@ the same preset and time budget, one after the other, and print a markdown table
     python experiments/compare_processes.py --data ../shared/data/tinyshakespeare.txt \
         --preset char-small --budget 600 --out runs/compare
 
-Each row: validation NELBO (an upper bound on the NLL; the exact NLL for AR) in nats and
-bits per token, training tokens per second, and the start of a sample.
+Each process trains with its default noise schedule (masked: linear; SEDD absorbing: log-linear;
+SEDD uniform: geometric). Each row: the schedule used, validation NELBO (an upper bound on the
+NLL; the exact NLL for AR) in nats and bits per token, training tokens per second, and the start
+of a sample.
 """
 
 from __future__ import annotations
@@ -44,7 +46,17 @@ def train_one(process: str, args: argparse.Namespace) -> dict:
     summary = train_or_reuse(out, [f"process.name={process}"], args)
     pipe = DiffusionPipeline.from_pretrained(out)
     summary["sample"] = pipe.generate(args.prompt, length=args.sample_length, steps=args.sample_steps, seed=0)[0]
+    summary["schedule"] = schedule_label(pipe.process.to_dict())
     return summary
+
+
+def schedule_label(process: dict) -> str:
+    """The noise schedule of a process description, e.g. "geometric (sigma_min=0.0001, sigma_max=20)"."""
+    if process.get("schedule") is None:
+        return "none"
+    parameters = {key: value for key, value in process["schedule"].items() if key != "name"}
+    listed = ", ".join(f"{key}={value:g}" for key, value in parameters.items())
+    return process["schedule"]["name"] + (f" ({listed})" if listed else "")
 
 
 def unigram_nats(args: argparse.Namespace, reference_run: Path) -> float:
@@ -61,15 +73,16 @@ def unigram_nats(args: argparse.Namespace, reference_run: Path) -> float:
 
 def table(results: dict[str, dict], unigram: float) -> str:
     lines = [
-        "| process | valid NELBO (nats/token) | bits/token | parameters | training tokens/s | steps | sample |",
-        "|---|---|---|---|---|---|---|",
-        f"| unigram baseline | {unigram:.3f} | {unigram / math.log(2):.3f} | | | | |",
+        "| process | schedule | valid NELBO (nats/token) | bits/token | parameters | training tokens/s | steps | sample |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| unigram baseline | | {unigram:.3f} | {unigram / math.log(2):.3f} | | | | |",
     ]
     for process, summary in results.items():
         nats = summary["final_valid_nelbo"]
         speed = summary["tokens"] / summary["train_seconds"]
         sample = summary["sample"].replace("\n", " / ").replace("|", "\\|")[:120]
-        lines.append(f"| {process} | {nats:.3f} | {nats / math.log(2):.3f} | {summary['parameters'] / 1e6:.2f} M "
+        lines.append(f"| {process} | {summary['schedule']} | {nats:.3f} | {nats / math.log(2):.3f} "
+                     f"| {summary['parameters'] / 1e6:.2f} M "
                      f"| {speed:,.0f} | {summary['steps']} | `{sample}` |")
     return "\n".join(lines)
 

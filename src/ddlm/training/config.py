@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ddlm.errors import DDLMError
+from ddlm.model.config import ModelConfig
 
 
 @dataclass
@@ -37,21 +38,18 @@ class DataSettings:
     hf_field: str = "text"  # the column holding the text
 
 
-@dataclass
-class ModelSettings:
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    mlp_hidden: int | None = None
-    dropout: float = 0.0
-    time_conditioning: bool = False  # masked diffusion only: SEDD always sees the noise level, AR never
-    cond_dim: int | None = None  # noise-embedding width feeding adaLN (default d_model)
+# The model section is a ModelConfig; the trainer fills these keys of it (from the tokenizer, the
+# data and the process), and ``model.time_conditioning`` decides only for masked diffusion (SEDD
+# always sees the noise level, AR never).
+FILLED_MODEL_KEYS = {"vocab_size": "the tokenizer", "context_length": "data.context_length", "causal": "process.name"}
 
 
 @dataclass
 class ProcessSettings:
     name: str = "masked"  # see ddlm.processes.PROCESS_BUILDERS
-    schedule: str = "linear"  # linear | cosine | polynomial | geometric
+    # {name: linear | cosine | polynomial | geometric, parameter: value, ...} (or just the name);
+    # null: the process's default (masked: linear; sedd-absorb: log-linear; sedd-uniform: geometric)
+    schedule: dict[str, Any] | None = None
     eps: float = 1e-3
     antithetic: bool = True
     estimator: str = "time"  # masked process: time | count (same NELBO, lower variance)
@@ -95,13 +93,16 @@ class RunConfig:
 
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
     data: DataSettings = field(default_factory=DataSettings)
-    model: ModelSettings = field(default_factory=ModelSettings)
+    model: ModelConfig = field(default_factory=ModelConfig)
     process: ProcessSettings = field(default_factory=ProcessSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        for key in FILLED_MODEL_KEYS:
+            del values["model"][key]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
@@ -129,30 +130,44 @@ class RunConfig:
         for key, value in flatten(self.to_dict()).items():
             section, _, name = key.partition(".")
             coerce(key, setting_type(getattr(self, section), name), value)
+        self.model.check()
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
+def flatten(values: dict[str, Any]) -> dict[str, Any]:
+    """{"a": {"b": 1, "c": {"d": 2}}} -> {"a.b": 1, "a.c": {"d": 2}}: sections to ``section.key``
+    (a mapping setting such as process.schedule stays whole)."""
     flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
+    for section, entries in values.items():
+        if not isinstance(entries, dict):
+            raise DDLMError(f"config section {section!r} must be a mapping of keys, got {entries!r}")
+        flat.update({f"{section}.{key}": value for key, value in entries.items()})
     return flat
 
 
 def set_value(config: RunConfig, dotted_key: str, value: Any) -> None:
-    """Set ``section.key`` on ``config``, checking that the key exists and the type and range fit."""
+    """Set ``section.key`` (or one entry, ``section.key.entry``, of a mapping setting) on ``config``,
+    checking that the key exists and the type and range fit."""
     section_name, _, key = dotted_key.partition(".")
+    key, _, entry = key.partition(".")
     section = getattr(config, section_name, None)
     if not is_dataclass(section) or not key:
         valid = [f.name for f in fields(config)]
         raise DDLMError(f"unknown config key {dotted_key!r}; keys look like section.key with section in {valid}")
-    names = {f.name: f for f in fields(section)}
+    if section_name == "model" and key in FILLED_MODEL_KEYS:
+        raise DDLMError(f"model.{key} is taken from {FILLED_MODEL_KEYS[key]}; leave it out of the model section")
+    names = [f.name for f in fields(section) if section_name != "model" or f.name not in FILLED_MODEL_KEYS]
     if key not in names:
         raise DDLMError(f"unknown config key {dotted_key!r}; {section_name} has {sorted(names)}")
-    setattr(section, key, coerce(dotted_key, setting_type(section, key), value))
+    declared = setting_type(section, key)
+    if entry:
+        if not is_mapping(declared[0]):
+            raise DDLMError(f"{section_name}.{key} is not a mapping; write {section_name}.{key}=VALUE")
+        value = {**(getattr(section, key) or {}), entry: value}
+    setattr(section, key, coerce(f"{section_name}.{key}", declared, value))
+
+
+def is_mapping(kind: Any) -> bool:
+    return kind is dict or typing.get_origin(kind) is dict
 
 
 def setting_type(section: Any, key: str) -> tuple[type, bool]:
@@ -201,6 +216,8 @@ BOUNDS: dict[str, Bounds] = {
     "model.mlp_hidden": AT_LEAST_ONE,
     "model.dropout": BELOW_ONE,
     "model.cond_dim": AT_LEAST_ONE,
+    "model.rope_theta": POSITIVE,
+    "model.norm_eps": POSITIVE,
     "process.eps": Bounds(0, 1, low_open=True, high_open=True),
     "process.block_size": AT_LEAST_ONE,
     "process.clip_min": Bounds(0, 1, low_open=True),
@@ -244,6 +261,12 @@ def coerce(dotted_key: str, declared: tuple[type, bool], value: Any) -> Any:
         if not isinstance(value, str):
             raise DDLMError(f"{dotted_key} must be text, got {value!r}")
         return value
+    if is_mapping(kind):  # a mapping setting with a name, such as process.schedule: the bare name will do
+        if isinstance(value, str):
+            return {"name": value}
+        if not isinstance(value, dict) or not all(isinstance(entry, str) for entry in value):
+            raise DDLMError(f"{dotted_key} must be a name or a mapping {{name: ..., key: value}}, got {value!r}")
+        return dict(value)
     number = to_number(dotted_key, kind, value)
     bounds = BOUNDS.get(dotted_key)
     if bounds is not None and not bounds.contains(number):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ddlm.data import BatchLoader, TokenizedCorpus
 from ddlm.device import autocast, describe_machine, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
 from ddlm.fileio import error_reason
-from ddlm.model import ModelConfig, Transformer
+from ddlm.model import Transformer
 from ddlm.pipeline import DiffusionPipeline
 from ddlm.processes import Process, Vocabulary, build_process
 from ddlm.tokenizers import Tokenizer
@@ -39,27 +40,20 @@ EVAL_BATCH_TOKENS = 16384  # validation batches hold about this many tokens
 
 
 def build_run_process(config: RunConfig, tokenizer: Tokenizer) -> Process:
-    settings = config.process
-    return build_process(
-        {"name": settings.name, "schedule": {"name": settings.schedule}, "eps": settings.eps,
-         "antithetic": settings.antithetic, "estimator": settings.estimator, "block_size": settings.block_size,
-         "clip_min": settings.clip_min, "clip_max": settings.clip_max},
-        Vocabulary.of(tokenizer),
-    )
+    """The process the run's ``process`` section describes, over the tokenizer's vocabulary."""
+    return build_process(asdict(config.process), Vocabulary.of(tokenizer))
 
 
 def build_model(config: RunConfig, tokenizer: Tokenizer, process: Process) -> Transformer:
-    """The backbone, with noise conditioning and a causal mask where the process needs them.
+    """The backbone of the run's ``model`` section, with the vocabulary, context length, noise
+    conditioning and attention mask filled from the tokenizer, the data and the process.
 
     ``model.time_conditioning`` matters only where the process leaves it open (masked diffusion).
     """
-    settings = config.model
-    conditioning = {"required": True, "optional": settings.time_conditioning, "none": False}[process.noise_conditioning]
-    return Transformer(ModelConfig(
-        vocab_size=tokenizer.vocab_size, context_length=config.data.context_length,
-        d_model=settings.d_model, n_layers=settings.n_layers, n_heads=settings.n_heads,
-        mlp_hidden=settings.mlp_hidden, dropout=settings.dropout,
-        time_conditioning=conditioning, cond_dim=settings.cond_dim, causal=process.causal,
+    conditioning = {"required": True, "optional": config.model.time_conditioning, "none": False}
+    return Transformer(replace(
+        config.model, vocab_size=tokenizer.vocab_size, context_length=config.data.context_length,
+        time_conditioning=conditioning[process.noise_conditioning], causal=process.causal,
     ))
 
 
@@ -125,9 +119,7 @@ class Trainer:
     def wrap_for_data_parallel(self, model: Transformer) -> torch.nn.Module:
         if not self.dist.enabled:
             return model
-        wrapped = torch.nn.parallel.DistributedDataParallel(model)
-        wrapped.config = model.config  # processes read model.config (e.g. time conditioning)
-        return wrapped
+        return torch.nn.parallel.DistributedDataParallel(model)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -139,7 +131,8 @@ class Trainer:
         """Train until max_steps or the time budget (or ``stop_after`` steps); export the model.
 
         SIGINT and SIGTERM stop the run at the next step boundary, after a checkpoint of that
-        step, with ``TrainingInterrupted``; a second signal stops it at once (KeyboardInterrupt).
+        step, with ``TrainingInterrupted``; a second signal, or one during the final evaluation
+        and export, stops it at once (KeyboardInterrupt).
         """
         if stop_after is not None and stop_after < 1:
             raise DDLMError(f"stop_after must be at least 1, got {stop_after}")
@@ -150,7 +143,8 @@ class Trainer:
                 self.log = MetricsLog(self.out_dir, resume_step=self.state.step)
             with StopSignals() as signals:
                 self.run_steps(stop_after, signals)
-            summary = self.finish()
+                signals.stop_at_once()  # the last checkpoint is on disk: a signal during the export ends it
+                summary = self.finish()
         finally:
             self.run_lock.release()
         self.dist.shutdown()
