@@ -13,7 +13,7 @@ pytest.importorskip("fastapi", reason="the app extra is not installed")
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from ddlm.app.limits import GenerationPool, Limits, QueueFull  # noqa: E402
+from ddlm.app.limits import GenerationPool, Limits, QueueFull, RunStopped  # noqa: E402
 from ddlm.app.render import Frame, TokenPieces, canvas_html  # noqa: E402
 from ddlm.app.server import create_app, serve  # noqa: E402
 from ddlm.app.service import Models  # noqa: E402
@@ -244,7 +244,9 @@ def test_pool_runs_workers_queues_some_refuses_the_rest_and_passes_errors_on():
                                                 "refused": 1, "failed": 0, "timed_out": 0}
     second.cancel()  # a client gone while waiting: it never runs
     gate.set()
-    assert list(first) == [0, 1, 2] and list(second) == []
+    assert list(first) == [0, 1, 2]
+    with pytest.raises(RunStopped):
+        list(second)
 
     def broken():
         yield 1
@@ -254,7 +256,12 @@ def test_pool_runs_workers_queues_some_refuses_the_rest_and_passes_errors_on():
         list(pool.submit(broken))
     stats = pool.stats()
     assert (stats["completed"], stats["cancelled"], stats["failed"], stats["running"], stats["waiting"]) == (1, 1, 1, 0, 0)
-    pool.shutdown()
+
+    endless = pool.submit(lambda: iter(range(10**9)))
+    assert next(iter(endless)) == 0
+    pool.shutdown()  # Ctrl-C: running generations stop at their next step, and say so
+    with pytest.raises(RunStopped):
+        list(endless)
 
 
 def test_canvas_html_shows_masks_new_tokens_and_confidence(models):

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ddlm.app.limits import GenerationPool, Limits, QueueFull, Run, TimeLimitExceeded
+from ddlm.app.limits import GenerationPool, Limits, QueueFull, Run, RunStopped, TimeLimitExceeded
 from ddlm.app.service import (
     SAMPLER_FIELDS,
     GenerationRequest,
@@ -118,6 +118,7 @@ def error_answer(status: int, kind: str, message: str, field: str | None = None,
 
 
 QUEUE_FULL_MESSAGE = "the server is busy: every worker is generating and the queue is full; retry in a few seconds"
+STOPPED_MESSAGE = "the generation was stopped before it finished (the server is shutting down); retry later"
 
 
 def time_limit_message(limits: Limits) -> str:
@@ -219,6 +220,8 @@ def api_router(server: Server) -> APIRouter:
             raise as_request_error(error) from None
         except TimeLimitExceeded:
             return error_answer(503, "time_limit", time_limit_message(server.limits))
+        except RunStopped:
+            return error_answer(503, "stopped", STOPPED_MESSAGE)
         return run_result(model, options, list(last.values()), seconds).to_json()
 
     @router.post("/v1/generate/stream", tags=["generation"],
@@ -234,8 +237,10 @@ def api_router(server: Server) -> APIRouter:
             first = await anext(steps)  # an option the sampler refuses is still a 422, before the stream starts
         except DDLMError as error:
             raise as_request_error(error) from None
-        except (TimeLimitExceeded, StopAsyncIteration):
+        except TimeLimitExceeded:
             return error_answer(503, "time_limit", time_limit_message(server.limits))
+        except RunStopped:
+            return error_answer(503, "stopped", STOPPED_MESSAGE)
 
         async def events() -> AsyncIterator[str]:
             last: dict[int, SamplerStep] = {}
@@ -251,6 +256,8 @@ def api_router(server: Server) -> APIRouter:
             except TimeLimitExceeded:
                 yield sse("error", {"error": {"type": "time_limit", "field": None,
                                               "message": time_limit_message(server.limits)}})
+            except RunStopped:
+                yield sse("error", {"error": {"type": "stopped", "field": None, "message": STOPPED_MESSAGE}})
             finally:  # the client went away (or the stream ended): stop the generation
                 run.cancel()
 

@@ -51,6 +51,10 @@ class TimeLimitExceeded(Exception):
     """A generation ran longer than the server's ``max_seconds``."""
 
 
+class RunStopped(Exception):
+    """A generation was cancelled before it finished (the server is shutting down)."""
+
+
 _DONE = object()
 
 
@@ -149,6 +153,8 @@ class GenerationPool:
                     break
             else:
                 outcome = "cancelled" if run.cancelled.is_set() else outcome
+            if outcome == "cancelled":
+                run.put(RunStopped())  # for a consumer still listening: the steps it got are not a result
         except Exception as error:  # handed to the request, which answers with it
             outcome = "failed"
             run.put(error)
@@ -165,6 +171,7 @@ class GenerationPool:
             if future.cancelled():  # cancelled while waiting in line: _work never ran
                 self.counts["cancelled"] += 1
         if future.cancelled():
+            run.put(RunStopped())
             run.put(_DONE)
 
     def stats(self) -> dict[str, int]:

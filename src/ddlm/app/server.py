@@ -38,7 +38,7 @@ def create_app(models: Models, limits: Limits | None = None, web_page: bool = Tr
 
         from ddlm.app.ui import CSS, build_page
 
-        app = gr.mount_gradio_app(app, build_page(server), path="/", css=CSS, footer_links=["api"])
+        app = gr.mount_gradio_app(app, build_page(server), path="/", css=CSS, footer_links=[])
     return app
 
 

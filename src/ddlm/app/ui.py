@@ -14,8 +14,8 @@ from typing import Any
 import gradio as gr
 import torch
 
-from ddlm.app.api import QUEUE_FULL_MESSAGE, Server, time_limit_message
-from ddlm.app.limits import Limits, QueueFull, Run, TimeLimitExceeded
+from ddlm.app.api import QUEUE_FULL_MESSAGE, STOPPED_MESSAGE, Server, time_limit_message
+from ddlm.app.limits import Limits, QueueFull, Run, RunStopped, TimeLimitExceeded
 from ddlm.app.render import CSS, LEGEND, Frame, FrameMaker, TokenPieces, canvas_html, status_html
 from ddlm.app.service import GenerationRequest, Model, RequestError, as_request_error, open_stream, run_result, timed
 from ddlm.errors import DDLMError
@@ -124,6 +124,8 @@ def steps_of(run: Run, limits: Limits) -> Iterator[Any]:
         raise gr.Error(as_request_error(error).message) from None
     except TimeLimitExceeded:
         raise gr.Error(time_limit_message(limits)) from None
+    except RunStopped:
+        raise gr.Error(STOPPED_MESSAGE) from None
 
 
 class Pacer:
