@@ -1,11 +1,21 @@
-"""Views of sampling: the live terminal view rendered into a recording rich console."""
+"""Views: the live terminal view in a recording rich console, GIF animations opened with Pillow, plots."""
 
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
 from rich.console import Console
 
+from ddlm.cli import main
+from ddlm.errors import DDLMError
+from ddlm.training.logger import MetricsLog
+from ddlm.viz.animation import MASK_FILL, REMASK_FILL, forward_frames
+from ddlm.viz.plots import pyplot, read_log
 from ddlm.viz.terminal import LiveView, SamplingProgress
 from ddlm.viz.tokens import MASK_GLYPH, Kind, position_kinds
 from tests.test_stream import TOKENIZER, pipeline
@@ -49,3 +59,105 @@ def test_progress_bar_is_hidden_when_stderr_is_not_a_terminal():
     with SamplingProgress(3, console=console) as progress:
         list(progress.watch(pipe.stream(num_samples=3, length=4, steps=2, seed=0, batch_size=2)))
     assert progress.progress.disable and console.file.getvalue() == ""
+
+
+# ----- animations -----
+
+def mask_pixels(image: Image.Image) -> int:
+    """Pixels in the colour of a masked position's box."""
+    return int((np.asarray(image.convert("RGB")) == MASK_FILL).all(axis=-1).sum())
+
+
+def frames_of(path: Path) -> list[Image.Image]:
+    with Image.open(path) as gif:
+        frames = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            frames.append(gif.convert("RGB"))
+        return frames
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("viz") / "model"
+    pipeline("masked").save_pretrained(directory)
+    return directory
+
+
+def test_animate_writes_one_frame_per_step_from_all_masked_to_none(model_dir, tmp_path):
+    out = tmp_path / "denoise.gif"
+    arguments = ["--prompt", "ab", "--length", "12", "--steps", "6", "--seed", "2", "--policy", "confidence"]
+    assert main(["animate", "--model", str(model_dir), "--out", str(out), *arguments, "--hold-ms", "1500"]) == 0
+    steps = list(pipeline("masked").stream("ab", length=12, steps=6, seed=2, policy="confidence"))
+    frames = frames_of(out)
+    assert len(frames) == len(steps) + 1  # the start, then one frame per step
+    legend = mask_pixels(frames[-1])  # the legend's box; no masked position is left at the end
+    assert mask_pixels(frames[0]) > legend + 12 * 50  # twelve boxes of more than 50 pixels each
+    boxes = [mask_pixels(frame) - legend for frame in frames]
+    assert boxes == sorted(boxes, reverse=True)  # the confidence policy never masks again
+    with Image.open(out) as gif:
+        gif.seek(len(frames) - 1)
+        assert gif.info["duration"] == 120 + 1500  # the last frame is held
+
+
+def test_animate_colours_by_reveal_time_and_writes_webp(model_dir, tmp_path):
+    out = tmp_path / "denoise.webp"
+    assert main(["animate", "--model", str(model_dir), "--out", str(out), "--length", "8", "--steps", "4",
+                 "--seed", "0", "--color", "time"]) == 0
+    with Image.open(out) as webp:
+        assert webp.format == "WEBP" and webp.n_frames >= 2
+
+
+def test_forward_animation_masks_more_at_each_level(model_dir, tmp_path):
+    out = tmp_path / "forward.gif"
+    assert main(["animate", "--model", str(model_dir), "--out", str(out), "--forward", "abcdefabcdef",
+                 "--steps", "8"]) == 0
+    frames = frames_of(out)
+    boxes = [mask_pixels(frame) for frame in frames]
+    assert len(frames) == 9 and boxes == sorted(boxes)  # t = 0 .. 1; a masked token stays masked
+    assert boxes[0] == min(boxes) and boxes[-1] > boxes[0] + 12 * 50  # clean at t = 0, all masked at t = 1
+
+
+def test_forward_animation_of_uniform_sedd_resamples_tokens():
+    process = pipeline("sedd-uniform").process
+    frames = forward_frames(process, TOKENIZER, "abcdefabcdef" * 3, count=5, seed=1)
+    resampled = [sum(cell.ink == REMASK_FILL for cell in frame.cells) for frame in frames]
+    assert resampled[0] == 0 and resampled[-1] > 20 and all(cell.box is None for cell in frames[-1].cells)
+
+
+def test_animation_errors_are_one_line(model_dir, tmp_path, capsys):
+    assert main(["animate", "--model", str(model_dir), "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "animations are .gif or .webp files" in capsys.readouterr().err
+    with pytest.raises(DDLMError, match="no forward noise process"):
+        forward_frames(pipeline("ar").process, TOKENIZER, "abc", count=4)
+
+
+# ----- plots -----
+
+def write_log(run: Path, rows: list[dict]) -> None:
+    log = MetricsLog(run)
+    for row in rows:
+        log.write(**row)
+    log.close()
+
+
+def test_plot_overlays_the_curves_of_several_runs(tmp_path):
+    for name, scale in (("a", 1.0), ("b", 1.5)):
+        run = tmp_path / name
+        run.mkdir()
+        write_log(run, [{"step": s, "elapsed_s": s * 0.5, "train_nelbo": scale * 4 / s,
+                         "valid_nelbo": scale * 4 / s if s % 10 == 0 else ""} for s in range(1, 41)])
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.width > 600 and image.height > 400
+    curves = read_log(tmp_path / "b")
+    assert len(curves["train_nelbo"]) == 40 and [p[0] for p in curves["valid_nelbo"]] == [10, 20, 30, 40]
+
+
+def test_plot_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 2
+    assert "no log.csv" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the plot extra were not installed
+    with pytest.raises(DDLMError, match=r"pip install 'ddlm\[plot\]'"):
+        pyplot()

@@ -17,6 +17,7 @@ from ddlm.errors import DDLMError
 from ddlm.pipeline import DEFAULT_BATCH_SIZE
 from ddlm.samplers.options import SEDD_METHODS, SamplerOptions
 from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
+from ddlm.viz.animation import COLOR_BY
 
 EXIT_USAGE = 2
 
@@ -99,6 +100,28 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--live", action="store_true",
                         help="watch the denoising in the terminal (plain text when stdout is not a terminal)")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar on stderr")
+
+    animate = commands.add_parser("animate", parents=[common, sampler_flags()],
+                                  help="a GIF (or WebP) of one sample being denoised, or of the forward process")
+    animate.add_argument("--model", required=True, help="a model directory, bundled model name or Hub id")
+    animate.add_argument("--out", required=True, help="the animation to write: a .gif or .webp file")
+    animate.add_argument("--prompt", help="text the sample starts with (kept fixed)")
+    animate.add_argument("--infill", metavar="TEMPLATE", help=r"fill the gaps of a template, e.g. 'To be, [MASK*12]'")
+    animate.add_argument("--suffix", help="text fixed after the generated positions")
+    animate.add_argument("--length", type=int, help="tokens to generate (default: fill the context)")
+    animate.add_argument("--steps", type=int, default=64,
+                         help="denoising steps, one frame each (--forward: noise levels) (default: 64)")
+    animate.add_argument("--seed", type=int, help="random seed (default: a fresh one)")
+    animate.add_argument("--color", choices=COLOR_BY, default="confidence",
+                         help="colour tokens by the model's confidence or by when they were revealed")
+    animate.add_argument("--forward", metavar="TEXT", help="animate the forward process on TEXT instead of sampling")
+    animate.add_argument("--frame-ms", type=int, default=120, help="time per frame (default: 120)")
+    animate.add_argument("--hold-ms", type=int, default=2000, help="extra time on the last frame (default: 2000)")
+    animate.add_argument("--precision", default="fp32", choices=PRECISIONS)
+
+    plot = commands.add_parser("plot", parents=[common], help="training curves of runs (needs the plot extra)")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the --out of `ddlm train`)")
+    plot.add_argument("--out", required=True, help="the figure to write: .png, .svg or .pdf")
     sample.add_argument("--seed", type=int)
     sample.add_argument("--precision", default="fp32", choices=PRECISIONS)
     sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
@@ -204,6 +227,35 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_animate(args: argparse.Namespace) -> int:
+    from ddlm import DiffusionPipeline
+    from ddlm.viz.animation import check_animation_path, denoising_frames, forward_frames, legend_for, save_animation
+
+    check_animation_path(args.out)
+    pipe = DiffusionPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
+    if args.forward is not None:
+        frames = forward_frames(pipe.process, pipe.tokenizer, args.forward, args.steps + 1, args.seed or 0)
+        legend = legend_for(None)
+    else:
+        options = sampler_options_from_args(args).with_seed()
+        steps = list(pipe.stream(args.prompt, options, length=args.length, infill=args.infill, suffix=args.suffix,
+                                 texts=False))
+        frames, legend = denoising_frames(steps, pipe.tokenizer, args.color), legend_for(args.color)
+        if args.seed is None:
+            print(f"seed {options.seed} (pass --seed {options.seed} to animate this sample again)", file=sys.stderr)
+    count = save_animation(frames, args.out, legend, args.frame_ms, args.hold_ms)
+    print(f"wrote {args.out} ({count} frames)", file=sys.stderr)
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from ddlm.viz.plots import plot_runs
+
+    plot_runs(args.runs, args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def print_sample(args: argparse.Namespace, index: int, text: str) -> None:
     """One sample of ``ddlm sample``, as text with separator lines or as a JSON line."""
     if args.format == "jsonl":
@@ -255,7 +307,8 @@ def run_presets(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": run_train, "sample": run_sample, "eval": run_eval, "presets": run_presets}
+    handlers = {"train": run_train, "sample": run_sample, "animate": run_animate, "plot": run_plot, "eval": run_eval,
+                "presets": run_presets}
     try:
         return handlers[args.command](args)
     except DDLMError as error:
