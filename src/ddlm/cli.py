@@ -151,7 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
 
     commands.add_parser("presets", parents=[common], help="list the named configurations")
+    add_serve_parser(commands, common)
     return parser
+
+
+def add_serve_parser(commands, common: argparse.ArgumentParser) -> None:
+    """``ddlm serve``: its limits default to those of ddlm.app.limits.Limits (read without importing the app)."""
+    from ddlm.app.limits import Limits
+
+    limits = Limits()
+    serve = commands.add_parser("serve", parents=[common], help="web app and HTTP API: watch the denoising live")
+    serve.add_argument("--model", action="append",
+                       help="a model directory or bundled model name; repeat for a model picker "
+                            "(default: every installed bundled model)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    serve.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    serve.add_argument("--trust-remote-code", action="store_true",
+                       help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
+    serve.add_argument("--workers", type=int, default=limits.workers,
+                       help=f"generations running at once (default: {limits.workers})")
+    serve.add_argument("--queue", type=int, default=limits.queue_size,
+                       help=f"generations waiting for a worker; more are refused with 429 (default: {limits.queue_size})")
+    serve.add_argument("--max-samples", type=int, default=limits.max_samples,
+                       help=f"samples per request (default: {limits.max_samples})")
+    serve.add_argument("--max-length", type=int, default=limits.max_length,
+                       help=f"tokens generated per sample (default: {limits.max_length})")
+    serve.add_argument("--max-steps", type=int, default=limits.max_steps,
+                       help=f"sampler steps per request (default: {limits.max_steps})")
+    serve.add_argument("--max-seconds", type=parse_duration, default=limits.max_seconds,
+                       help=f"running time of one generation, e.g. 90s or 2m (default: {limits.max_seconds:g} s)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -305,10 +334,26 @@ def run_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    from ddlm.app import require_app_extra
+
+    require_app_extra()
+    from ddlm.app.limits import Limits
+    from ddlm.app.server import serve
+    from ddlm.app.service import Models
+
+    limits = Limits(max_samples=args.max_samples, max_length=args.max_length, max_steps=args.max_steps,
+                    max_seconds=args.max_seconds, workers=args.workers, queue_size=args.queue)
+    models = Models.load(args.model or [], device=args.device, precision=args.precision,
+                         trust_remote_code=args.trust_remote_code)
+    serve(models, args.host, args.port, limits)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": run_train, "sample": run_sample, "animate": run_animate, "plot": run_plot, "eval": run_eval,
-                "presets": run_presets}
+                "presets": run_presets, "serve": run_serve}
     try:
         return handlers[args.command](args)
     except DDLMError as error:
