@@ -28,6 +28,7 @@ MASKED_LM_CLASS = "AutoModelForMaskedLM"
 REMOTE_CLASSES = (MASKED_LM_CLASS, "AutoModel")  # LLaDA and Dream register their network under AutoModel
 POSITION_FIELDS = ("max_position_embeddings", "max_sequence_length", "n_positions")
 PROCESS = {"name": "masked", "schedule": {"name": "linear"}}
+CACHE_KEYWORDS = ("past_key_values", "cache")  # LLaDA-style remote code; transformers 5's own name
 
 
 def is_transformers_config(config: dict[str, Any]) -> bool:
@@ -81,8 +82,9 @@ def load_transformers_model(
         raise DDLMError(f"the model scores {output_size} tokens but its tokenizer has {ddlm_tokenizer.vocab_size}; "
                         f"the tokenizer files in {directory} belong to another model")
     shifted = model_type in SHIFTED_MODEL_TYPES
-    cache_support = class_name == "AutoModel" and not shifted and "past_key_values" in forward_parameters(network)
-    model = HFDiffusionModel(network.eval(), backbone, start_ids, shift_logits=shifted, cache_support=cache_support)
+    keyword = next((name for name in CACHE_KEYWORDS if name in forward_parameters(network)), None)
+    cache_keyword = keyword if class_name == "AutoModel" and not shifted else None
+    model = HFDiffusionModel(network.eval(), backbone, start_ids, shift_logits=shifted, cache_keyword=cache_keyword)
     process = build_process(PROCESS, Vocabulary.of(ddlm_tokenizer))
     summary = {"source": "transformers", "model_type": model_type, "model_class": type(network).__name__,
                "directory": str(directory)}

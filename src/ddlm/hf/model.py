@@ -12,7 +12,8 @@ The prefix cache (``new_cache``) drives the network's own ``past_key_values`` th
 Fast-dLLM drives LLaDA's: one full pass stores every position's keys and values, then the
 positions from the current block on are run again against the stored prefix, cut to its
 length. It is offered for LLaDA-style networks (``AutoModel``) whose ``forward`` takes
-``past_key_values``; a model whose code refuses a cache (LLaDA's own asserts) is told in one line.
+``past_key_values`` (or ``cache``, its name from transformers 5 on); a model whose code refuses
+a cache (LLaDA's own asserts) is told in one line.
 """
 
 from __future__ import annotations
@@ -69,13 +70,13 @@ class HFDiffusionModel(nn.Module):
     uses_noise = False
 
     def __init__(self, network: nn.Module, config: HFBackboneConfig, start_ids: list[int] | tuple[int, ...] = (),
-                 shift_logits: bool = False, cache_support: bool = False):
+                 shift_logits: bool = False, cache_keyword: str | None = None):
         super().__init__()
         self.network = network
         self.config = config
         self.start_ids = list(start_ids)
         self.shift_logits = shift_logits
-        self.cache_support = cache_support
+        self.cache_keyword = cache_keyword  # the forward argument taking past keys/values; None: no prefix cache
 
     @property
     def context_length(self) -> int:
@@ -92,7 +93,7 @@ class HFDiffusionModel(nn.Module):
 
     def new_cache(self, batch_size: int) -> HFPrefixCache:
         """An empty prefix cache, for a network that takes ``past_key_values``; else a one-line refusal."""
-        if not self.cache_support:
+        if self.cache_keyword is None:
             raise DDLMError(
                 f"the prefix cache is off for this Hugging Face model ({self.config.model_type}): ddlm drives only "
                 "LLaDA-style past_key_values; drop --prefix-cache (prefix_cache=True)"
@@ -135,15 +136,16 @@ class HFDiffusionModel(nn.Module):
     def cached_forward(self, inputs: dict[str, Any], cache: HFPrefixCache, new: int) -> torch.Tensor:
         """Run ``inputs`` against the first ``cache.length`` stored positions, then store the new ones too."""
         if cache.length:
-            inputs["past_key_values"] = crop(cache.past, len(self.start_ids) + cache.length)
+            inputs[self.cache_keyword] = crop(cache.past, len(self.start_ids) + cache.length)
         try:
             output = self.network(**inputs, use_cache=True)
         except (AssertionError, TypeError, ValueError, NotImplementedError) as error:
             reason = " ".join(str(error).split()) or type(error).__name__
             raise DDLMError(f"this model's code refuses a key/value cache ({reason}); "
                             "drop --prefix-cache (prefix_cache=True)") from None
-        if getattr(output, "past_key_values", None) is None:
+        past = next((output.get(name) for name in ("cache", "past_key_values") if output.get(name) is not None), None)
+        if past is None:  # (transformers 5 renamed the field to cache)
             raise DDLMError("this model's code returns no key/value cache; drop --prefix-cache (prefix_cache=True)")
-        cache.past = output.past_key_values
+        cache.past = past
         cache.length += new
         return output.logits
