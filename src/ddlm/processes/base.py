@@ -63,10 +63,15 @@ class ContinuousTime:
         return torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64)
 
     def sample_times(
-        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+        within: tuple[float, float] | None = None,
     ) -> torch.Tensor:
-        """(B,) float64 times in [eps, 1]."""
-        return self.eps + (1 - self.eps) * self.uniforms(batch_size, device, generator)
+        """(B,) float64 times in [eps, 1], or in the interval ``within``."""
+        low, high = within or (self.eps, 1.0)
+        return low + (high - low) * self.uniforms(batch_size, device, generator)
 
 
 class Process(Protocol):

@@ -96,10 +96,7 @@ class BlockDiffusion(MaskedDiffusion):
         self, count: int, device: torch.device, generator: torch.Generator | None, clipped: bool
     ) -> torch.Tensor:
         """``count`` times, one per block: in [eps, 1], or in the clipped range when ``clipped``."""
-        if not clipped or (self.clip_min is None and self.clip_max is None):
-            return self.sample_times(count, device, generator)
-        low, high = self.clip_range
-        return low + (high - low) * self.uniforms(count, device, generator)
+        return self.sample_times(count, device, generator, self.clip_range if clipped else None)
 
     def check_length(self, length: int) -> None:
         if length % self.block_size:
