@@ -123,7 +123,7 @@ def bad_inputs(tmp_path: Path, trained: Path) -> dict[str, tuple[list[str], str]
         "character outside the vocabulary": (model + ["--prompt", "snow \u2603"], "outside the character vocabulary"),
         "zero steps": (model + ["--steps", "0"], "steps must be at least 1"),
         "length beyond the context": (model + ["--length", "1000"], "exceed the model's context"),
-        "missing model directory": (["sample", "--model", str(tmp_path / "absent")], "not found"),
+        "missing model directory": (["sample", "--model", str(tmp_path / "absent")], "does not exist"),
         "corrupt model directory": (["sample", "--model", str(corrupt)], "not valid JSON"),
     }
 

@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 import json
 import math
-import re
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from ddlm import __version__
+from ddlm.bundled import DEFAULT_JUDGE, DEFAULT_MODEL
 from ddlm.device import PRECISIONS, describe_machine, has_fast_bf16
 from ddlm.errors import DDLMError
 from ddlm.pipeline import DEFAULT_BATCH_SIZE
@@ -20,14 +21,26 @@ from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
 from ddlm.viz.animation import COLOR_BY
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 
 def parse_duration(text: str) -> float:
     """Seconds in '600', '90s', '10m', '1.5h'."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}; write e.g. 600, 90s, 10m or 1.5h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    from ddlm.training.config import duration_seconds
+
+    try:
+        return duration_seconds(text)
+    except DDLMError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def check_minimums(args: argparse.Namespace, minimums: dict[str, int]) -> None:
+    """A one-line error for a numeric option below its minimum (None: not given)."""
+    for name, minimum in minimums.items():
+        value = getattr(args, name)
+        if value is not None and not value >= minimum:
+            raise DDLMError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
 
 
 def sampler_flags() -> argparse.ArgumentParser:
@@ -66,8 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     common.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
 
-    parser = argparse.ArgumentParser(prog="ddlm", description="Train and sample discrete diffusion language models.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="ddlm", description="Train, sample and evaluate discrete diffusion language models.",
+        epilog="Start with `ddlm sample` (the bundled Shakespeare model); `ddlm COMMAND --help` for each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"ddlm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser("train", parents=[common], help="train a model on a text corpus")
     train.add_argument("--data", help="training text: a .txt file, a folder of .txt files, a .jsonl file, a folder "
@@ -86,13 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     sample = commands.add_parser("sample", parents=[common, sampler_flags()], help="generate text from a model directory")
-    sample.add_argument("--model", required=True, help="model directory written by `ddlm train`")
+    sample.add_argument("--model", help=f"a model directory written by `ddlm train`, a bundled model (`ddlm models`) "
+                                         f"or a Hub id (default: the bundled {DEFAULT_MODEL!r})")
     sample.add_argument("--prompt", action="append",
                         help="text the samples start with (kept fixed); repeat for several prompts in one batch")
     sample.add_argument("--infill", metavar="TEMPLATE",
                         help=r"fill the gaps of a template, e.g. 'To be, or [MASK*12], that is' (\[ for a bracket)")
     sample.add_argument("--suffix", help="text fixed after the generated positions (diffusion models)")
-    sample.add_argument("-n", "--num-samples", type=int, default=1)
+    sample.add_argument("-n", "--num-samples", type=int, default=1, help="samples per prompt (default: 1)")
     sample.add_argument("--length", type=int, help="tokens to generate (default: fill the context)")
     sample.add_argument("--steps", type=int, default=128, help="denoising steps (default: 128)")
     sample.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
@@ -122,10 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", parents=[common], help="training curves of runs (needs the plot extra)")
     plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the --out of `ddlm train`)")
     plot.add_argument("--out", required=True, help="the figure to write: .png, .svg or .pdf")
-    sample.add_argument("--seed", type=int)
+    sample.add_argument("--seed", type=int, help="random seed, for repeatable samples (default: a fresh one)")
     sample.add_argument("--precision", default="fp32", choices=PRECISIONS)
     sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
-    sample.add_argument("--format", choices=["text", "jsonl"], default="text")
+    sample.add_argument("--format", choices=["text", "jsonl"], default="text",
+                        help="plain text with separator lines, or one JSON object per sample (default: text)")
     sample.add_argument("--chat", action="store_true",
                         help="wrap each prompt in the tokenizer's chat template (Hugging Face chat models)")
     sample.add_argument("--trust-remote-code", action="store_true",
@@ -133,12 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", parents=[common, sampler_flags()],
                                    help="likelihood, sample quality, diversity and speed of models")
-    evaluate.add_argument("--model", action="append", required=True, help="a model directory; repeat to compare")
+    evaluate.add_argument("--model", action="append", required=True,
+                          help="a model directory or bundled model name; repeat to compare")
     evaluate.add_argument("--data", help="held-out text for the likelihood: a file, folder, .jsonl, saved data set or "
                           "hf:NAME (its data.hf_valid_split), or shakespeare: the built-in corpus's last 10%%, "
                           "the text training holds out; a local path of that name wins")
-    evaluate.add_argument("--metrics", nargs="+", default=["likelihood", "samples"], choices=["likelihood", "samples"])
-    evaluate.add_argument("--judge", help="judge for generative perplexity: a ddlm AR model or a local Hugging Face LM")
+    evaluate.add_argument("--metrics", nargs="+", default=["likelihood", "samples"], choices=["likelihood", "samples"],
+                          help="likelihood: NELBO on --data; samples: judge NLL, diversity and speed (default: both)")
+    evaluate.add_argument("--judge", help="judge for generative perplexity: a ddlm AR model or a local Hugging Face LM "
+                                          f"(default: the bundled {DEFAULT_JUDGE!r} for models of its vocabulary)")
     evaluate.add_argument("--json", metavar="OUT", help="write every figure and setting to this JSON file")
     evaluate.add_argument("--draws", type=int, default=16, help="NELBO time draws per sequence (default: 16)")
     evaluate.add_argument("--max-sequences", type=int, default=64, help="held-out rows scored, 0 for all (default: 64)")
@@ -150,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--trust-remote-code", action="store_true",
                           help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
 
-    commands.add_parser("presets", parents=[common], help="list the named configurations")
+    commands.add_parser("presets", parents=[common], help="list the named training configurations")
+    commands.add_parser("models", parents=[common], help="list the bundled pretrained models")
     add_serve_parser(commands, common)
     return parser
 
@@ -186,7 +209,11 @@ def add_serve_parser(commands, common: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from ddlm.data import DEFAULT_CORPUS
     from ddlm.training import load_config, prepare_training, saved_config
+    from ddlm.training.signals import TrainingInterrupted
 
+    check_minimums(args, {"max_steps": 1, "stop_after": 1})
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise DDLMError(f"--time-budget must be more than 0 seconds, got {args.time_budget:g}")
     if args.resume:
         if args.preset or args.config:
             raise DDLMError("--resume continues with the run's saved configuration; drop --preset/--config")
@@ -215,10 +242,17 @@ def run_train(args: argparse.Namespace) -> int:
                   "and much slower than fp32; use optim.precision=auto or fp32", file=sys.stderr)
     try:
         summary = trainer.train(stop_after=args.stop_after)
+    except TrainingInterrupted as stop:
+        if main_process:
+            print(f"stopped by {stop.signal_name} at step {stop.step}, checkpoint saved; "
+                  f"continue with `ddlm train --out {args.out} --resume`", file=sys.stderr)
+        return EXIT_SIGTERM if stop.signal_name == "SIGTERM" else EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if main_process:
-            print(f"interrupted at step {trainer.state.step}; continue with --resume", file=sys.stderr)
-        return 130
+            saved = "no checkpoint yet" if trainer.saved_step is None else f"its checkpoint is at step {trainer.saved_step}"
+            print(f"stopped at once at step {trainer.state.step} ({saved}); "
+                  f"continue with `ddlm train --out {args.out} --resume`", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if not main_process:
         return 0
     if "final_valid_nelbo" in summary:
@@ -232,6 +266,9 @@ def run_train(args: argparse.Namespace) -> int:
 def run_sample(args: argparse.Namespace) -> int:
     from ddlm import DiffusionPipeline
 
+    if args.model is None:
+        args.model = DEFAULT_MODEL
+        print(f"using the bundled model {DEFAULT_MODEL!r} (choose another with --model)", file=sys.stderr)
     pipe = DiffusionPipeline.from_pretrained(args.model, device=args.device, precision=args.precision,
                                              trust_remote_code=args.trust_remote_code)
     from ddlm.samplers import last_steps
@@ -300,24 +337,34 @@ def run_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ddlm import DiffusionPipeline
-    from ddlm.eval import load_judge
+    from ddlm.eval import default_judge, load_judge
     from ddlm.eval.report import EvalSettings, evaluate, markdown_table
-    from ddlm.fileio import write_json_atomic
+    from ddlm.fileio import check_writable_file, write_json_atomic
 
+    check_minimums(args, {"draws": 1, "max_sequences": 0, "num_samples": 1})
+    if args.json:
+        check_writable_file(args.json, "the --json file")  # before the work, not after the table
     settings = EvalSettings(
         metrics=tuple(args.metrics), draws=args.draws, max_sequences=args.max_sequences,
         num_samples=args.num_samples, sampler=sampler_options_from_args(args), seed=args.seed,
     )
-    judge = load_judge(args.judge) if args.judge and "samples" in args.metrics else None
+    pipes = {model: DiffusionPipeline.from_pretrained(model, device=args.device, precision=args.precision,
+                                                      trust_remote_code=args.trust_remote_code)
+             for model in args.model}
+    judge = None
+    if "samples" in args.metrics:
+        judge = load_judge(args.judge) if args.judge else default_judge(list(pipes.values()))
+        if judge is not None and not args.judge:
+            print(f"judging samples with the bundled {DEFAULT_JUDGE!r} (choose another with --judge)", file=sys.stderr)
+        elif judge is None:
+            print("no judge for these models' vocabulary: pass --judge for the judge NLL", file=sys.stderr)
 
     def progress(what: str, total: int):
         bar = tqdm(total=total, desc=what, unit="seq", disable=args.no_progress, leave=False)
         return lambda: bar.update()
 
     results = {}
-    for model in args.model:
-        pipe = DiffusionPipeline.from_pretrained(model, device=args.device, precision=args.precision,
-                                                 trust_remote_code=args.trust_remote_code)
+    for model, pipe in pipes.items():
         results[model] = evaluate(pipe, args.data, judge, settings, progress)
     print(markdown_table(results))
     if args.json:
@@ -328,9 +375,23 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_presets(args: argparse.Namespace) -> int:
-    from ddlm.training import preset_names
+    from ddlm.training import preset_descriptions
 
-    print("\n".join(preset_names()))
+    descriptions = preset_descriptions()
+    width = max(map(len, descriptions))
+    for name, description in descriptions.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from ddlm.bundled import bundled_models
+
+    models = bundled_models()
+    width = max(len(model.name) for model in models)
+    for model in models:
+        note = "" if model.installed else "  [not installed]"
+        print(f"{model.name:<{width}}  {model.description}{note}")
     return 0
 
 
@@ -351,9 +412,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra  # KEY=VALUE overrides may follow options: train ... --out X model.d_model=64
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command is None:
+        parser.print_help()
+        return 0
     handlers = {"train": run_train, "sample": run_sample, "animate": run_animate, "plot": run_plot, "eval": run_eval,
-                "presets": run_presets, "serve": run_serve}
+                "presets": run_presets, "models": run_models, "serve": run_serve}
     try:
         return handlers[args.command](args)
     except DDLMError as error:
@@ -361,6 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

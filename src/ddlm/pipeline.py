@@ -17,10 +17,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ddlm import __version__
+from ddlm.bundled import DESCRIPTIONS, bundled_model_path
 from ddlm.device import autocast, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path, write_json_atomic
-from ddlm.hf import is_transformers_config, load_transformers_model
+from ddlm.hf import HFDiffusionModel, is_transformers_config, load_transformers_model
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Process, Vocabulary, build_process
 from ddlm.samplers import Canvas, SampleOutput, SamplerOptions, SamplerStep, last_steps, parse_template, sampler_steps
@@ -50,6 +51,17 @@ class DiffusionPipeline:
         self.summary = summary or {}
         self.precision = resolve_precision(precision, self.device)
 
+    def __repr__(self) -> str:
+        config = self.model.config
+        schedule = getattr(self.process, "schedule", None)
+        return (
+            f"DiffusionPipeline(process={self.process.name!r}"
+            + (f", schedule={type(schedule).__name__}" if schedule is not None else "")
+            + f", parameters={self.model.num_parameters():,}, layers={config.n_layers}, d_model={config.d_model}"
+            f", context_length={config.context_length}, tokenizer={self.tokenizer!r}"
+            f", device={self.device.type!r}, precision={self.precision!r})"
+        )
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -61,9 +73,16 @@ class DiffusionPipeline:
     # ----- saving and loading -----
 
     def save_pretrained(self, directory: str | Path, weights: dict[str, torch.Tensor] | None = None) -> None:
-        """Write the model directory; ``weights`` (e.g. the EMA) replace the model's own."""
+        """Write the model directory; ``weights`` (e.g. the EMA) replace the model's own.
+
+        A Hugging Face model (:mod:`ddlm.hf`) is written in its own ``transformers`` format.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.model, HFDiffusionModel):
+            self.model.save_pretrained(directory)
+            self.tokenizer.save(directory)
+            return
         state = weights if weights is not None else self.model.state_dict()
         with atomic_path(directory / WEIGHTS_FILE) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
@@ -72,6 +91,7 @@ class DiffusionPipeline:
             "ddlm_version": __version__,
             "model": self.model.config.to_dict(),
             "process": self.process.to_dict(),
+            "tokenizer_fingerprint": self.tokenizer.fingerprint(),
         })
         self.tokenizer.save(directory)
         if self.summary:
@@ -97,6 +117,12 @@ class DiffusionPipeline:
             process = build_process(config["process"], Vocabulary.of(tokenizer))
         except (KeyError, TypeError) as error:
             raise DDLMError(f"{directory / CONFIG_FILE} is incomplete ({error}); re-export the model") from None
+        fingerprint = config.get("tokenizer_fingerprint")
+        if fingerprint is not None and fingerprint != tokenizer.fingerprint():
+            raise DDLMError(
+                f"the tokenizer files in {directory} are not the ones this model was trained with "
+                "(their vocabulary fingerprint differs); restore the model's own tokenizer files"
+            )
         if model_config.vocab_size != tokenizer.vocab_size:
             raise DDLMError(
                 f"model vocabulary ({model_config.vocab_size}) and tokenizer ({tokenizer.vocab_size}) disagree "
@@ -107,10 +133,15 @@ class DiffusionPipeline:
         if not weights_path.is_file():
             raise DDLMError(f"no {WEIGHTS_FILE} in {directory}; is it a finished ddlm model directory?")
         try:
-            model.load_state_dict(load_file(str(weights_path)))
+            weights = load_file(str(weights_path))
+            model.load_state_dict(weights)
         except (SafetensorError, RuntimeError, OSError) as error:
             first = str(error).strip().splitlines()[0]
             raise DDLMError(f"{weights_path} is corrupt or does not match config.json ({first})") from None
+        broken = sorted(name for name, tensor in weights.items() if not torch.isfinite(tensor).all())
+        if broken:
+            raise DDLMError(f"{weights_path} holds NaN or infinite weights ({', '.join(broken[:3])}"
+                            f"{', ...' if len(broken) > 3 else ''}); re-export the model from a healthy checkpoint")
         summary_path = directory / SUMMARY_FILE
         summary = read_json(summary_path, what="training summary") if summary_path.is_file() else {}
         return cls(model.to(resolve_device(device)), tokenizer, process, summary, precision)
@@ -303,7 +334,7 @@ class DiffusionPipeline:
             return room
         if length < 1:
             raise DDLMError(f"length must be at least 1, got {length}")
-        if length > room:
+        if length > room and not getattr(self.process, "generates_past_context", False):  # block diffusion slides
             raise DDLMError(
                 f"prompt ({prompt_length}) + length ({length}) tokens exceed the model's context of "
                 f"{self.context_length}; use --length {room} or less"
@@ -312,24 +343,42 @@ class DiffusionPipeline:
 
 
 def resolve_model_directory(path: str | Path) -> Path:
-    """A local model directory, or a Hub repository id fetched with huggingface_hub."""
+    """A local model directory, else a bundled model's name, else a Hub repository id (fetched once)."""
     directory = Path(path)
     if directory.is_dir():
         return directory
     text = str(path)
-    if directory.exists() or text.count("/") != 1 or text.startswith((".", "/")):
-        raise DDLMError(f"model directory {path} not found; pass the --out folder of a `ddlm train` run")
+    bundled = bundled_model_path(text)
+    if bundled is not None:
+        if not (bundled / WEIGHTS_FILE).is_file():
+            raise DDLMError(f"the bundled model {text!r} is not installed (no weights in {bundled}); "
+                            "reinstall ddlm or run experiments/train_bundled.py")
+        return bundled
+    if directory.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise DDLMError(f"model directory {path} does not exist; pass the --out folder of a `ddlm train` run "
+                        f"or a bundled model ({', '.join(DESCRIPTIONS)})")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(repo_id=text))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as error:
-        raise DDLMError(f"model {path} is neither a local directory nor reachable on the Hub ({type(error).__name__})") from None
+    except LocalEntryNotFoundError:
+        raise DDLMError(f"model directory {path} does not exist, and the Hub repository {text} is not cached "
+                        "and could not be downloaded (no network?)") from None
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        raise DDLMError(f"model directory {path} does not exist, and the Hub has no model {text} "
+                        f"({type(error).__name__})") from None
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
+        directory = path.parent
+        if (directory / "checkpoint.safetensors").is_file():  # a training run (ddlm.training) not yet exported
+            raise DDLMError(f"{directory} holds a training run that was interrupted before its first export; "
+                            f"continue it with `ddlm train --out {directory} --resume`")
+        if (directory / "run.json").is_file():
+            raise DDLMError(f"{directory} holds a training run that was interrupted before its first checkpoint; "
+                            f"start it again with `ddlm train --out {directory}` and its data and settings")
         raise DDLMError(f"no {path.name} in {path.parent}; is it a ddlm model directory?")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -310,6 +310,15 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in resources.files("ddlm.presets").iterdir() if p.name.endswith(".yaml"))
 
 
+def preset_descriptions() -> dict[str, str]:
+    """Each preset's name and the first line of its leading comment."""
+    descriptions = {}
+    for name in preset_names():
+        first = resources.files("ddlm.presets").joinpath(f"{name}.yaml").read_text().splitlines()[0]
+        descriptions[name] = first.lstrip("# ").strip() if first.startswith("#") else ""
+    return descriptions
+
+
 def load_config(preset: str | None = None, config_file: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Defaults, then a preset or a YAML file, then overrides."""
     if preset and config_file:

@@ -1,0 +1,141 @@
+"""Train and export the two bundled models, `shakespeare` and `shakespeare-ar`, with their model cards.
+
+    python experiments/train_bundled.py                       # both: train, then export
+    python experiments/train_bundled.py --export-only         # export runs/bundled/* again
+
+Each model trains on the first 90% of the built-in tiny Shakespeare with its configuration in
+experiments/bundled/NAME.yaml, for a fixed time (the published models: the two side by side, one
+CPU thread each, on a 2-core machine). The export then scores the whole held-out 10% with the
+EMA weights in float32 and in bfloat16 (same noise draws), keeps bf16 when the two NELBOs differ
+by less than 0.005 nats, measures the share of real words in samples (masked model) and writes
+the model directory, with a model card, into src/ddlm/bundled/NAME.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from ddlm import DiffusionPipeline
+from ddlm.data import builtin_text
+from ddlm.device import describe_machine
+from ddlm.eval.diversity import unigram_entropy
+from ddlm.eval.likelihood import evaluate_likelihood
+from ddlm.eval.report import evaluation_rows
+
+sys.path.insert(0, str(Path(__file__).parent))
+from real_words import real_word_share, words  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"shakespeare": 100, "shakespeare-ar": 80}  # minutes of training
+BF16_TOLERANCE = 0.005  # nats per token
+PROMPT = "ROMEO:"
+
+
+def train(name: str, minutes: float, threads: int) -> subprocess.Popen:
+    """Start `ddlm train` for one bundled model in the background."""
+    out = ROOT / "runs" / "bundled" / name
+    command = ["ddlm", "train", "--config", str(ROOT / "experiments" / "bundled" / f"{name}.yaml"),
+               "--data", "shakespeare", "--out", str(out), "--time-budget", f"{minutes}m", "--no-progress"]
+    log = open(out.parent / f"{name}.log", "w")  # noqa: SIM115 - the process writes it until it ends
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+
+
+def held_out_nelbo(pipe: DiffusionPipeline, draws: int) -> tuple[float, float]:
+    """NELBO (nats/char) and its standard error on the whole held-out 10%, fp32 arithmetic."""
+    rows = evaluation_rows(pipe, "shakespeare", max_sequences=0)
+    result = evaluate_likelihood(pipe.model, pipe.process, rows, pipe.tokenizer.byte_lengths(), draws=draws, seed=0)
+    return result.nats_per_token, result.standard_error
+
+
+def sample_figures(pipe: DiffusionPipeline) -> dict:
+    """Real-word share and entropy at temperature 0.8 (experiments/real_words.py's setting), and one sample."""
+    vocabulary = set(words(builtin_text("shakespeare")))
+    options = {"temperature": 0.8} if pipe.process.name == "ar" else {"temperature": 0.8, "steps": 256}
+    output = pipe.sample(PROMPT, num_samples=16, length=224, seed=0, **options)
+    texts = [pipe.decode(output, row) for row in range(16)]
+    entropy = sum(unigram_entropy(output.tokens[row][output.canvas.generated[row]].tolist()) for row in range(16)) / 16
+    return {"real_words": real_word_share([text[len(PROMPT):] for text in texts], vocabulary),
+            "entropy": entropy, "sample": texts[0]}
+
+
+def export(name: str) -> dict:
+    """Score the run's EMA weights in fp32 and bf16 and write the bundled model directory."""
+    run = ROOT / "runs" / "bundled" / name
+    pipe = DiffusionPipeline.from_pretrained(run, device="cpu", precision="fp32")
+    draws = 1 if pipe.process.name == "ar" else 8
+    fp32_state = {key: value.clone() for key, value in pipe.model.state_dict().items()}
+    nelbo_fp32, error = held_out_nelbo(pipe, draws)
+    bf16_state = {key: value.to(torch.bfloat16) for key, value in fp32_state.items()}
+    pipe.model.load_state_dict(bf16_state)  # rounds the fp32 model's weights to bf16 values
+    nelbo_bf16, _ = held_out_nelbo(pipe, draws)
+    use_bf16 = abs(nelbo_bf16 - nelbo_fp32) < BF16_TOLERANCE
+    if not use_bf16:
+        pipe.model.load_state_dict(fp32_state)
+    figures = {"nelbo_fp32": nelbo_fp32, "nelbo_bf16": nelbo_bf16, "standard_error": error, "draws": draws,
+               "weights": "bf16" if use_bf16 else "fp32", **sample_figures(pipe)}
+    pipe.summary = {**pipe.summary, "held_out_nelbo": nelbo_bf16 if use_bf16 else nelbo_fp32,
+                    "held_out_standard_error": error, "real_words_t08": figures["real_words"]}
+    target = ROOT / "src" / "ddlm" / "bundled" / name
+    pipe.save_pretrained(target, weights=bf16_state if use_bf16 else fp32_state)
+    (target / "README.md").write_text(model_card(name, pipe.summary, figures), encoding="utf-8")
+    return figures
+
+
+def model_card(name: str, summary: dict, figures: dict) -> str:
+    """The model directory's README.md."""
+    config = summary["run_config"]
+    model, optim = config["model"], config["optim"]
+    kind = "autoregressive (causal)" if config["process"]["name"] == "ar" else "masked diffusion (linear schedule)"
+    unit = "NLL (exact)" if config["process"]["name"] == "ar" else f"NELBO ({figures['draws']} stratified time draws per row)"
+    sampler = "temperature 0.8" if config["process"]["name"] == "ar" else "ancestral, 256 steps, temperature 0.8"
+    return f"""# {name}
+
+A {kind} character-level language model bundled with ddlm: `ddlm sample --model {name}`.
+
+| | |
+|---|---|
+| data | the first 90% of the built-in tiny Shakespeare (1,003,854 characters; 65 characters + 3 special ids) |
+| backbone | {summary['parameters']:,} parameters: {model['n_layers']} layers, width {model['d_model']}, {model['n_heads']} heads, context {config['data']['context_length']}, dropout {model['dropout']}{', adaLN noise conditioning (width ' + str(model.get('cond_dim')) + ')' if model.get('time_conditioning') else ''} |
+| training | {summary['steps']:,} steps of {optim['batch_size']} x {config['data']['context_length']} characters ({summary['tokens']:,} tokens), {summary['train_seconds'] / 60:.0f} minutes, AdamW lr {optim['lr']}, cosine by time, EMA {optim['ema']}, {summary['precision']} autocast |
+| machine | {summary['machine']} (one thread; the two bundled models trained side by side) |
+| held-out {unit} | **{summary['held_out_nelbo']:.4f} nats/char** (± {figures['standard_error']:.4f}) on the last 10% of the corpus |
+| weights | {figures['weights']} safetensors: held-out {figures['nelbo_fp32']:.4f} with fp32 weights, {figures['nelbo_bf16']:.4f} with bf16 weights |
+| real words | {figures['real_words']:.1%} of generated words occur in the training text ({sampler}, 16 samples of 224 characters after `{PROMPT}`; unigram entropy {figures['entropy']:.3f} nats) |
+
+Reproduce: `python experiments/train_bundled.py` (trains both bundled models, then exports them here).
+Evaluation on this machine: {describe_machine()}.
+
+A sample (seed 0, {sampler}):
+
+```
+{figures['sample']}
+```
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--export-only", action="store_true", help="export the finished runs in runs/bundled")
+    parser.add_argument("--only", choices=sorted(MODELS), help="one model instead of both")
+    args = parser.parse_args()
+    names = [args.only] if args.only else list(MODELS)
+    if not args.export_only:
+        (ROOT / "runs" / "bundled").mkdir(parents=True, exist_ok=True)
+        for process in [train(name, MODELS[name], threads=1) for name in names]:
+            if process.wait():
+                sys.exit(f"training failed; see {ROOT / 'runs' / 'bundled'}/*.log")
+    torch.set_num_threads(os.cpu_count() or 1)
+    for name in names:
+        figures = export(name)
+        print(f"{name}: held-out {figures['nelbo_fp32']:.4f} (fp32 weights) / {figures['nelbo_bf16']:.4f} (bf16), "
+              f"real words {figures['real_words']:.1%}, kept {figures['weights']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Bundled models by name, the default model and judge, and the checks every model directory passes on loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ddlm import DiffusionPipeline
+from ddlm.bundled import DEFAULT_JUDGE, DEFAULT_MODEL, bundled_models
+from ddlm.cli import main
+from ddlm.errors import DDLMError
+from ddlm.tokenizers import CharTokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, shakespeare_text) -> Path:
+    """A tiny masked model trained for a few steps on an excerpt of the built-in corpus."""
+    root = tmp_path_factory.mktemp("bundled")
+    corpus = root / "corpus.txt"
+    corpus.write_text(shakespeare_text[:20000], encoding="utf-8")
+    out = root / "run"
+    assert main(["train", "--data", str(corpus), "--preset", "tiny", "--out", str(out), "--no-progress",
+                 "--cache-dir", str(root / "cache"), "optim.max_steps=4"]) == 0
+    return out
+
+
+def copy_model(source: Path, target: Path) -> Path:
+    """The model directory files of ``source`` (not the checkpoint) copied into ``target``."""
+    target.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer_config.json", "training_summary.json"):
+        shutil.copy(source / name, target / name)
+    return target
+
+
+def test_every_bundled_model_is_installed_and_samples(capsys):
+    for model in bundled_models():
+        assert model.installed, f"{model.name}: no weights in {model.path}"
+        pipe = DiffusionPipeline.from_pretrained(model.name)
+        text = pipe.generate("ROMEO:", length=24, steps=8, seed=0)[0]
+        assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
+        card = (model.path / "README.md").read_text(encoding="utf-8")
+        assert "held-out" in card and "experiments/train_bundled.py" in card
+        assert pipe.summary["held_out_nelbo"] > 0
+
+
+def test_the_bundled_models_share_one_vocabulary_so_the_ar_model_judges_the_masked_one():
+    masked = DiffusionPipeline.from_pretrained(DEFAULT_MODEL)
+    judge = DiffusionPipeline.from_pretrained(DEFAULT_JUDGE)
+    assert masked.process.name == "masked" and judge.process.name == "ar"
+    assert masked.tokenizer.fingerprint() == judge.tokenizer.fingerprint()
+
+
+def test_sample_without_a_model_uses_the_bundled_one_and_says_so(capsys):
+    assert main(["sample", "--length", "16", "--steps", "4", "--seed", "0", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert f"bundled model {DEFAULT_MODEL!r}" in captured.err
+    assert captured.out.strip()
+
+
+def test_models_lists_every_bundled_model(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for model in bundled_models():
+        assert model.name in out and model.description in out
+
+
+def test_a_local_directory_wins_over_a_bundled_name(tiny_model, tmp_path, monkeypatch):
+    copy_model(tiny_model, tmp_path / DEFAULT_MODEL)
+    monkeypatch.chdir(tmp_path)
+    pipe = DiffusionPipeline.from_pretrained(DEFAULT_MODEL)
+    assert pipe.model.config.d_model == 32  # the tiny preset, not the bundled model
+
+
+def test_a_missing_directory_says_so_before_mentioning_the_hub(tmp_path):
+    with pytest.raises(DDLMError, match=r"^model directory .*nope does not exist"):
+        DiffusionPipeline.from_pretrained(tmp_path / "nope")
+    with pytest.raises(DDLMError, match=r"^model directory someone/nope does not exist"):
+        DiffusionPipeline.from_pretrained("someone/nope")  # the tests run with HF_HUB_OFFLINE=1
+
+
+def test_a_tokenizer_from_another_model_with_the_same_size_is_refused(tiny_model, tmp_path):
+    model = copy_model(tiny_model, tmp_path / "swapped")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    chars = config["chars"]
+    swapped = CharTokenizer([chars[1], chars[0], *chars[2:]])  # same size, two characters exchanged
+    swapped.save(model)
+    with pytest.raises(DDLMError, match="not the ones this model was trained with"):
+        DiffusionPipeline.from_pretrained(model)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tiny_model, tmp_path, bad):
+    model = copy_model(tiny_model, tmp_path / "broken")
+    weights = load_file(str(model / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] = bad
+    save_file(weights, str(model / "model.safetensors"))
+    with pytest.raises(DDLMError, match=f"NaN or infinite weights \\({name}"):
+        DiffusionPipeline.from_pretrained(model)
+
+
+def test_bf16_weights_load_into_the_fp32_model(tiny_model, tmp_path):
+    model = copy_model(tiny_model, tmp_path / "bf16")
+    weights = load_file(str(model / "model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(model / "model.safetensors"))
+    pipe = DiffusionPipeline.from_pretrained(model)
+    loaded = pipe.model.state_dict()
+    for name, tensor in weights.items():
+        assert loaded[name].dtype == torch.float32
+        assert torch.equal(loaded[name], tensor.to(torch.bfloat16).float())
+
+
+def test_the_pipeline_describes_itself(tiny_model):
+    text = repr(DiffusionPipeline.from_pretrained(tiny_model))
+    assert text.startswith("DiffusionPipeline(process='masked'") and "parameters=" in text and "context_length=32" in text
+
+
+def test_no_arguments_prints_help_and_version_is_known(capsys):
+    assert main([]) == 0
+    assert "COMMAND" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.startswith("ddlm ")
+
+
+def test_presets_are_listed_with_a_description(capsys):
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("tiny ") for line in lines)
+    assert all(len(line.split(maxsplit=1)) == 2 for line in lines)
