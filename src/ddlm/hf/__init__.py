@@ -42,10 +42,8 @@ def load_transformers_model(
     """The wrapped network on ``device`` (bf16 weights when ``precision`` resolves to bf16), its tokenizer,
     the masked process and a summary describing the source."""
     auto_map = config.get("auto_map") or {}
-    code = shipped_code(auto_map) | shipped_code(tokenizer_auto_map(directory))
-    if code and not trust_remote_code:
-        raise DDLMError(f"{directory} ships its own model code ({', '.join(sorted(code))}); pass --trust-remote-code "
-                        "(trust_remote_code=True) to run it, if you trust its source")
+    if not trust_remote_code:
+        refuse_shipped_code(directory, auto_map)
     try:
         import transformers
     except ImportError:
@@ -65,22 +63,9 @@ def load_transformers_model(
         raise DDLMError(f"transformers cannot load {directory} as a masked LM ({first}); ddlm samples masked LMs "
                         "(BERT, RoBERTa, ModernBERT) and LLaDA/Dream-style models") from None
     ddlm_tokenizer = HFTokenizer(tokenizer, mask_id=config.get("mask_token_id"), end_ids=end_ids(config))
-    network_config = network.config
-    model_type = str(getattr(network_config, "model_type", "unknown"))
     start_ids = ddlm_tokenizer.start_ids if class_name == MASKED_LM_CLASS else []
-    backbone = HFBackboneConfig(
-        model_type=model_type,
-        vocab_size=ddlm_tokenizer.vocab_size,
-        context_length=context_length(network, directory) - len(start_ids),
-        d_model=int(getattr(network_config, "hidden_size", 0) or getattr(network_config, "d_model", 0)),
-        n_layers=int(getattr(network_config, "num_hidden_layers", 0) or getattr(network_config, "n_layers", 0)),
-        n_heads=int(getattr(network_config, "num_attention_heads", 0) or getattr(network_config, "n_heads", 0)),
-    )
-    output_size = network.get_output_embeddings().weight.shape[0] if network.get_output_embeddings() is not None \
-        else getattr(network_config, "vocab_size", ddlm_tokenizer.vocab_size)
-    if output_size < ddlm_tokenizer.vocab_size:
-        raise DDLMError(f"the model scores {output_size} tokens but its tokenizer has {ddlm_tokenizer.vocab_size}; "
-                        f"the tokenizer files in {directory} belong to another model")
+    backbone = backbone_config(network, ddlm_tokenizer.vocab_size, len(start_ids), directory)
+    model_type = backbone.model_type
     shifted = model_type in SHIFTED_MODEL_TYPES
     keyword = next((name for name in CACHE_KEYWORDS if name in forward_parameters(network)), None)
     cache_keyword = keyword if class_name == "AutoModel" and not shifted else None
@@ -89,6 +74,33 @@ def load_transformers_model(
     summary = {"source": "transformers", "model_type": model_type, "model_class": type(network).__name__,
                "directory": str(directory)}
     return model.to(device), ddlm_tokenizer, process, summary
+
+
+def refuse_shipped_code(directory: Path, auto_map: dict[str, Any]) -> None:
+    """A one-line refusal when the model or its tokenizer comes with Python code of its own."""
+    code = shipped_code(auto_map) | shipped_code(tokenizer_auto_map(directory))
+    if code:
+        raise DDLMError(f"{directory} ships its own model code ({', '.join(sorted(code))}); pass --trust-remote-code "
+                        "(trust_remote_code=True) to run it, if you trust its source")
+
+
+def backbone_config(network: torch.nn.Module, vocab_size: int, start_tokens: int, directory: Path) -> HFBackboneConfig:
+    """What ddlm reports of ``network``; its scores must cover the tokenizer's ``vocab_size`` ids."""
+    config = network.config
+    output = network.get_output_embeddings()
+    output_size = output.weight.shape[0] if output is not None else getattr(config, "vocab_size", vocab_size)
+    if output_size < vocab_size:
+        raise DDLMError(f"the model scores {output_size} tokens but its tokenizer has {vocab_size}; "
+                        f"the tokenizer files in {directory} belong to another model")
+
+    def size(*names: str) -> int:
+        return int(next((getattr(config, name) for name in names if getattr(config, name, None)), 0))
+
+    return HFBackboneConfig(
+        model_type=str(getattr(config, "model_type", "unknown")), vocab_size=vocab_size,
+        context_length=context_length(network, directory) - start_tokens, d_model=size("hidden_size", "d_model"),
+        n_layers=size("num_hidden_layers", "n_layers"), n_heads=size("num_attention_heads", "n_heads"),
+    )
 
 
 def tokenizer_auto_map(directory: Path) -> dict[str, Any]:
