@@ -19,7 +19,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class StopSignals:
-    """While active, SIGINT and SIGTERM only set ``received``; a second signal raises KeyboardInterrupt at once.
+    """While active, SIGINT and SIGTERM only set ``received``; a second signal (or any, after
+    ``stop_at_once``) raises KeyboardInterrupt at once.
 
     A signal the process ignores stays ignored; outside the main thread (where Python cannot
     install handlers) it does nothing.
@@ -27,6 +28,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: str | None = None
+        self.immediate = False
         self.previous: dict[int, object] = {}
 
     def __enter__(self) -> StopSignals:
@@ -40,7 +42,11 @@ class StopSignals:
             signal.signal(number, signal.SIG_DFL if handler is None else handler)
         self.previous = {}
 
+    def stop_at_once(self) -> None:
+        """From now on the first signal raises KeyboardInterrupt (nothing is left to finish cleanly)."""
+        self.immediate = True
+
     def handle(self, number: int, frame: FrameType | None) -> None:
-        if self.received is not None:
-            raise KeyboardInterrupt  # the second signal: stop now, keeping the last checkpoint
+        if self.immediate or self.received is not None:
+            raise KeyboardInterrupt  # stop now, keeping the last checkpoint
         self.received = signal.Signals(number).name
