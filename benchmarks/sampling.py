@@ -7,7 +7,8 @@ For each sampler: model calls, generated tokens per second (median over repeats)
 samples' mean unigram entropy (nats), distinct bigrams, and their NLL per token under the
 autoregressive judge (generative perplexity = exp of it), plus the speed-up in model calls
 and time over plain 256-step ancestral sampling. With --data, a row for real text of the
-same length shows what the statistics look like on data.
+same length shows what the statistics look like on data. With --plot OUT.png, the trade-off
+as a picture: model calls against judge NLL, each point labelled with its sampler and entropy.
 """
 
 from __future__ import annotations
@@ -23,40 +24,39 @@ import numpy as np
 from ddlm import DiffusionPipeline
 from ddlm.device import PRECISIONS, describe_machine
 from ddlm.eval import distinct_n, load_judge, unigram_entropy
+from ddlm.samplers import SamplerOptions
+from ddlm.viz.plots import plot_tradeoff
 
 BASELINE = "ancestral, 256 steps, no cache"
-SAMPLERS: dict[str, dict] = {
-    BASELINE: {"steps": 256, "use_cache": False},
-    "ancestral, 256 steps, cached": {"steps": 256},
-    "ancestral, 64 steps": {"steps": 64},
-    "first-hitting": {"steps": 1, "policy": "first-hitting"},
-    "ReMDM cap 0.02, 256 steps": {"steps": 256, "remask": "cap", "remask_eta": 0.02},
-    "confidence, blocks of 32, 256 steps (LLaDA)": {"steps": 256, "policy": "confidence", "block_length": 32},
-    "margin, blocks of 32, 64 steps": {"steps": 64, "policy": "margin", "block_length": 32},
-    "threshold 0.9, blocks of 32, <=256 steps (Fast-dLLM)": {"steps": 256, "policy": "threshold", "block_length": 32},
-    "threshold 0.9, blocks of 32, <=256 steps, prefix cache": {
-        "steps": 256, "policy": "threshold", "block_length": 32, "prefix_cache": True,
-    },
-    "threshold 0.9, blocks of 32, <=64 steps, prefix cache": {
-        "steps": 64, "policy": "threshold", "block_length": 32, "prefix_cache": True,
-    },
-    "threshold 0.7, whole canvas, <=256 steps": {"steps": 256, "policy": "threshold", "threshold": 0.7},
-    "random + threshold 0.9, whole canvas, <=64 steps": {"steps": 64, "policy": "random", "threshold": 0.9},
-    "random + threshold 0.9, blocks of 32, <=64 steps": {
-        "steps": 64, "policy": "random", "threshold": 0.9, "block_length": 32,
-    },
-    "random + threshold 0.9, blocks of 32, <=64 steps, prefix cache": {
-        "steps": 64, "policy": "random", "threshold": 0.9, "block_length": 32, "prefix_cache": True,
-    },
+SAMPLERS: dict[str, SamplerOptions] = {
+    BASELINE: SamplerOptions(steps=256, use_cache=False),
+    "ancestral, 256 steps, cached": SamplerOptions(steps=256),
+    "ancestral, 64 steps": SamplerOptions(steps=64),
+    "first-hitting": SamplerOptions(steps=1, policy="first-hitting"),
+    "ReMDM cap 0.02, 256 steps": SamplerOptions(steps=256, remask="cap", remask_eta=0.02),
+    "confidence, blocks of 32, 256 steps (LLaDA)": SamplerOptions(steps=256, policy="confidence", block_length=32),
+    "margin, blocks of 32, 64 steps": SamplerOptions(steps=64, policy="margin", block_length=32),
+    "threshold 0.9, blocks of 32, <=256 steps (Fast-dLLM)": SamplerOptions(
+        steps=256, policy="threshold", block_length=32),
+    "threshold 0.9, blocks of 32, <=256 steps, prefix cache": SamplerOptions(
+        steps=256, policy="threshold", block_length=32, prefix_cache=True),
+    "threshold 0.9, blocks of 32, <=64 steps, prefix cache": SamplerOptions(
+        steps=64, policy="threshold", block_length=32, prefix_cache=True),
+    "threshold 0.7, whole canvas, <=256 steps": SamplerOptions(steps=256, policy="threshold", threshold=0.7),
+    "random + threshold 0.9, whole canvas, <=64 steps": SamplerOptions(steps=64, policy="random", threshold=0.9),
+    "random + threshold 0.9, blocks of 32, <=64 steps": SamplerOptions(
+        steps=64, policy="random", threshold=0.9, block_length=32),
+    "random + threshold 0.9, blocks of 32, <=64 steps, prefix cache": SamplerOptions(
+        steps=64, policy="random", threshold=0.9, block_length=32, prefix_cache=True),
 }
 
 
-def run(pipe: DiffusionPipeline, options: dict, args: argparse.Namespace) -> dict:
+def run(pipe: DiffusionPipeline, options: SamplerOptions, args: argparse.Namespace) -> dict:
     """Draw ``repeats`` batches; time each, pool the samples."""
     texts, seconds, calls = [], [], []
     for repeat in range(args.repeats):
         start = time.perf_counter()
-        output = pipe.sample(num_samples=args.samples, length=args.length, seed=args.seed + repeat, **options)
+        output = pipe.sample(options=options, num_samples=args.samples, length=args.length, seed=args.seed + repeat)
         seconds.append(time.perf_counter() - start)
         calls.append(output.model_calls)
         texts += [pipe.decode(output, row) for row in range(args.samples)]
@@ -80,7 +80,10 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", help="run only these samplers (names as in the table)")
+    parser.add_argument("--plot", metavar="OUT", help="also draw model calls against judge NLL (a .png; needs --judge)")
     args = parser.parse_args()
+    if args.plot and not args.judge:
+        parser.error("--plot draws the judge NLL: pass --judge too")
 
     pipe = DiffusionPipeline.from_pretrained(args.model, precision=args.precision)
     judge = load_judge(args.judge) if args.judge else None
@@ -100,7 +103,7 @@ def main() -> None:
     base = results.get(BASELINE)
     for name, result in results.items():
         texts = result["texts"]
-        nll = judge.mean_nll(texts) if judge else math.nan
+        nll = result["nll"] = judge.mean_nll(texts) if judge else math.nan
         speed = args.samples * args.length / result["seconds"]
         calls_saved = base["calls"] / result["calls"] if base else math.nan
         time_saved = base["seconds"] / result["seconds"] if base else math.nan
@@ -111,6 +114,11 @@ def main() -> None:
               f"| {math.exp(nll):.2f} |")
     print(f"\nprefix cache, greedy: {prefix_cache_disagreement(pipe, args):.1%} of generated tokens differ "
           "from the same sampler without it")
+    if args.plot:
+        points = [{"label": name, "calls": result["calls"], "nll": result["nll"], "entropy": result["entropy"]}
+                  for name, result in results.items() if not math.isnan(result["calls"])]
+        plot_tradeoff(points, args.plot, base["entropy"] if base else None)
+        print(f"wrote {args.plot}")
 
 
 def number(value: float, spec: str, unit: str = "") -> str:
@@ -120,9 +128,9 @@ def number(value: float, spec: str, unit: str = "") -> str:
 
 def prefix_cache_disagreement(pipe: DiffusionPipeline, args: argparse.Namespace) -> float:
     """At temperature 0, the fraction of tokens the prefix-cache approximation changes."""
-    options = {"steps": 256, "policy": "threshold", "block_length": 32, "temperature": 0, "seed": args.seed}
-    exact = pipe.sample(num_samples=args.samples, length=args.length, **options).tokens
-    cached = pipe.sample(num_samples=args.samples, length=args.length, prefix_cache=True, **options).tokens
+    options = SamplerOptions(steps=256, policy="threshold", block_length=32, temperature=0, seed=args.seed)
+    exact = pipe.sample(options=options, num_samples=args.samples, length=args.length).tokens
+    cached = pipe.sample(options=options, num_samples=args.samples, length=args.length, prefix_cache=True).tokens
     return float((exact != cached).double().mean())
 
 

@@ -15,7 +15,7 @@ from ddlm.cli import main
 from ddlm.errors import DDLMError
 from ddlm.training.logger import MetricsLog
 from ddlm.viz.animation import MASK_FILL, REMASK_FILL, forward_frames
-from ddlm.viz.plots import pyplot, read_log
+from ddlm.viz.plots import plot_tradeoff, pyplot, read_log
 from ddlm.viz.terminal import LiveView, SamplingProgress
 from ddlm.viz.tokens import MASK_GLYPH, Kind, position_kinds
 from tests.test_stream import TOKENIZER, pipeline
@@ -153,6 +153,15 @@ def test_plot_overlays_the_curves_of_several_runs(tmp_path):
         assert image.format == "PNG" and image.width > 600 and image.height > 400
     curves = read_log(tmp_path / "b")
     assert len(curves["train_nelbo"]) == 40 and [p[0] for p in curves["valid_nelbo"]] == [10, 20, 30, 40]
+
+
+def test_the_benchmark_trade_off_is_a_png(tmp_path):
+    points = [{"label": "ancestral", "calls": 256, "nll": 2.1, "entropy": 4.1},
+              {"label": "threshold", "calls": 40, "nll": 2.3, "entropy": 3.9},
+              {"label": "threshold, prefix cache", "calls": 40, "nll": 2.3, "entropy": 3.9}]
+    plot_tradeoff(points, tmp_path / "tradeoff.png", baseline_entropy=4.1)
+    with Image.open(tmp_path / "tradeoff.png") as image:
+        assert image.format == "PNG" and image.width > image.height > 300
 
 
 def test_plot_errors_are_one_line(tmp_path, capsys, monkeypatch):

@@ -89,19 +89,27 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> None:
 
 
 def plot_tradeoff(points: Sequence[dict[str, Any]], out: str | Path, baseline_entropy: float | None = None) -> None:
-    """Model calls against judge NLL, one labelled point per sampler (label, calls, nll, entropy)."""
+    """Model calls against judge NLL, one numbered point per sampler (label, calls, nll, entropy), keyed on the right.
+
+    Samplers that land on the same point share one annotation ("3, 4").
+    """
     check_figure_path(out)
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(10, 6.5))
-    for point in points:
-        axis.scatter(point["calls"], point["nll"], s=30)
-        note = f"{point['label']}\nentropy {point['entropy']:.2f}"
-        axis.annotate(note, (point["calls"], point["nll"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    figure, axis = plt.subplots(figsize=(12, 6))
+    numbers: dict[tuple[float, float], list[str]] = {}
+    for number, point in enumerate(points, start=1):
+        axis.scatter(point["calls"], point["nll"], s=30, label=f"{number}. {point['label']} (entropy {point['entropy']:.2f})")
+        numbers.setdefault((point["calls"], point["nll"]), []).append(str(number))
+    for (calls, nll), labels in numbers.items():
+        axis.annotate(", ".join(labels), (calls, nll), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    title = "sampling trade-off: model calls against sample quality"
     if baseline_entropy is not None:
-        axis.set_title(f"sampling trade-off (entropy of the 256-step baseline: {baseline_entropy:.2f} nats)")
+        title += f" (entropy of the baseline: {baseline_entropy:.2f} nats)"
+    axis.set_title(title)
     axis.set_xscale("log")
     axis.set_xlabel("model calls per batch (log scale)")
     axis.set_ylabel("judge NLL (nats/token, lower is better)")
     axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
     save_figure(figure, out)
     plt.close(figure)
