@@ -14,11 +14,12 @@ import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ddlm.app.limits import GenerationPool, Limits, QueueFull, RunStopped  # noqa: E402
-from ddlm.app.render import Frame, TokenPieces, canvas_html  # noqa: E402
+from ddlm.app.render import Frame, canvas_html  # noqa: E402
 from ddlm.app.server import create_app, serve  # noqa: E402
 from ddlm.app.service import Models  # noqa: E402
 from ddlm.cli import main  # noqa: E402
 from ddlm.errors import DDLMError  # noqa: E402
+from ddlm.viz.tokens import TokenPieces  # noqa: E402
 from tests.servers import live_server, trained_models  # noqa: E402
 
 LIMITS = Limits(max_samples=2, max_length=24, max_steps=64, max_seconds=30, workers=1, queue_size=2)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from PIL import Image
 
 pytest.importorskip("gradio", reason="the app extra is not installed")
 sync_playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").sync_playwright
@@ -38,6 +41,9 @@ def test_the_page_shows_the_canvas_denoising_live_then_the_final_text(tmp_path: 
                     canvases.append(canvas)
                 time.sleep(0.03)
             final, final_html = page.inner_text("#canvas"), page.inner_html("#canvas")
+            page.click("#make-gif")
+            page.wait_for_selector("#gif a", timeout=60_000)
+            gif = httpx.get(page.eval_on_selector("#gif a", "link => link.href"), timeout=30).content
             page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
         finally:
             browser.close()
@@ -45,4 +51,5 @@ def test_the_page_shows_the_canvas_denoising_live_then_the_final_text(tmp_path: 
     assert canvases[0].count('class="t m') > canvases[-1].count('class="t m')  # masks resolve
     assert final.startswith("ROMEO:") and len(final.strip()) > len("ROMEO:")
     assert 'class="t m' not in final_html  # nothing left masked
+    assert gif.startswith(b"GIF8") and Image.open(io.BytesIO(gif)).n_frames >= 2  # the run as an animation
     assert (tmp_path / "serve.png").stat().st_size > 10_000

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ddlm.samplers import SamplerStep
-from ddlm.tokenizers import Tokenizer
+from ddlm.viz.tokens import TokenPieces
 
 CONFIDENCE_LEVELS = 5  # colour buckets c0 (unsure) .. c4 (sure)
 
@@ -25,6 +25,7 @@ CSS = """
 .ddlm-canvas .given { color: #18181b; font-weight: 700; text-decoration: underline #a1a1aa; }
 .ddlm-canvas .m { background: #d4d4d8; color: #d4d4d8; }
 .ddlm-canvas .new { outline: 2px solid #ea580c; outline-offset: -1px; }
+.ddlm-canvas .eos { font: 600 10px system-ui, sans-serif; color: #71717a; padding: 1px 2px; }
 .ddlm-canvas .c0 { background: #fee2e2; } .ddlm-canvas .c1 { background: #fef3c7; }
 .ddlm-canvas .c2 { background: #ecfccb; } .ddlm-canvas .c3 { background: #bbf7d0; }
 .ddlm-canvas .c4 { background: #86efac; }
@@ -33,6 +34,7 @@ CSS = """
 .ddlm-legend .m { background: #d4d4d8; } .ddlm-legend .new { outline: 2px solid #ea580c; outline-offset: -1px; }
 .ddlm-legend .c0 { background: #fee2e2; } .ddlm-legend .c2 { background: #ecfccb; } .ddlm-legend .c4 { background: #86efac; }
 .ddlm-legend .given { font-weight: 700; text-decoration: underline #a1a1aa; }
+.ddlm-legend .eos { font: 600 10px system-ui, sans-serif; color: #71717a; }
 .ddlm-status { font: 14px system-ui, sans-serif; color: #27272a; padding: 6px 2px; }
 .ddlm-status b { font-variant-numeric: tabular-nums; }
 """
@@ -40,7 +42,8 @@ CSS = """
 LEGEND = (
     '<div class="ddlm-legend"><span class="t given">prompt</span> given text · '
     '<span class="t m">&nbsp;&nbsp;</span> still masked · '
-    '<span class="t new c2">a</span> written this step · model confidence: '
+    '<span class="t new c2">a</span> written this step · <span class="t eos">end</span> end of text · '
+    'model confidence: '
     '<span class="t c0">low</span><span class="t c2">medium</span><span class="t c4">high</span></div>'
 )
 
@@ -90,19 +93,6 @@ class FrameMaker:
         )
 
 
-class TokenPieces:
-    """The text of each token id, decoded once."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-        self.cache: dict[int, str] = {}
-
-    def __call__(self, token: int) -> str:
-        if token not in self.cache:
-            self.cache[token] = self.tokenizer.decode([token])
-        return self.cache[token]
-
-
 def confidence_class(probability: float | None) -> str:
     if probability is None:
         return ""
@@ -110,8 +100,10 @@ def confidence_class(probability: float | None) -> str:
 
 
 def token_html(piece: str, classes: str) -> str:
-    """One token's box; a newline stays a line break, shown as a return sign."""
-    shown = html.escape(piece).replace("\n", "↵\n") if piece else "∅"
+    """One token's box; a newline stays a line break, shown as a return sign; end of text (no text) as 'end'."""
+    if not piece:
+        return f'<span class="t {classes} eos">end</span>'
+    shown = html.escape(piece).replace("\n", "↵\n")
     return f'<span class="t {classes}">{shown}</span>'
 
 

@@ -7,8 +7,10 @@ the API's do; the page only turns steps into HTML (:mod:`ddlm.app.render`).
 from __future__ import annotations
 
 import html
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,12 +18,14 @@ import torch
 
 from ddlm.app.api import QUEUE_FULL_MESSAGE, STOPPED_MESSAGE, Server, time_limit_message
 from ddlm.app.limits import Limits, QueueFull, Run, RunStopped, TimeLimitExceeded
-from ddlm.app.render import CSS, LEGEND, Frame, FrameMaker, TokenPieces, canvas_html, status_html
+from ddlm.app.render import CSS, LEGEND, Frame, FrameMaker, canvas_html, status_html
 from ddlm.app.service import GenerationRequest, Model, RequestError, as_request_error, open_stream, run_result, timed
 from ddlm.errors import DDLMError
 from ddlm.samplers import SamplerOptions
 from ddlm.samplers.options import SEDD_METHODS
 from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
+from ddlm.viz.animation import denoising_frames, legend_for, save_animation
+from ddlm.viz.tokens import TokenPieces
 
 __all__ = ["CSS", "build_page"]
 
@@ -193,11 +197,12 @@ def build_page(server: Server) -> gr.Blocks:
         return piece_tables.setdefault(model.name, TokenPieces(model.pipe.tokenizer))
 
     piece_tables: dict[str, TokenPieces] = {}
+    gif_folder = tempfile.TemporaryDirectory(prefix="ddlm-gifs-")  # removed when the server exits
 
     def length_cap(model: Model) -> int:
         return min(model.pipe.context_length, limits.max_length)
 
-    with gr.Blocks(title="ddlm: watch a diffusion language model write") as page:
+    with gr.Blocks(title="ddlm: watch a diffusion language model write", delete_cache=(3600, 3600)) as page:
         gr.Markdown(INTRO)
         model_name = gr.Dropdown(models.names, value=first.name, label="Model", visible=len(models.names) > 1,
                                  elem_id="model")
@@ -231,7 +236,11 @@ def build_page(server: Server) -> gr.Blocks:
                     gr.HTML(LEGEND)
                     scrub = gr.Slider(1, 2, value=1, step=1, label="scrub through the steps of the last run",
                                       visible=False, elem_id="scrub")
+                    with gr.Row():
+                        make_gif = gr.Button("Make a GIF of this run (sample 1)", visible=False, elem_id="make-gif")
+                        gif = gr.File(label="GIF", visible=False, elem_id="gif")
             frames = gr.State([])
+            steps_kept = gr.State([])
 
         with gr.Tab("Compare"):
             gr.Markdown("Two settings (or two models) on the same prompt and seed, run together.")
@@ -288,25 +297,41 @@ def build_page(server: Server) -> gr.Blocks:
                                                              "seed": None if seed_value is None else int(seed_value)}),
             )
             options, run = submit(server, model, request)
-            make_frame, pacer, kept, frame = FrameMaker(), Pacer(), [], None
+            make_frame, pacer, kept, every_step, frame = FrameMaker(), Pacer(), [], [], None
             pieces, mask_id = pieces_of(model), model.pipe.tokenizer.mask_id
+            hidden = (gr.Slider(visible=False), gr.Button(visible=False), gr.File(visible=False))
             yield (canvas_html(None, pieces, mask_id, empty="Waiting for a free worker..."),
-                   status_html(None, note="queued"), gr.Slider(visible=False), [])
+                   status_html(None, note="queued"), *hidden, [], [])
             for step, seconds in steps_of(run, limits):
                 frame = make_frame(step, seconds)
+                every_step.append(step)
                 if any(frame.new):  # steps that change nothing are not drawn
                     kept.append(frame)
                     pacer.wait()
-                    yield canvas_html(frame, pieces, mask_id), status_html(frame, options.steps), gr.skip(), gr.skip()
+                    yield (canvas_html(frame, pieces, mask_id), status_html(frame, options.steps),
+                           *[gr.skip()] * 5)
             if frame is not None:
                 yield (canvas_html(kept[-1] if kept else frame, pieces, mask_id),
                        status_html(frame, options.steps, state="done"),
-                       gr.Slider(1, len(kept), value=len(kept), step=1, visible=len(kept) > 1), kept)
+                       gr.Slider(1, len(kept), value=len(kept), step=1, visible=len(kept) > 1),
+                       gr.Button(visible=True), gr.skip(), kept, every_step)
 
         generation = generate.click(run_generate, [model_name, mode, prompt, suffix, template, length, samples, seed,
                                                    *inputs.values()],
-                                    [canvas, status, scrub, frames], concurrency_limit=None, show_progress="hidden")
+                                    [canvas, status, scrub, make_gif, gif, frames, steps_kept], concurrency_limit=None,
+                                    show_progress="hidden")
         stop.click(None, cancels=[generation])
+
+        def write_gif(steps, name):
+            if not steps:
+                raise gr.Error("generate something first")
+            tokenizer = models.get(name).pipe.tokenizer
+            with tempfile.NamedTemporaryFile(dir=gif_folder.name, prefix="ddlm-denoising-", suffix=".gif") as named:
+                path = Path(named.name)  # a fresh name; the file itself is written atomically below
+            save_animation(denoising_frames(steps, tokenizer, "confidence"), path, legend_for("confidence"))
+            return gr.File(value=str(path), visible=True)
+
+        make_gif.click(write_gif, [steps_kept, model_name], gif, concurrency_limit=1)
 
         def show_step(index, kept, name):
             if not kept:
