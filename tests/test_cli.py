@@ -64,6 +64,7 @@ def test_sample_prints_every_batch_in_order_and_the_batch_size_changes_nothing(t
     lines = [json.loads(line) for line in batched.splitlines()]
     assert [line["index"] for line in lines] == list(range(6))
     assert [line["prompt"] for line in lines] == ["A"] * 3 + ["B"] * 3
+    assert all(line["seed"] == 5 for line in lines)
 
 
 def test_sample_without_a_seed_reports_the_seed_it_drew(trained, capsys):

@@ -286,7 +286,8 @@ def run_sample(args: argparse.Namespace) -> int:
     with view:
         for last in last_steps(view.watch(steps)):
             for row in range(last.tokens.shape[0]):
-                print_sample(args, last.first_sample + row, pipe.decode(last, row, stop_at_eos=not args.keep_eos))
+                text = pipe.decode(last, row, stop_at_eos=not args.keep_eos)
+                print_sample(args, last.first_sample + row, text, options.seed)
             sys.stdout.flush()
     if args.seed is None:
         print(f"seed {options.seed} (pass --seed {options.seed} to draw these samples again)", file=sys.stderr)
@@ -322,11 +323,11 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_sample(args: argparse.Namespace, index: int, text: str) -> None:
+def print_sample(args: argparse.Namespace, index: int, text: str, seed: int) -> None:
     """One sample of ``ddlm sample``, as text with separator lines or as a JSON line."""
     if args.format == "jsonl":
         prompt = args.prompt[index // args.num_samples] if args.prompt else None
-        print(json.dumps({"index": index, "prompt": prompt, "text": text}, ensure_ascii=False))
+        print(json.dumps({"index": index, "prompt": prompt, "text": text, "seed": seed}, ensure_ascii=False))
     else:
         if index:
             print("\n" + "-" * 40)
