@@ -14,6 +14,7 @@ import torch
 
 from ddlm.errors import DDLMError
 from ddlm.samplers.autoregressive import ar_steps
+from ddlm.samplers.block import block_steps
 from ddlm.samplers.canvas import Canvas, parse_template
 from ddlm.samplers.categorical import filter_logits, sample_categorical
 from ddlm.samplers.masked import masked_steps
@@ -27,6 +28,7 @@ SAMPLERS: dict[str, Callable[..., Iterator[SamplerStep]]] = {
     "ar": ar_steps,
     "sedd-absorb": sedd_steps,
     "sedd-uniform": sedd_steps,
+    "block": block_steps,
 }
 
 
@@ -50,6 +52,6 @@ def run_sampler(
 
 
 __all__ = [
-    "POLICIES", "SAMPLERS", "Canvas", "SampleOutput", "SamplerOptions", "SamplerStep", "ar_steps", "filter_logits",
-    "last_steps", "masked_steps", "parse_template", "run_sampler", "sample_categorical", "sampler_steps", "sedd_steps",
+    "POLICIES", "SAMPLERS", "Canvas", "SampleOutput", "SamplerOptions", "SamplerStep", "ar_steps", "block_steps",
+    "filter_logits", "last_steps", "masked_steps", "parse_template", "run_sampler", "sample_categorical", "sampler_steps", "sedd_steps",
 ]
