@@ -53,5 +53,6 @@ def run_sampler(
 
 __all__ = [
     "POLICIES", "SAMPLERS", "Canvas", "SampleOutput", "SamplerOptions", "SamplerStep", "ar_steps", "block_steps",
-    "filter_logits", "last_steps", "masked_steps", "parse_template", "run_sampler", "sample_categorical", "sampler_steps", "sedd_steps",
+    "filter_logits", "last_steps", "masked_steps", "parse_template", "run_sampler", "sample_categorical", "sampler_steps",
+    "sedd_steps",
 ]
