@@ -7,6 +7,7 @@ the API's do; the page only turns steps into HTML (:mod:`ddlm.app.render`).
 from __future__ import annotations
 
 import html
+import math
 import tempfile
 import time
 from collections.abc import Iterator
@@ -177,7 +178,7 @@ def card_markdown(model: Model) -> str:
         ("layers / width / heads", f"{card['layers']} / {card['d_model']} / {card['heads']}"),
         ("context", f"{card['context_length']} tokens"),
         ("tokenizer", f"{card['tokenizer']['kind']}, vocabulary {card['tokenizer']['vocab_size']}"),
-        ("held-out NELBO", f"{nelbo:.4f} nats/token ({nelbo / 0.6931471805599453:.4f} bits)" if nelbo else "not recorded"),
+        ("held-out NELBO", f"{nelbo:.4f} nats/token ({nelbo / math.log(2):.4f} bits)" if nelbo else "not recorded"),
         ("training", ", ".join(f"{key} {summary[key]}" for key in ("steps", "tokens", "train_seconds", "precision")
                                if key in summary) or "no training summary"),
         ("trained on", summary.get("machine", "unknown")),
