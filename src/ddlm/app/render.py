@@ -43,7 +43,7 @@ LEGEND = (
     '<div class="ddlm-legend"><span class="t given">prompt</span> given text · '
     '<span class="t m">&nbsp;&nbsp;</span> still masked · '
     '<span class="t new c2">a</span> written this step · <span class="t eos">end</span> end of text · '
-    'model confidence: '
+    'confidence: '
     '<span class="t c0">low</span><span class="t c2">medium</span><span class="t c4">high</span></div>'
 )
 
