@@ -36,6 +36,23 @@ SETTINGS = [f"optim.max_steps={STEPS}", "optim.precision=fp32", "optim.grad_accu
 WORDS = "the king queen of and to my lord thou art sir good night day love death".split()
 
 
+def default_stop_signals() -> None:
+    """SIGINT and SIGTERM at their defaults: a test run started in the background inherits them ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.fixture(autouse=True)
+def stop_signals_enabled():
+    """Ctrl-C raises KeyboardInterrupt in this process during each test, whatever the shell left ignored."""
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGINT, previous[0])
+    signal.signal(signal.SIGTERM, previous[1])
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     generator = random.Random(0)
@@ -184,6 +201,7 @@ def start_training(out: Path, corpus: Path, resume: bool = False, limit_bytes: i
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same arithmetic as this process
 
     def limit_file_size() -> None:
+        default_stop_signals()
         if limit_bytes is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, resource.RLIM_INFINITY))
 
@@ -238,7 +256,8 @@ def test_ddlm_train_stopped_at_a_random_point_resumes_bit_identically(tmp_path, 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches /proc/PID/maps for torch loading")
 def test_ctrl_c_while_the_command_loads_torch_is_one_line_and_exit_130(tmp_path, corpus):
     process = subprocess.Popen([sys.executable, "-m", "ddlm.launcher", "train", "--data", str(corpus), "--out",
-                                str(tmp_path / "run")], stderr=subprocess.PIPE, text=True)
+                                str(tmp_path / "run")], stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_stop_signals)
     maps = Path(f"/proc/{process.pid}/maps")
     deadline = time.monotonic() + 60
     while process.poll() is None and time.monotonic() < deadline and "libtorch" not in maps.read_text():

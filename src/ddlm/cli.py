@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     animate = commands.add_parser("animate", parents=[common, sampler_flags()],
                                   help="a GIF (or WebP) of one sample being denoised, or of the forward process")
-    animate.add_argument("--model", required=True, help="a model directory, bundled model name or Hub id")
+    animate.add_argument("--model", default=DEFAULT_MODEL,
+                         help=f"a model directory, bundled model name or Hub id (default: the bundled {DEFAULT_MODEL!r})")
     animate.add_argument("--out", required=True, help="the animation to write: a .gif or .webp file")
     animate.add_argument("--prompt", help="text the sample starts with (kept fixed)")
     animate.add_argument("--infill", metavar="TEMPLATE", help=r"fill the gaps of a template, e.g. 'To be, [MASK*12]'")
