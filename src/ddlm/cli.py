@@ -361,8 +361,8 @@ def run_eval(args: argparse.Namespace) -> int:
         elif judge is None:
             print("no judge for these models' vocabulary: pass --judge for the judge NLL", file=sys.stderr)
 
-    def progress(what: str, total: int):
-        bar = tqdm(total=total, desc=what, unit="seq", disable=args.no_progress, leave=False)
+    def progress(what: str, total: int | None):
+        bar = tqdm(total=total, desc=what, unit="seq" if total else "step", disable=args.no_progress, leave=False)
         return lambda: bar.update()
 
     results = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from ddlm.errors import DDLMError
 from ddlm.eval.diversity import distinct_n, repetition_rate, unigram_entropy
 from ddlm.eval.judge import Judge
 from ddlm.eval.likelihood import evaluate_likelihood
-from ddlm.samplers import SamplerOptions
+from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep, last_steps
 
 METRICS = ("likelihood", "samples")
 
@@ -71,15 +72,17 @@ def evaluate(pipe, data: str | Path | None, judge: Judge | None, settings: EvalS
                                          settings.draws, settings.seed, pipe.precision, tick)
         result["likelihood"] = likelihood.to_dict()
     if "samples" in settings.metrics:
-        result["samples"] = sample_metrics(pipe, judge, settings)
+        result["samples"] = sample_metrics(pipe, judge, settings, progress("sampling steps", None) if progress else None)
     return result
 
 
-def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings) -> dict:
-    """Speed, diversity and (with a judge) generative perplexity of unconditional samples."""
+def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings, tick: Callable[[], None] | None = None) -> dict:
+    """Speed, diversity and (with a judge) generative perplexity of unconditional samples; ``tick`` once per step."""
     options = settings.sampler.for_process(pipe.process.name)  # one command may compare models of several processes
     start = time.perf_counter()
-    output = pipe.sample(options=options, num_samples=settings.num_samples)
+    steps = pipe.stream(options=options, num_samples=settings.num_samples, texts=False)
+    outputs = [SampleOutput.of_step(step) for step in last_steps(counted(steps, tick))]
+    output = SampleOutput.concatenate(outputs, pipe.tokenizer.pad_id)
     seconds = time.perf_counter() - start
     texts = [pipe.decode(output, row) for row in range(settings.num_samples)]
     ids = [pipe.tokenizer.encode(text) for text in texts]
@@ -100,6 +103,14 @@ def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings) -> dict:
         nll = judge.mean_nll(texts)
         metrics.update(judge=judge.name, judge_nll=nll, generative_perplexity=math.exp(nll))
     return metrics
+
+
+def counted(steps: Iterable[SamplerStep], tick: Callable[[], None] | None) -> Iterator[SamplerStep]:
+    """``steps`` unchanged, calling ``tick`` (a progress bar) at each."""
+    for step in steps:
+        if tick is not None:
+            tick()
+        yield step
 
 
 def markdown_table(results: dict[str, dict]) -> str:
