@@ -295,7 +295,7 @@ def to_number(dotted_key: str, kind: type, value: Any) -> int | float:
     return number
 
 
-DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*")
+DURATION = re.compile(r"\s*(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*([smh]?)\s*")  # a plain number may use an exponent
 
 
 def duration_seconds(text: str, what: str = "duration") -> float:
