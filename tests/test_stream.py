@@ -38,7 +38,8 @@ def test_the_last_step_of_the_stream_is_the_sample(name):
     output = pipe.sample(**arguments)
     assert torch.equal(steps[-1].tokens, output.tokens) and steps[-1].model_calls == output.model_calls
     assert steps[-1].texts == pipe.generate(**arguments)
-    assert [step.index for step in steps] == list(range(len(steps)))
+    assert all(before.index < after.index for before, after in zip(steps, steps[1:]))  # sampler steps, in order
+    assert all(step.changed.any() for step in steps[:-1])  # one step per change of the canvas (and the last)
     mask = TOKENIZER.mask_id
     for before, step in zip([None, *steps], steps):
         previous = before.tokens if before is not None else step.canvas.tokens.masked_fill(step.canvas.generated, mask)
@@ -64,9 +65,10 @@ def test_noise_is_the_masked_fraction_of_the_generated_positions(name):
 
 def test_sedd_uniform_noise_falls_with_the_schedule_to_zero():
     pipe, arguments = split_case(CASES["sedd-uniform: analytic"])
-    noise = [step.noise for step in pipe.stream(**arguments)]
-    expected = [-math.expm1(-float(pipe.process.sigma_bar(torch.tensor(1 - (i + 1) / 8)))) for i in range(7)]
-    assert noise[:-1] == pytest.approx(expected) and noise[-1] == 0.0  # the last step denoises to sigma_bar = 0
+    steps = list(pipe.stream(**arguments))  # step i of 8 ends at time 1 - (i + 1) / 8
+    expected = [-math.expm1(-float(pipe.process.sigma_bar(torch.tensor(1 - (step.index + 1) / 8)))) for step in steps[:-1]]
+    assert [step.noise for step in steps[:-1]] == pytest.approx(expected)
+    assert steps[-1].index == 7 and steps[-1].noise == 0.0  # the last step denoises to sigma_bar = 0
 
 
 def test_batches_give_the_samples_of_one_batch():

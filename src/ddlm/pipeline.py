@@ -24,7 +24,7 @@ from ddlm.fileio import atomic_path, write_json_atomic
 from ddlm.hf import HFDiffusionModel, is_transformers_config, load_transformers_model
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Process, Vocabulary, build_process
-from ddlm.samplers import Canvas, SampleOutput, SamplerOptions, SamplerStep, last_steps, parse_template, sampler_steps
+from ddlm.samplers import Canvas, SampleOutput, SamplerOptions, SamplerStep, changes_only, last_steps, parse_template, sampler_steps
 from ddlm.samplers.options import check_integer
 from ddlm.tokenizers import Tokenizer, load_tokenizer
 
@@ -223,7 +223,7 @@ class DiffusionPipeline:
         options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords,
                                      chat=chat)
 
-        steps = self.run_batches(options, rows, batch_size)
+        steps = changes_only(self.run_batches(options, rows, batch_size))
 
         def with_texts() -> Iterator[SamplerStep]:
             for step in steps:

@@ -21,7 +21,7 @@ from ddlm.samplers.masked import masked_steps
 from ddlm.samplers.options import SamplerOptions
 from ddlm.samplers.policies import POLICIES
 from ddlm.samplers.sedd import sedd_steps
-from ddlm.samplers.step import SampleOutput, SamplerStep, last_steps
+from ddlm.samplers.step import SampleOutput, SamplerStep, changes_only, last_steps
 
 SAMPLERS: dict[str, Callable[..., Iterator[SamplerStep]]] = {
     "masked": masked_steps,
@@ -53,6 +53,6 @@ def run_sampler(
 
 __all__ = [
     "POLICIES", "SAMPLERS", "Canvas", "SampleOutput", "SamplerOptions", "SamplerStep", "ar_steps", "block_steps",
-    "filter_logits", "last_steps", "masked_steps", "parse_template", "run_sampler", "sample_categorical", "sampler_steps",
-    "sedd_steps",
+    "changes_only", "filter_logits", "last_steps", "masked_steps", "parse_template", "run_sampler",
+    "sample_categorical", "sampler_steps", "sedd_steps",
 ]

@@ -88,6 +88,17 @@ def last_steps(steps: Iterable[SamplerStep]) -> Iterator[SamplerStep]:
         yield last
 
 
+def changes_only(steps: Iterable[SamplerStep]) -> Iterator[SamplerStep]:
+    """The steps that changed the canvas, and the last step of each batch (its model calls are the batch's total)."""
+    pending = None
+    for step in steps:
+        if pending is not None and (bool(pending.changed.any()) or step.first_sample != pending.first_sample):
+            yield pending
+        pending = step
+    if pending is not None:
+        yield pending
+
+
 def masked_fraction(tokens: torch.Tensor, generated: torch.Tensor, mask_id: int) -> torch.Tensor:
     """(B,) float64: the fraction of each row's generated positions that hold MASK."""
     masked = ((tokens == mask_id) & generated).sum(dim=1).double()
