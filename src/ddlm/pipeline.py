@@ -233,24 +233,10 @@ class DiffusionPipeline:
 
         return with_texts()
 
-    def sample_batches(
-        self,
-        prompt: str | list[str] | None = None,
-        options: SamplerOptions | None = None,
-        *,
-        num_samples: int = 1,
-        length: int | None = None,
-        infill: str | None = None,
-        suffix: str | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        chat: bool = False,
-        **option_keywords: Any,
-    ) -> Iterator[SampleOutput]:
+    def sample_batches(self, prompt: str | list[str] | None = None, options: SamplerOptions | None = None,
+                       **arguments: Any) -> Iterator[SampleOutput]:
         """Each batch's :class:`SampleOutput` as soon as it is finished; arguments as in :meth:`stream`."""
-        options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords,
-                                     chat=chat)
-
-        return (SampleOutput.of_step(step) for step in last_steps(self.run_batches(options, rows, batch_size)))
+        return (SampleOutput.of_step(step) for step in last_steps(self.stream(prompt, options, texts=False, **arguments)))
 
     def sample(self, prompt: str | list[str] | None = None, options: SamplerOptions | None = None,
                **arguments: Any) -> SampleOutput:
