@@ -59,10 +59,15 @@ def sampler_flags() -> argparse.ArgumentParser:
     group.add_argument("--policy", choices=POLICIES, help="which masked positions each step reveals (default: ancestral)")
     group.add_argument("--block-length", type=int, help="semi-autoregressive blocks of this many positions")
     group.add_argument("--threshold", type=float, help="also reveal every position this confident (threshold policy: 0.9)")
+    group.add_argument("--entropy-bound", type=float, metavar="GAMMA",
+                       help="EB-sampler: also reveal the best-ranked positions whose entropies (summed, less the "
+                            "largest) stay within GAMMA nats (a ranked policy, e.g. --policy confidence)")
     group.add_argument("--remask", choices=REMASK_SCHEDULES, help="ReMDM remasking schedule (ancestral policy)")
     group.add_argument("--remask-eta", type=float, help="ReMDM remasking strength in [0, 1] (default: 0.05)")
     group.add_argument("--prefix-cache", action="store_true", default=None,
                        help="reuse keys/values left of the current block")
+    group.add_argument("--dual-cache", action="store_true", default=None,
+                       help="reuse keys/values left and right of the current block (needs --block-length)")
     group.add_argument("--min-length", type=int, help="no end-of-text among the first N generated tokens")
     return parent
 

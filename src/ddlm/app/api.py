@@ -49,7 +49,10 @@ SAMPLER_HELP = {
     "threshold": "masked diffusion: also reveal every position this confident (threshold policy: 0.9)",
     "remask": "masked diffusion: ReMDM remasking schedule (cap, rescale; ancestral policy)",
     "remask_eta": "masked diffusion: ReMDM remasking strength in [0, 1]",
+    "entropy_bound": "masked diffusion: EB-sampler bound in nats (a ranked policy): also reveal the best-ranked "
+                     "positions whose entropies, summed less the largest, stay within it",
     "prefix_cache": "masked diffusion: reuse keys and values left of the current block",
+    "dual_cache": "masked diffusion: reuse keys and values left and right of the current block (needs block_length)",
     "min_length": "masked diffusion: no end-of-text among the first N generated tokens",
     "method": "SEDD: analytic or euler steps",
 }

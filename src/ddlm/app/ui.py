@@ -64,7 +64,9 @@ OPTION_HELP = {
     "threshold": "0: off; also write every position the model is this sure of",
     "remask": "ReMDM: let the model mask written tokens again (ancestral policy)",
     "remask_eta": "how strongly to remask",
+    "entropy_bound": "0: off; also write the surest positions while their entropies (less the largest) stay under it",
     "prefix_cache": "reuse keys/values left of the current block",
+    "dual_cache": "reuse keys/values left and right of the current block",
     "min_length": "no end of text among the first N tokens",
     "method": "SEDD step",
 }
@@ -86,9 +88,11 @@ def option_inputs(limits_steps: int) -> dict[str, gr.components.Component]:
         "policy": gr.Dropdown(list(POLICIES), value=defaults.policy, **label("policy")),
         "block_length": gr.Number(0, precision=0, minimum=0, **label("block_length")),
         "threshold": gr.Slider(0, 1, value=0, step=0.05, **label("threshold")),
+        "entropy_bound": gr.Slider(0, 5, value=0, step=0.1, **label("entropy_bound")),
         "remask": gr.Dropdown(["off", *REMASK_SCHEDULES], value="off", **label("remask")),
         "remask_eta": gr.Slider(0, 1, value=defaults.remask_eta, step=0.01, **label("remask_eta")),
         "prefix_cache": gr.Checkbox(defaults.prefix_cache, **label("prefix_cache")),
+        "dual_cache": gr.Checkbox(defaults.dual_cache, **label("dual_cache")),
         "min_length": gr.Number(defaults.min_length, precision=0, minimum=0, **label("min_length")),
         "method": gr.Dropdown(list(SEDD_METHODS), value=defaults.method, **label("method")),
     }
@@ -96,7 +100,7 @@ def option_inputs(limits_steps: int) -> dict[str, gr.components.Component]:
 
 def options_from_inputs(process: str, values: dict[str, Any]) -> dict[str, Any]:
     """The sampler options the page's inputs set, 'off' values dropped, those of other processes left out."""
-    off = {"top_k": 0, "top_p": 1, "block_length": 0, "threshold": 0, "remask": "off"}
+    off = {"top_k": 0, "top_p": 1, "block_length": 0, "threshold": 0, "entropy_bound": 0, "remask": "off"}
     applicable = SamplerOptions().applicable(process)
     options = {}
     for name, value in values.items():

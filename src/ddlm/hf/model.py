@@ -50,6 +50,8 @@ class HFPrefixCache:
     """ddlm's cache protocol (``batch_size``, a settable ``length`` of canvas positions) over the
     ``past_key_values`` a Hugging Face network returns."""
 
+    keeps_suffix = False  # a prefix cache only: no dual cache
+
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
         self.length = 0

@@ -47,14 +47,20 @@ class KVCache:
     they attend to the stored positions and to each other (causally in a causal model,
     fully in a bidirectional one, as a prefix cache for blockwise decoding), and their
     keys and values are stored. Lowering ``length`` forgets the last positions, e.g. to
-    run a block again against the same prefix. Storage (batch, heads, capacity, head_dim)
-    is allocated on first use in the dtype of the keys, so it follows autocast.
+    run a block again against the same prefix. Setting ``keep_to`` beyond the new positions
+    keeps the stored positions up to it visible too (a bidirectional model's dual cache:
+    the block sees the cached prefix and suffix around it). Storage (batch, heads,
+    capacity, head_dim) is allocated on first use in the dtype of the keys, so it follows
+    autocast.
     """
+
+    keeps_suffix = True  # positions after the new ones can stay visible (``keep_to``)
 
     def __init__(self, batch_size: int, n_layers: int, capacity: int):
         self.batch_size = batch_size
         self.capacity = capacity
         self.length = 0
+        self.keep_to = 0
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
 
@@ -67,7 +73,12 @@ class KVCache:
         cached_keys, cached_values = self.keys[layer], self.values[layer]
         cached_keys[:, :, self.length : end] = keys
         cached_values[:, :, self.length : end] = values
-        return cached_keys[:, :, :end], cached_values[:, :, :end]
+        visible = self.visible(keys.shape[2])
+        return cached_keys[:, :, :visible], cached_values[:, :, :visible]
+
+    def visible(self, new: int) -> int:
+        """How many stored positions ``new`` positions written after ``length`` attend to."""
+        return max(self.length + new, self.keep_to)
 
 
 def attention_mask(
@@ -77,21 +88,24 @@ def attention_mask(
     key_mask: torch.Tensor | None,
     device: torch.device,
     pattern: torch.Tensor | None = None,
+    keys: int | None = None,
 ) -> tuple[torch.Tensor | None, bool]:
     """SDPA's ``attn_mask`` and ``is_causal`` for ``new`` queries after ``cached`` positions.
 
-    ``key_mask`` (B, cached + new) marks the keys that exist (False: batch padding);
-    ``pattern`` (new, cached + new) bool, when given, says which keys each query may see.
+    ``keys``: how many keys there are (default cached + new; more with a dual cache's suffix).
+    ``key_mask`` (B, keys) marks the keys that exist (False: batch padding);
+    ``pattern`` (new, keys) bool, when given, says which keys each query may see.
     """
+    keys = cached + new if keys is None else keys
     if key_mask is None and pattern is None:
-        if not causal or (cached > 0 and new == 1):
+        if not causal or (cached > 0 and new == 1 and keys == cached + new):
             return None, False
-        if cached == 0:
+        if cached == 0 and keys == new:
             return None, True
-        return torch.ones(new, cached + new, dtype=torch.bool, device=device).tril(cached), False
-    allowed = torch.ones(new, cached + new, dtype=torch.bool, device=device) if pattern is None else pattern
+        return torch.ones(new, keys, dtype=torch.bool, device=device).tril(cached), False
+    allowed = torch.ones(new, keys, dtype=torch.bool, device=device) if pattern is None else pattern
     if causal:
-        allowed = allowed & torch.ones(new, cached + new, dtype=torch.bool, device=device).tril(cached)
+        allowed = allowed & torch.ones(new, keys, dtype=torch.bool, device=device).tril(cached)
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :]
     return allowed, False
@@ -255,8 +269,9 @@ class Transformer(nn.Module):
 
         ``noise`` is required by a model that ``uses_noise`` and ignored by one that does not.
         With a ``cache``, ``tokens`` are the L positions after the ``cache.length`` stored
-        ones; they also attend to those, and the cache is extended by them. ``key_mask``
-        (B, cached + L) bool hides padding positions from every query. ``attention``
+        ones; they also attend to those (and to the stored ones up to ``cache.keep_to``), and
+        the cache is extended by them. ``key_mask`` (B, keys) bool hides padding positions
+        from every query. ``attention``
         (L, cached + L) bool, when given, is the attention pattern: which keys each query
         sees (e.g. block-causal), on top of ``config.causal`` and ``key_mask``.
         ``positions`` (L,) long are the rotary positions of the tokens (default: cached,
@@ -281,7 +296,8 @@ class Transformer(nn.Module):
             raise NoiseLevelMissing("this model is conditioned on the noise level: pass noise=")
         cond = F.silu(self.noise_embed(noise)) if self.uses_noise else None
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        mask = attention_mask(self.config.causal, length, start, key_mask, tokens.device, attention)
+        keys = cache.visible(length) if cache is not None else length
+        mask = attention_mask(self.config.causal, length, start, key_mask, tokens.device, attention, keys)
         x = self.embed(tokens)
         for layer, block in enumerate(self.blocks):
             x = block(x, cos, sin, cond, mask, cache, layer)

@@ -11,12 +11,17 @@ A *policy* picks which masked positions a step reveals:
   above ``threshold`` (Fast-dLLM), so confident steps reveal many tokens at once. A threshold
   also combines with the other ranked policies (``random`` + threshold: random positions on
   schedule, plus every confident one).
+- an *entropy bound* gamma (EB-sampler, Ben-Hamu et al. 2025) with any ranked policy: each step
+  also reveals the longest run of best-ranked positions whose predictive entropies, summed
+  less the largest, stay within gamma (so gamma = 0 keeps the schedule, and a model sure of
+  every position fills the canvas in one call).
 
 A *block schedule* (``block_length``) makes any policy semi-autoregressive: the generated
 positions are filled block by block, left to right, with the step budget split over blocks.
-*Caching*: a time-agnostic model is not called again when no token changed, and
-``prefix_cache`` reuses the keys/values of positions left of the current block (an
-approximation under bidirectional attention: the benchmark reports its effect).
+*Caching*: a time-agnostic model is not called again when no token changed;
+``prefix_cache`` reuses the keys/values of positions left of the current block and
+``dual_cache`` also those right of it, both refreshed at each block's first call (Fast-dLLM;
+approximations under bidirectional attention: the benchmark reports their effect).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from ddlm.samplers.policies import (
     DEFAULT_THRESHOLD,
     blocks,
     confidence_scores,
+    entropy_bounded_counts,
+    predictive_entropy,
     remask_probability,
     reveal_counts,
     split_evenly,
@@ -46,24 +53,32 @@ class ModelCaller:
     """Calls the model for the sampler and counts the calls.
 
     Reuses the last logits when the canvas has not changed and the model does not see the
-    noise level; with a prefix cache, only positions from ``prefix`` on are recomputed after
-    the first call of a block.
+    noise level. With a prefix cache, only positions from ``prefix`` on are recomputed after
+    the first call of a block; with a dual cache, only the block's columns [prefix, end),
+    which also see the cached keys/values right of the block. The first call of each block
+    runs the whole canvas and refreshes the cache.
     """
 
-    def __init__(self, model: torch.nn.Module, canvas: Canvas, reuse: bool, prefix_cache: bool):
+    def __init__(self, model: torch.nn.Module, canvas: Canvas, reuse: bool, prefix_cache: bool, dual_cache: bool = False):
         self.model = model
         self.key_mask = canvas.key_mask
         self.reuse = reuse and not model.uses_noise
-        self.cache = model.new_cache(canvas.batch_size) if prefix_cache else None
+        self.cache = model.new_cache(canvas.batch_size) if prefix_cache or dual_cache else None
+        if dual_cache and not self.cache.keeps_suffix:
+            raise DDLMError("this model's key/value cache holds a prefix only; drop --dual-cache (dual_cache=True)")
+        self.dual = dual_cache
         self.prefix = 0
+        self.end = canvas.width
         self.fresh_block = True
         self.logits: torch.Tensor | None = None
         self.seen: torch.Tensor | None = None
         self.calls = 0
 
     def start_block(self, block: torch.Tensor) -> None:
-        """Positions left of every row's first position in ``block`` (B, L) become the cached prefix."""
+        """Positions left of every row's first position in ``block`` (B, L) become the cached prefix
+        (and, with a dual cache, those right of its last position the cached suffix)."""
         self.prefix = int(block.long().argmax(dim=1).min())
+        self.end = int(block.any(dim=0).nonzero().max()) + 1 if self.dual else block.shape[1]
         self.fresh_block = True
 
     def __call__(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -73,12 +88,17 @@ class ModelCaller:
             logits = self.model(x, noise, key_mask=self.key_mask)
         elif self.fresh_block:
             self.cache.length = 0
+            if self.dual:
+                self.cache.keep_to = 0
             logits = self.model(x, noise, cache=self.cache, key_mask=self.key_mask)
             self.fresh_block = False
         else:
             self.cache.length = self.prefix
+            if self.dual:
+                self.cache.keep_to = x.shape[1]
             logits = self.logits.clone()
-            logits[:, self.prefix :] = self.model(x[:, self.prefix :], noise, cache=self.cache, key_mask=self.key_mask)
+            logits[:, self.prefix : self.end] = self.model(
+                x[:, self.prefix : self.end], noise, cache=self.cache, key_mask=self.key_mask)
         self.calls += 1
         self.logits, self.seen = logits, x.clone()
         return logits
@@ -93,7 +113,7 @@ class MaskedSampler:
         self.model, self.process, self.canvas, self.options = model, process, canvas, options
         self.x = canvas.tokens.masked_fill(canvas.generated, process.mask_id)
         self.random = RowRandom(options.seed, canvas.batch_size, self.x.device, first_row)
-        self.caller = ModelCaller(model, canvas, options.use_cache, options.prefix_cache)
+        self.caller = ModelCaller(model, canvas, options.use_cache, options.prefix_cache, options.dual_cache)
         self.steps_done = 0
         min_length = options.min_length
         self.no_eos = canvas.generated & (canvas.generated_rank() < min_length) if min_length > 0 else None
@@ -210,8 +230,9 @@ class MaskedSampler:
             yield self.take_step(reveal, tokens, self.full_confidence(reveal, probs))
 
     def ranked(self, block: torch.Tensor, steps: int, policy: str, threshold: float | None) -> Iterator[SamplerStep]:
-        """Reveal the best-scored masked positions (the step schedule's count), plus every position
-        whose drawn token has probability above ``threshold``."""
+        """Reveal the best-scored masked positions (the step schedule's count, or more under the
+        options' entropy bound), plus every position whose drawn token has probability above
+        ``threshold``."""
         counts = reveal_counts(self.masked_in(block).sum(dim=1), steps)
         for step in range(steps):
             masked = self.masked_in(block)
@@ -226,6 +247,10 @@ class MaskedSampler:
             wanted = remaining if step == steps - 1 else counts[:, step]
             if threshold is not None:
                 wanted = wanted.clamp_min(1)
+            if self.options.entropy_bound is not None:
+                entropy = torch.zeros_like(scores)
+                entropy[masked] = predictive_entropy(log_probs[masked])
+                wanted = torch.maximum(wanted, entropy_bounded_counts(scores, masked, entropy, self.options.entropy_bound))
             reveal = top_k_per_row(scores, masked, torch.minimum(wanted, remaining))
             confidence = self.full_confidence(masked, probs)
             if threshold is not None:

@@ -39,9 +39,12 @@ class SamplerOptions:
     sample index); None draws a fresh one (see :meth:`with_seed`). ``use_cache``: skip model
     calls that would repeat the last one. Masked diffusion: ``policy`` (see
     ``ddlm.samplers.masked``), ``block_length`` (semi-autoregressive blocks), ``threshold``
-    (Fast-dLLM; 0.9 for the threshold policy), ``remask`` / ``remask_eta`` (ReMDM, ancestral
-    policy), ``prefix_cache`` (reuse keys/values left of the current block), ``min_length``
-    (no end-of-text among the first generated positions). SEDD: ``method`` (euler, analytic).
+    (Fast-dLLM; 0.9 for the threshold policy), ``entropy_bound`` (EB-sampler: each step also
+    reveals the best-ranked positions whose summed entropy, less the largest, stays within the
+    bound), ``remask`` / ``remask_eta`` (ReMDM, ancestral policy), ``prefix_cache`` (reuse
+    keys/values left of the current block), ``dual_cache`` (also those right of it, Fast-dLLM),
+    ``min_length`` (no end-of-text among the first generated positions). SEDD: ``method``
+    (euler, analytic).
     """
 
     steps: int = 128
@@ -53,9 +56,11 @@ class SamplerOptions:
     policy: str = field(default="ancestral", metadata=only_for(MASK_POLICY_PROCESSES))
     block_length: int | None = field(default=None, metadata=only_for(MASKED_PROCESSES))
     threshold: float | None = field(default=None, metadata=only_for(MASK_POLICY_PROCESSES))
+    entropy_bound: float | None = field(default=None, metadata=only_for(MASK_POLICY_PROCESSES))
     remask: str | None = field(default=None, metadata=only_for(MASK_POLICY_PROCESSES))
     remask_eta: float = field(default=0.05, metadata=only_for(MASK_POLICY_PROCESSES))
     prefix_cache: bool = field(default=False, metadata=only_for(MASKED_PROCESSES))
+    dual_cache: bool = field(default=False, metadata=only_for(MASKED_PROCESSES))
     min_length: int = field(default=0, metadata=only_for(MASK_POLICY_PROCESSES))
     method: str = field(default="analytic", metadata=only_for(SEDD_PROCESSES))
 
@@ -77,6 +82,15 @@ class SamplerOptions:
             check_number("threshold", self.threshold, "in (0, 1] (a probability)", lambda p: 0 < p <= 1)
             if self.policy not in (*RANKED_POLICIES, "threshold"):
                 raise DDLMError(f"a threshold needs a ranked policy (threshold, confidence, ...), not {self.policy!r}")
+        if self.entropy_bound is not None:
+            check_number("entropy_bound", self.entropy_bound, "a finite number >= 0 (nats)", lambda g: g >= 0)
+            if self.policy not in (*RANKED_POLICIES, "threshold"):
+                raise DDLMError(
+                    f"an entropy bound ranks positions, so it needs a ranked policy, not {self.policy!r}; "
+                    "add policy=confidence (--policy confidence)"
+                )
+        if self.dual_cache and self.block_length is None:
+            raise DDLMError("the dual cache keeps the positions right of the current block: set block_length too")
         if self.remask is not None:
             check_choice("remask", self.remask, REMASK_SCHEDULES)
             if self.policy != "ancestral":

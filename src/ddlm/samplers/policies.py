@@ -66,10 +66,28 @@ def confidence_scores(policy: str, log_probs: torch.Tensor, tokens: torch.Tensor
         top = probs.topk(2, dim=-1).values
         return top[:, 0] - top[:, 1]
     if policy == "entropy":
-        return (probs * log_probs.double().clamp_min(-1e30)).sum(dim=-1)
+        return -predictive_entropy(log_probs)
     if policy == "random":
         return uniform
     raise DDLMError(f"unknown confidence policy {policy!r}; choose one of {list(RANKED_POLICIES)}")
+
+
+def predictive_entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats, float64) of each distribution ``log_probs`` (..., V)."""
+    log_probs = log_probs.double()
+    return -(log_probs.exp() * log_probs.clamp_min(-1e30)).sum(dim=-1)
+
+
+def entropy_bounded_counts(
+    scores: torch.Tensor, candidates: torch.Tensor, entropy: torch.Tensor, bound: float
+) -> torch.Tensor:
+    """(B,) EB-sampler's reveal count: the longest run of each row's best-scored ``candidates``
+    (B, L) whose ``entropy`` (B, L), summed less its largest, is at most ``bound``; at least one
+    where a row has a candidate. The error proxy grows along the run, so the run is a prefix."""
+    order = scores.masked_fill(~candidates, -torch.inf).argsort(dim=1, descending=True, stable=True)
+    ranked_entropy = entropy.masked_fill(~candidates, 0).gather(1, order)
+    error = ranked_entropy.cumsum(dim=1) - ranked_entropy.cummax(dim=1).values
+    return ((error <= bound) & candidates.gather(1, order)).sum(dim=1)
 
 
 def top_k_per_row(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
