@@ -162,6 +162,11 @@ def test_the_benchmark_trade_off_is_a_png(tmp_path):
     plot_tradeoff(points, tmp_path / "tradeoff.png", baseline_entropy=4.1)
     with Image.open(tmp_path / "tradeoff.png") as image:
         assert image.format == "PNG" and image.width > image.height > 300
+        one_panel = image.width
+    timed = [{**point, "seconds": point["calls"] / 10, "precision": "bf16"} for point in points]
+    plot_tradeoff(timed, tmp_path / "frontier.png")
+    with Image.open(tmp_path / "frontier.png") as image:
+        assert image.format == "PNG" and image.width > one_panel  # a second panel: wall time
 
 
 def test_plot_errors_are_one_line(tmp_path, capsys, monkeypatch):

@@ -89,27 +89,34 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> None:
 
 
 def plot_tradeoff(points: Sequence[dict[str, Any]], out: str | Path, baseline_entropy: float | None = None) -> None:
-    """Model calls against judge NLL, one numbered point per sampler (label, calls, nll, entropy), keyed on the right.
-
-    Samplers that land on the same point share one annotation ("3, 4").
+    """The sampling frontier: judge NLL against model calls and, where the points have ``seconds``, against
+    wall time; one numbered point per sampler (label, calls, nll, entropy; optional seconds and
+    precision, drawn as the marker), keyed on the right. Samplers on the same point share one annotation.
     """
     check_figure_path(out)
     plt = pyplot()
-    figure, axis = plt.subplots(figsize=(12, 6))
-    numbers: dict[tuple[float, float], list[str]] = {}
-    for number, point in enumerate(points, start=1):
-        axis.scatter(point["calls"], point["nll"], s=30, label=f"{number}. {point['label']} (entropy {point['entropy']:.2f})")
-        numbers.setdefault((point["calls"], point["nll"]), []).append(str(number))
-    for (calls, nll), labels in numbers.items():
-        axis.annotate(", ".join(labels), (calls, nll), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    title = "sampling trade-off: model calls against sample quality"
+    axes_of = [("calls", "model calls per batch (log scale)")]
+    if all("seconds" in point for point in points):
+        axes_of.append(("seconds", "seconds per batch (log scale)"))
+    figure, axes = plt.subplots(1, len(axes_of), figsize=(8 + 5 * len(axes_of), 6), squeeze=False)
+    markers = {"fp32": "s", "bf16": "o"}
+    for axis, (key, label) in zip(axes[0], axes_of):
+        numbers: dict[tuple[float, float], list[str]] = {}
+        for number, point in enumerate(points, start=1):
+            legend = f"{number}. {point['label']} (entropy {point['entropy']:.2f})"
+            axis.scatter(point[key], point["nll"], s=30, marker=markers.get(point.get("precision"), "o"),
+                         color=f"C{(number - 1) % 10}", label=legend)
+            numbers.setdefault((point[key], point["nll"]), []).append(str(number))
+        for (x, nll), labels in numbers.items():
+            axis.annotate(", ".join(labels), (x, nll), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("judge NLL (nats/token, lower is better)")
+        axis.grid(alpha=0.3)
+    title = "sampling trade-off: cost against sample quality"
     if baseline_entropy is not None:
         title += f" (entropy of the baseline: {baseline_entropy:.2f} nats)"
-    axis.set_title(title)
-    axis.set_xscale("log")
-    axis.set_xlabel("model calls per batch (log scale)")
-    axis.set_ylabel("judge NLL (nats/token, lower is better)")
-    axis.grid(alpha=0.3)
-    axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
+    figure.suptitle(title)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
     save_figure(figure, out)
     plt.close(figure)
