@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,18 +35,40 @@ sys.path.insert(0, str(Path(__file__).parent))
 from real_words import real_word_share, words  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"shakespeare": 120, "shakespeare-ar": 80}  # minutes of training (the published masked run: resumed 3 times)
 BF16_TOLERANCE = 0.005  # nats per token
 PROMPT = "ROMEO:"
 
 
-def train(name: str, minutes: float, threads: int) -> subprocess.Popen:
-    """Start `ddlm train` for one bundled model in the background."""
+@dataclass(frozen=True)
+class Stage:
+    """Train until ``minutes`` of training in all (a later stage resumes the run with a longer budget,
+    restarting the cosine from where the longer schedule stands, with peak ``lr`` if given)."""
+
+    minutes: float
+    lr: float | None = None
+
+
+# The published runs: shakespeare 120 minutes, then resumed to 225 minutes with peak lr 1e-3
+# (a warm restart: the learning rate went from 1e-4 back to 4.7e-4 and decayed again).
+MODELS = {"shakespeare": (Stage(120), Stage(225, lr=1e-3)), "shakespeare-ar": (Stage(100),)}
+
+
+def train(name: str, threads: int) -> int:
+    """Run ``ddlm train`` for one bundled model, stage after stage; the exit status of the last."""
     out = ROOT / "runs" / "bundled" / name
-    command = ["ddlm", "train", "--config", str(ROOT / "experiments" / "bundled" / f"{name}.yaml"),
-               "--data", "shakespeare", "--out", str(out), "--time-budget", f"{minutes}m", "--no-progress"]
-    log = open(out.parent / f"{name}.log", "w")  # noqa: SIM115 - the process writes it until it ends
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with open(out.parent / f"{name}.log", "w") as log:
+        for index, stage in enumerate(MODELS[name]):
+            command = ["ddlm", "train", "--out", str(out), "--time-budget", f"{stage.minutes}m", "--no-progress"]
+            if index == 0:
+                command += ["--config", str(ROOT / "experiments" / "bundled" / f"{name}.yaml"), "--data", "shakespeare"]
+            else:
+                command += ["--resume"]
+            command += [f"optim.lr={stage.lr}"] if stage.lr is not None else []
+            status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            if status:
+                return status
+    return 0
 
 
 def held_out_nelbo(pipe: DiffusionPipeline, draws: int) -> tuple[float, float]:
@@ -83,12 +108,13 @@ def export(name: str) -> dict:
                     "held_out_standard_error": error, "real_words_t08": figures["real_words"]}
     target = ROOT / "src" / "ddlm" / "bundled" / name
     pipe.save_pretrained(target, weights=bf16_state if use_bf16 else fp32_state)
-    (target / "README.md").write_text(model_card(name, pipe.summary, figures), encoding="utf-8")
+    history = json.loads((run / "run.json").read_text()).get("history", [])
+    (target / "README.md").write_text(model_card(name, pipe.summary, figures, history), encoding="utf-8")
     return figures
 
 
-def model_card(name: str, summary: dict, figures: dict) -> str:
-    """The model directory's README.md."""
+def model_card(name: str, summary: dict, figures: dict, history: list[dict]) -> str:
+    """The model directory's README.md; ``history``: the run's resumptions with changed settings (run.json)."""
     config = summary["run_config"]
     model, optim = config["model"], config["optim"]
     kind = "an autoregressive (causal)" if config["process"]["name"] == "ar" else "a masked-diffusion (linear schedule)"
@@ -101,8 +127,8 @@ def model_card(name: str, summary: dict, figures: dict) -> str:
         "backbone": f"{summary['parameters']:,} parameters: {model['n_layers']} layers, width {model['d_model']}, "
                     f"{model['n_heads']} heads, context {context}, dropout {model['dropout']}{conditioning}",
         "training": f"{summary['steps']:,} steps of {optim['batch_size']} x {context} characters ({summary['tokens']:,} tokens), "
-                    f"{summary['train_seconds'] / 60:.0f} minutes, AdamW lr {optim['lr']}, cosine by time, EMA {optim['ema']}, "
-                    f"{summary['precision']} autocast",
+                    f"{summary['train_seconds'] / 60:.0f} minutes, AdamW, cosine learning rate by time, EMA {optim['ema']}, "
+                    f"{summary['precision']} autocast; " + schedule_history(optim, history),
         "machine": f"{summary['machine']}; the two bundled models trained side by side, one thread each, sharing the 2 cores "
                    f"with other work ({summary['tokens'] / summary['train_seconds']:,.0f} tokens/s on average, about 4,000 alone)",
         f"held-out {unit}": f"**{summary['held_out_nelbo']:.4f} nats/char** (± {figures['standard_error']:.4f}) "
@@ -132,6 +158,19 @@ A sample (seed 0, {sampler}):
 """
 
 
+def schedule_history(optim: dict, history: list[dict]) -> str:
+    """The learning-rate schedule in words: the first peak and each resumption that changed it."""
+    changes = [entry for entry in history if {"optim.lr", "optim.time_budget"} & set(entry["changes"])]
+    first_lr = changes[0]["changes"]["optim.lr"][0] if changes and "optim.lr" in changes[0]["changes"] else optim["lr"]
+    words = [f"peak lr {first_lr:g}"]
+    for entry in changes:
+        budget = entry["changes"].get("optim.time_budget", [None, optim["time_budget"]])[1]
+        lr = entry["changes"].get("optim.lr", [None, None])[1]
+        words.append(f"resumed at step {entry['step']:,} with the budget extended to {budget / 60:.0f} minutes"
+                     + (f" and peak lr {lr:g} (a warm restart of the cosine)" if lr is not None else ""))
+    return ", ".join(words)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export-only", action="store_true", help="export the finished runs in runs/bundled")
@@ -140,8 +179,8 @@ def main() -> None:
     names = [args.only] if args.only else list(MODELS)
     if not args.export_only:
         (ROOT / "runs" / "bundled").mkdir(parents=True, exist_ok=True)
-        for process in [train(name, MODELS[name], threads=1) for name in names]:
-            if process.wait():
+        with ThreadPoolExecutor(len(names)) as pool:  # side by side, one thread each
+            if any(pool.map(lambda name: train(name, threads=1), names)):
                 sys.exit(f"training failed; see {ROOT / 'runs' / 'bundled'}/*.log")
     torch.set_num_threads(os.cpu_count() or 1)
     for name in names:
