@@ -181,7 +181,7 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def pipes(model_dirs) -> dict[str, DiffusionPipeline]:
-    return {kind: DiffusionPipeline.from_pretrained(path, device="cpu", trust_remote_code=kind == "llada")
+    return {kind: DiffusionPipeline.from_pretrained(path, device="cpu", precision="fp32", trust_remote_code=kind == "llada")
             for kind, path in model_dirs.items()}
 
 
@@ -320,7 +320,7 @@ def test_one_sampler_two_backends_same_tokens(tmp_path, shifted):
     """The same network through transformers + trust_remote_code and as a native ddlm model: identical samples,
     with the prefix cache too (past_key_values) where the network is not shifted."""
     directory, native = llada_model(tmp_path / ("dream" if shifted else "llada"), shifted=shifted, kv_cache=True)
-    pipe = DiffusionPipeline.from_pretrained(directory, device="cpu", trust_remote_code=True)
+    pipe = DiffusionPipeline.from_pretrained(directory, device="cpu", precision="fp32", trust_remote_code=True)
     assert pipe.model.shift_logits == shifted
     assert pipe.tokenizer.mask_id == pipe.tokenizer.hf.convert_tokens_to_ids("<|mdm_mask|>")
     canvas = pipe.build_canvas(["the cat sat on", "a dog"], 1, 12)  # padded second row

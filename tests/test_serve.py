@@ -101,6 +101,18 @@ def test_generate_matches_the_pipeline_and_repeats_with_its_seed(client, models)
     assert isinstance(fresh["seed"], int)  # drawn, and reported so that the run can be repeated
 
 
+def test_generate_takes_the_entropy_bound_and_the_dual_cache(client, models):
+    body = {"prompt": "ROMEO:", "length": 16, "steps": 16, "seed": 3, "policy": "random", "entropy_bound": 50.0,
+            "block_length": 8, "dual_cache": True}
+    result = client.post("/v1/generate", json=body).json()
+    options = {key: value for key, value in body.items() if key not in ("prompt", "length")}
+    assert result["texts"] == models.get(None).pipe.generate("ROMEO:", length=16, **options)
+    assert result["options"]["entropy_bound"] == 50.0 and result["options"]["dual_cache"] is True
+    assert result["model_calls"] == 2  # a bound this large fills each block in one call
+    answer = client.post("/v1/generate", json={**body, "policy": "ancestral"})
+    assert answer.status_code == 422 and answer.json()["error"]["field"] == "entropy_bound"
+
+
 def test_generate_with_the_autoregressive_model_and_an_infill_template(client):
     ar = client.post("/v1/generate", json={"model": "tiny-ar", "prompt": "JULIET:", "length": 10, "seed": 1}).json()
     assert ar["model"] == "tiny-ar" and ar["model_calls"] == 10 and "policy" not in ar["options"]

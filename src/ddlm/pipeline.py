@@ -43,13 +43,16 @@ class DiffusionPipeline:
         tokenizer: Tokenizer,
         process: Process,
         summary: dict[str, Any] | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
+        compile_model: bool = False,
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.process = process
         self.summary = summary or {}
         self.precision = resolve_precision(precision, self.device)
+        # what the samplers call: the model itself, or through torch.compile (compiled on the first call)
+        self.sampling_model = torch.compile(self.model) if compile_model else self.model
 
     def __repr__(self) -> str:
         config = self.model.config
@@ -98,9 +101,12 @@ class DiffusionPipeline:
             write_json_atomic(directory / SUMMARY_FILE, self.summary)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "fp32",
-                        trust_remote_code: bool = False) -> DiffusionPipeline:
+    def from_pretrained(cls, path: str | Path, device: str = "auto", precision: str = "auto",
+                        trust_remote_code: bool = False, compile_model: bool = False) -> DiffusionPipeline:
         """Load a model directory (or a Hugging Face Hub repository id, downloaded once).
+
+        ``precision``: auto (bf16 where the hardware multiplies bf16 natively), fp32 or bf16.
+        ``compile_model``: sample through ``torch.compile`` (a minute to compile, then faster).
 
         A ``transformers`` model (BERT family, LLaDA, Dream: a config.json ddlm did not write) is
         loaded through :mod:`ddlm.hf`; model code shipped with it runs only with ``trust_remote_code``.
@@ -110,7 +116,7 @@ class DiffusionPipeline:
         if is_transformers_config(config):
             model, tokenizer, process, summary = load_transformers_model(
                 directory, config, trust_remote_code, resolve_device(device), precision)
-            return cls(model, tokenizer, process, summary, precision)
+            return cls(model, tokenizer, process, summary, precision, compile_model)
         tokenizer = load_tokenizer(directory)
         try:
             model_config = ModelConfig.from_dict(config["model"])
@@ -144,7 +150,7 @@ class DiffusionPipeline:
                             f"{', ...' if len(broken) > 3 else ''}); re-export the model from a healthy checkpoint")
         summary_path = directory / SUMMARY_FILE
         summary = read_json(summary_path, what="training summary") if summary_path.is_file() else {}
-        return cls(model.to(resolve_device(device)), tokenizer, process, summary, precision)
+        return cls(model.to(resolve_device(device)), tokenizer, process, summary, precision, compile_model)
 
     # ----- generation -----
 
@@ -276,7 +282,7 @@ class DiffusionPipeline:
         def batch(first: int) -> tuple[Canvas, Iterator[SamplerStep]]:
             canvas = Canvas.from_rows(rows[first : first + batch_size], self.tokenizer.mask_id, self.tokenizer.pad_id,
                                       self.device)
-            return canvas, sampler_steps(self.model, self.process, canvas, options, first)
+            return canvas, sampler_steps(self.sampling_model, self.process, canvas, options, first)
 
         first_batch = batch(0)
 

@@ -104,8 +104,8 @@ class Models:
         self.by_name = {model.name: model for model in models}
 
     @classmethod
-    def load(cls, sources: list[str], device: str = "auto", precision: str = "fp32",
-             trust_remote_code: bool = False) -> Models:
+    def load(cls, sources: list[str], device: str = "auto", precision: str = "auto",
+             trust_remote_code: bool = False, compile_model: bool = False) -> Models:
         """Load model directories, bundled names or Hugging Face models (``trust_remote_code`` for those that
         ship their own code); without any, every installed bundled model."""
         if not sources:  # the installed bundled models, else the default one, whose loading says what is missing
@@ -115,7 +115,7 @@ class Models:
             name = unique_name(Path(source).name or source, names)
             names.add(name)
             pipe = DiffusionPipeline.from_pretrained(source, device=device, precision=precision,
-                                                     trust_remote_code=trust_remote_code)
+                                                     trust_remote_code=trust_remote_code, compile_model=compile_model)
             models.append(Model(name, pipe, source))
         return cls(models)
 

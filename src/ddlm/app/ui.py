@@ -88,7 +88,7 @@ def option_inputs(limits_steps: int) -> dict[str, gr.components.Component]:
         "policy": gr.Dropdown(list(POLICIES), value=defaults.policy, **label("policy")),
         "block_length": gr.Number(0, precision=0, minimum=0, **label("block_length")),
         "threshold": gr.Slider(0, 1, value=0, step=0.05, **label("threshold")),
-        "entropy_bound": gr.Slider(0, 5, value=0, step=0.1, **label("entropy_bound")),
+        "entropy_bound": gr.Slider(0, 20, value=0, step=0.5, **label("entropy_bound")),
         "remask": gr.Dropdown(["off", *REMASK_SCHEDULES], value="off", **label("remask")),
         "remask_eta": gr.Slider(0, 1, value=defaults.remask_eta, step=0.01, **label("remask_eta")),
         "prefix_cache": gr.Checkbox(defaults.prefix_cache, **label("prefix_cache")),
