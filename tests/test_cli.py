@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ddlm import DiffusionPipeline
 from ddlm.cli import main, parse_duration
 
 
@@ -185,7 +186,20 @@ def test_policies_and_per_sample_prompts_from_the_command_line(trained, capsys, 
     assert all(len(line["text"]) <= len(line["prompt"]) + 12 for line in lines)  # shorter after an end-of-text
 
 
+def test_entropy_bound_and_dual_cache_from_the_command_line(trained, capsys):
+    args = ["sample", "--model", str(trained), "--prompt", "ROMEO:", "--length", "12", "--steps", "12", "--seed", "0",
+            "--policy", "random", "--entropy-bound", "1000", "--block-length", "4", "--dual-cache", "--format", "jsonl"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    options = {"policy": "random", "entropy_bound": 1000.0, "block_length": 4, "dual_cache": True}
+    pipe = DiffusionPipeline.from_pretrained(trained)
+    assert json.loads(out)["text"] == pipe.generate("ROMEO:", length=12, steps=12, seed=0, **options)[0]
+    assert pipe.sample("ROMEO:", length=12, steps=12, seed=0, **options).model_calls == 3  # a block per call
+
+
 @pytest.mark.parametrize(("extra", "message"), [
+    (["--entropy-bound", "2"], "needs a ranked policy"),
+    (["--dual-cache"], "set block_length"),
     (["--infill", "ROMEO: [MASK"], "bad infill template"),
     (["--length", "10", "--block-length", "3"], "does not divide"),
     (["--infill", "ROMEO:[MASK]", "--prompt", "x"], "drop the prompt"),
