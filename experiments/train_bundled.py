@@ -182,7 +182,7 @@ def main() -> None:
         with ThreadPoolExecutor(len(names)) as pool:  # side by side, one thread each
             if any(pool.map(lambda name: train(name, threads=1), names)):
                 sys.exit(f"training failed; see {ROOT / 'runs' / 'bundled'}/*.log")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))  # all cores unless told
     for name in names:
         figures = export(name)
         print(f"{name}: held-out {figures['nelbo_fp32']:.4f} (fp32 weights) / {figures['nelbo_bf16']:.4f} (bf16), "

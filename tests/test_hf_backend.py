@@ -303,6 +303,14 @@ def test_prefix_cache_is_refused_in_one_line_where_the_model_has_none(pipes, kin
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("kind", ["bert", "llada"])
+def test_the_dual_cache_is_refused_in_one_line(pipes, kind):
+    """Hugging Face models hold at most a prefix cache (past_key_values), never keys right of the block."""
+    with pytest.raises(DDLMError, match="(prefix only|is off).*--dual-cache") as error:
+        pipes[kind].sample("the cat", length=8, steps=4, policy="confidence", block_length=4, dual_cache=True)
+    assert "\n" not in str(error.value)
+
+
 def test_custom_code_never_runs_without_the_flag(tmp_path, capsys):
     directory, _ = llada_model(tmp_path / "refused-model")
     capsys.readouterr()
