@@ -14,7 +14,7 @@ from rich.console import Console
 from ddlm.cli import main
 from ddlm.errors import DDLMError
 from ddlm.training.logger import MetricsLog
-from ddlm.viz.animation import MASK_FILL, REMASK_FILL, forward_frames
+from ddlm.viz.animation import MASK_FILL, REMASK_FILL, denoising_frames, forward_frames
 from ddlm.viz.plots import plot_tradeoff, pyplot, read_log
 from ddlm.viz.terminal import LiveView, SamplingProgress
 from ddlm.viz.tokens import MASK_GLYPH, Kind, position_kinds
@@ -98,6 +98,17 @@ def test_animate_writes_one_frame_per_step_from_all_masked_to_none(model_dir, tm
     with Image.open(out) as gif:
         gif.seek(len(frames) - 1)
         assert gif.info["duration"] == 120 + 1500  # the last frame is held
+
+
+def test_frame_headers_count_the_samplers_steps_not_the_streamed_ones():
+    """With far more steps than positions most steps change nothing and are not streamed; the
+    headers still number the sampler's steps, ending at the last one."""
+    steps = list(pipeline("masked").stream("ab", length=4, steps=40, seed=1))
+    last = steps[-1].index + 1
+    assert len(steps) < last  # some steps were not streamed
+    headers = [frame.header for frame in denoising_frames(steps, TOKENIZER)]
+    assert headers[0].startswith("start") and headers[-1].startswith(f"step {last}/{last}")
+    assert all(f"/{last}" in header for header in headers[1:])
 
 
 def test_animate_colours_by_reveal_time_and_writes_webp(model_dir, tmp_path):

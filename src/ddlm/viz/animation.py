@@ -71,17 +71,18 @@ def denoising_frames(steps: Sequence[SamplerStep], tokenizer: Tokenizer, color_b
     if color_by not in COLOR_BY:
         raise DDLMError(f"unknown colouring {color_by!r}; choose one of {list(COLOR_BY)}")
     pieces, clock = TokenPieces(tokenizer), RevealClock()
+    total = steps[-1].index + 1  # the sampler's steps: those that change nothing are not streamed
     active = steps[0].canvas.active[row].cpu()
     start = SamplerStep(-1, steps[0].canvas.tokens, torch.zeros_like(steps[0].revealed),
                         torch.zeros_like(steps[0].revealed), None, 1.0, 0, canvas=steps[0].canvas)
-    frames = [frame_of(start, row, pieces, tokenizer.mask_id, None, None, color_by, len(steps))]
+    frames = [frame_of(start, row, pieces, tokenizer.mask_id, None, None, color_by, total)]
     confidence = torch.full(steps[0].tokens.shape, float("nan"))
     for step in steps:
         revealed_at = clock.update(step)
         if step.confidence is not None:
             confidence[step.revealed.cpu()] = step.confidence.cpu().float()[step.revealed.cpu()]
         frames.append(frame_of(step, row, pieces, tokenizer.mask_id, revealed_at[row][active],
-                               confidence[row][active], color_by, len(steps)))
+                               confidence[row][active], color_by, total))
     return frames
 
 
