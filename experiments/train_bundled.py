@@ -50,7 +50,7 @@ class Stage:
 
 # The published runs: shakespeare 120 minutes, then resumed to 225 minutes with peak lr 1e-3
 # (a warm restart: the learning rate went from 1e-4 back to 4.7e-4 and decayed again).
-MODELS = {"shakespeare": (Stage(120), Stage(225, lr=1e-3)), "shakespeare-ar": (Stage(100),)}
+MODELS = {"shakespeare": (Stage(120), Stage(225, lr=1e-3)), "shakespeare-ar": (Stage(80),)}
 
 
 def train(name: str, threads: int) -> int:
