@@ -8,7 +8,7 @@ from torch import nn
 
 from ddlm.errors import DDLMError
 from ddlm.samplers import Canvas, SamplerOptions
-from ddlm.samplers.policies import entropy_bounded_counts, predictive_entropy
+from ddlm.samplers.policies import entropy_bounded_counts, predictive_entropy, ranking
 from tests import test_block as block_tests
 from tests.helpers import run_steps
 from tests.test_sampling_policies import GREEDY, MASK, PAD, canvas, process, prompt_canvas, tiny_model
@@ -39,7 +39,7 @@ def test_entropy_bounded_count_is_the_longest_run_within_the_bound(seed, bound):
     candidates[0] = False  # a row with nothing left to reveal
     entropy = torch.rand(4, 12, generator=generator, dtype=torch.float64) * 1.5
     entropy[1, :6] = 0.0  # certain positions cost nothing
-    counts = entropy_bounded_counts(scores, candidates, entropy, bound)
+    counts = entropy_bounded_counts(ranking(scores, candidates), candidates, entropy, bound)
     assert counts.tolist() == brute_force_counts(scores, candidates, entropy, bound)
     assert counts[0] == 0 and bool((counts[1:] >= 1).all())
 

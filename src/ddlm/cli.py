@@ -43,9 +43,13 @@ def check_minimums(args: argparse.Namespace, minimums: dict[str, int]) -> None:
             raise DDLMError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
 
 
-PRECISION_HELP = "auto: bf16 where the CPU or GPU multiplies bf16 natively, else fp32 (default: auto)"
-COMPILE_HELP = ("sample through torch.compile: about a minute to compile, then ~1.5x faster "
-                "(pays off for runs of a few minutes or more)")
+def add_runtime_flags(parser: argparse.ArgumentParser, compile_flag: bool = True) -> None:
+    """--precision (and --compile) of the commands that run a model."""
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 where the CPU or GPU multiplies bf16 natively, else fp32 (default: auto)")
+    if compile_flag:
+        parser.add_argument("--compile", action="store_true", help="sample through torch.compile: about a minute "
+                            "to compile, then ~1.5x faster (pays off for runs of a few minutes or more)")
 
 
 def sampler_flags() -> argparse.ArgumentParser:
@@ -146,14 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--forward", metavar="TEXT", help="animate the forward process on TEXT instead of sampling")
     animate.add_argument("--frame-ms", type=int, default=120, help="time per frame (default: 120)")
     animate.add_argument("--hold-ms", type=int, default=2000, help="extra time on the last frame (default: 2000)")
-    animate.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+    add_runtime_flags(animate, compile_flag=False)
 
     plot = commands.add_parser("plot", parents=[common], help="training curves of runs (needs the plot extra)")
     plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the --out of `ddlm train`)")
     plot.add_argument("--out", required=True, help="the figure to write: .png, .svg or .pdf")
     sample.add_argument("--seed", type=int, help="random seed, for repeatable samples (default: a fresh one)")
-    sample.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    sample.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    add_runtime_flags(sample)
     sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
     sample.add_argument("--format", choices=["text", "jsonl"], default="text",
                         help="plain text with separator lines, or one JSON object per sample (default: text)")
@@ -179,8 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-n", "--num-samples", type=int, default=16, help="samples for the sample metrics")
     evaluate.add_argument("--steps", type=int, default=128, help="sampling steps (default: 128)")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    evaluate.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    add_runtime_flags(evaluate)
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--trust-remote-code", action="store_true",
                           help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
@@ -202,8 +204,7 @@ def add_serve_parser(commands, common: argparse.ArgumentParser) -> None:
                             "(default: every installed bundled model)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="(default: 8000)")
-    serve.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-    serve.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    add_runtime_flags(serve)
     serve.add_argument("--trust-remote-code", action="store_true",
                        help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
     serve.add_argument("--workers", type=int, default=limits.workers,

@@ -40,6 +40,7 @@ from ddlm.samplers.policies import (
     confidence_scores,
     entropy_bounded_counts,
     predictive_entropy,
+    ranking,
     remask_probability,
     reveal_counts,
     split_evenly,
@@ -64,8 +65,10 @@ class ModelCaller:
         self.key_mask = canvas.key_mask
         self.reuse = reuse and not model.uses_noise
         self.cache = model.new_cache(canvas.batch_size) if prefix_cache or dual_cache else None
-        if dual_cache and not self.cache.keeps_suffix:
-            raise DDLMError("this model's key/value cache holds a prefix only; drop --dual-cache (dual_cache=True)")
+        if dual_cache:
+            if not self.cache.keeps_suffix:
+                raise DDLMError("this model's key/value cache holds a prefix only; drop --dual-cache (dual_cache=True)")
+            self.cache.keep_to = canvas.width  # every stored position stays visible: prefix, block and suffix
         self.dual = dual_cache
         self.prefix = 0
         self.end = canvas.width
@@ -88,14 +91,10 @@ class ModelCaller:
             logits = self.model(x, noise, key_mask=self.key_mask)
         elif self.fresh_block:
             self.cache.length = 0
-            if self.dual:
-                self.cache.keep_to = 0
             logits = self.model(x, noise, cache=self.cache, key_mask=self.key_mask)
             self.fresh_block = False
         else:
             self.cache.length = self.prefix
-            if self.dual:
-                self.cache.keep_to = x.shape[1]
             logits = self.logits.clone()
             logits[:, self.prefix : self.end] = self.model(
                 x[:, self.prefix : self.end], noise, cache=self.cache, key_mask=self.key_mask)
@@ -247,11 +246,12 @@ class MaskedSampler:
             wanted = remaining if step == steps - 1 else counts[:, step]
             if threshold is not None:
                 wanted = wanted.clamp_min(1)
+            order = ranking(scores, masked)
             if self.options.entropy_bound is not None:
                 entropy = torch.zeros_like(scores)
                 entropy[masked] = predictive_entropy(log_probs[masked])
-                wanted = torch.maximum(wanted, entropy_bounded_counts(scores, masked, entropy, self.options.entropy_bound))
-            reveal = top_k_per_row(scores, masked, torch.minimum(wanted, remaining))
+                wanted = torch.maximum(wanted, entropy_bounded_counts(order, masked, entropy, self.options.entropy_bound))
+            reveal = top_k_per_row(order, masked, torch.minimum(wanted, remaining))
             confidence = self.full_confidence(masked, probs)
             if threshold is not None:
                 reveal |= masked & (confidence > threshold)  # NaN (not a candidate) compares False

@@ -78,22 +78,26 @@ def predictive_entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -(log_probs.exp() * log_probs.clamp_min(-1e30)).sum(dim=-1)
 
 
+def ranking(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """(B, L) each row's positions in order of ``scores``, best candidate first (ties: left first)."""
+    return scores.masked_fill(~candidates, -torch.inf).argsort(dim=1, descending=True, stable=True)
+
+
 def entropy_bounded_counts(
-    scores: torch.Tensor, candidates: torch.Tensor, entropy: torch.Tensor, bound: float
+    order: torch.Tensor, candidates: torch.Tensor, entropy: torch.Tensor, bound: float
 ) -> torch.Tensor:
-    """(B,) EB-sampler's reveal count: the longest run of each row's best-scored ``candidates``
-    (B, L) whose ``entropy`` (B, L), summed less its largest, is at most ``bound``; at least one
-    where a row has a candidate. The error proxy grows along the run, so the run is a prefix."""
-    order = scores.masked_fill(~candidates, -torch.inf).argsort(dim=1, descending=True, stable=True)
+    """(B,) EB-sampler's reveal count: the longest run of each row's ``candidates`` (B, L) taken in
+    ``order`` (see :func:`ranking`) whose ``entropy`` (B, L), summed less its largest, is at most
+    ``bound``; at least one where a row has a candidate. The error proxy grows along the run, so
+    the run is a prefix of the ranking."""
     ranked_entropy = entropy.masked_fill(~candidates, 0).gather(1, order)
     error = ranked_entropy.cumsum(dim=1) - ranked_entropy.cummax(dim=1).values
     return ((error <= bound) & candidates.gather(1, order)).sum(dim=1)
 
 
-def top_k_per_row(scores: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """(B, L) bool: in each row, the ``k`` (B,) candidates with the highest ``scores`` (B, L)."""
-    ranked = scores.masked_fill(~candidates, -torch.inf).argsort(dim=1, descending=True, stable=True)
-    rank = torch.empty_like(ranked).scatter_(1, ranked, torch.arange(scores.shape[1], device=scores.device).expand_as(ranked))
+def top_k_per_row(order: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: in each row, the first ``k`` (B,) candidates in ``order`` (see :func:`ranking`)."""
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
     return candidates & (rank < k[:, None])
 
 
