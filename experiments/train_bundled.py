@@ -14,8 +14,8 @@ the model directory, with a model card, into src/ddlm/bundled/NAME.
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ddlm import DiffusionPipeline
 from ddlm.data import builtin_text
@@ -30,6 +32,7 @@ from ddlm.device import describe_machine
 from ddlm.eval.diversity import unigram_entropy
 from ddlm.eval.likelihood import evaluate_likelihood
 from ddlm.eval.report import evaluation_rows
+from ddlm.training.checkpoint import CHECKPOINT_FILE
 
 sys.path.insert(0, str(Path(__file__).parent))
 from real_words import real_word_share, words  # noqa: E402
@@ -41,34 +44,71 @@ PROMPT = "ROMEO:"
 
 @dataclass(frozen=True)
 class Stage:
-    """Train until ``minutes`` of training in all (a later stage resumes the run with a longer budget,
-    restarting the cosine from where the longer schedule stands, with peak ``lr`` if given)."""
+    """Train until ``minutes`` of training in all, or until step ``stop_after``. A later stage resumes
+    the run with a longer budget, restarting the cosine from where the longer schedule stands (a
+    warm restart), with peak ``lr`` if given. The stage pauses at each step of ``average`` (an
+    exact stop and resume) to keep the EMA weights there; the bundled weights are their mean."""
 
     minutes: float
     lr: float | None = None
+    stop_after: int | None = None
+    average: tuple[int, ...] = ()
 
 
-# The published runs: shakespeare 120 minutes, then resumed to 225 minutes with peak lr 1e-3
-# (a warm restart: the learning rate went from 1e-4 back to 4.7e-4 and decayed again).
-MODELS = {"shakespeare": (Stage(120), Stage(225, lr=1e-3)), "shakespeare-ar": (Stage(80),)}
+# The published runs. shakespeare: 120 minutes, then two warm restarts of the cosine (the learning
+# rate jumps back up to where the longer schedule stands and decays again), to 225 and 355 minutes
+# with peak lr 1e-3. shakespeare-ar: 80 minutes, then a warm restart towards 210 minutes stopped at
+# step 6,000, its best logged validation (it overfits after), averaging the EMA weights of its last
+# 2,000 steps.
+MODELS = {"shakespeare": (Stage(120), Stage(225, lr=1e-3), Stage(355, lr=1e-3)),
+          "shakespeare-ar": (Stage(80), Stage(210, lr=1e-3, stop_after=6000, average=(4000, 4500, 5000, 5500, 6000)))}
+KEPT = "averaged"  # the run directory's folder of kept EMA weights, one file per step
 
 
 def train(name: str, threads: int) -> int:
     """Run ``ddlm train`` for one bundled model, stage after stage; the exit status of the last."""
     out = ROOT / "runs" / "bundled" / name
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    first = True
     with open(out.parent / f"{name}.log", "w") as log:
-        for index, stage in enumerate(MODELS[name]):
-            command = ["ddlm", "train", "--out", str(out), "--time-budget", f"{stage.minutes}m", "--no-progress"]
-            if index == 0:
-                command += ["--config", str(ROOT / "experiments" / "bundled" / f"{name}.yaml"), "--data", "shakespeare"]
-            else:
-                command += ["--resume"]
-            command += [f"optim.lr={stage.lr}"] if stage.lr is not None else []
-            status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-            if status:
-                return status
+        for stage in MODELS[name]:
+            for stop in (*stage.average, stage.stop_after):
+                command = ["ddlm", "train", "--out", str(out), "--time-budget", f"{stage.minutes}m", "--no-progress"]
+                if first:
+                    command += ["--config", str(ROOT / "experiments" / "bundled" / f"{name}.yaml"), "--data", "shakespeare"]
+                else:
+                    command += ["--resume"]
+                command += [f"optim.lr={stage.lr}"] if stage.lr is not None else []
+                command += ["--stop-after", str(stop)] if stop is not None else []
+                status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+                if status:
+                    return status
+                first = False
+                if stop in stage.average:
+                    keep_ema_weights(out, stop)
     return 0
+
+
+def keep_ema_weights(run: Path, step: int) -> None:
+    """Copy the EMA weights of the run's checkpoint (taken at ``step``) into the run's KEPT folder."""
+    prefix = "ema/shadow/"
+    with safe_open(run / CHECKPOINT_FILE, "pt") as checkpoint:
+        weights = {key[len(prefix):]: checkpoint.get_tensor(key) for key in checkpoint.keys() if key.startswith(prefix)}
+    (run / KEPT).mkdir(exist_ok=True)
+    save_file(weights, run / KEPT / f"step-{step}.safetensors")
+
+
+def average_kept_weights(pipe: DiffusionPipeline, run: Path) -> list[int]:
+    """Load the mean of the run's kept EMA weights into ``pipe.model``; the steps averaged (none: unchanged)."""
+    files = sorted((run / KEPT).glob("step-*.safetensors"), key=lambda path: int(path.stem.split("-")[1]))
+    if not files:
+        return []
+    total: dict[str, torch.Tensor] = {}
+    for path in files:
+        for key, value in load_file(path).items():
+            total[key] = total.get(key, 0) + value.double()
+    pipe.model.load_state_dict({key: (value / len(files)).float() for key, value in total.items()})
+    return [int(path.stem.split("-")[1]) for path in files]
 
 
 def held_out_nelbo(pipe: DiffusionPipeline, draws: int) -> tuple[float, float]:
@@ -93,6 +133,7 @@ def export(name: str) -> dict:
     """Score the run's EMA weights in fp32 and bf16 and write the bundled model directory."""
     run = ROOT / "runs" / "bundled" / name
     pipe = DiffusionPipeline.from_pretrained(run, device="cpu", precision="fp32")
+    averaged = average_kept_weights(pipe, run)
     draws = 1 if pipe.process.name == "ar" else 8
     fp32_state = {key: value.clone() for key, value in pipe.model.state_dict().items()}
     nelbo_fp32, error = held_out_nelbo(pipe, draws)
@@ -102,7 +143,7 @@ def export(name: str) -> dict:
     use_bf16 = abs(nelbo_bf16 - nelbo_fp32) < BF16_TOLERANCE
     if not use_bf16:
         pipe.model.load_state_dict(fp32_state)
-    figures = {"nelbo_fp32": nelbo_fp32, "nelbo_bf16": nelbo_bf16, "standard_error": error, "draws": draws,
+    figures = {"averaged": averaged, "nelbo_fp32": nelbo_fp32, "nelbo_bf16": nelbo_bf16, "standard_error": error, "draws": draws,
                "weights": "bf16" if use_bf16 else "fp32", **sample_figures(pipe)}
     pipe.summary = {**pipe.summary, "held_out_nelbo": nelbo_bf16 if use_bf16 else nelbo_fp32,
                     "held_out_standard_error": error, "real_words_t08": figures["real_words"]}
@@ -133,7 +174,8 @@ def model_card(name: str, summary: dict, figures: dict, history: list[dict]) -> 
                    f"with other work ({summary['tokens'] / summary['train_seconds']:,.0f} tokens/s on average, about 4,000 alone)",
         f"held-out {unit}": f"**{summary['held_out_nelbo']:.4f} nats/char** (± {figures['standard_error']:.4f}) "
                             "on the last 10% of the corpus",
-        "weights": f"{figures['weights']} safetensors: held-out {figures['nelbo_fp32']:.4f} with fp32 weights, "
+        "weights": f"{figures['weights']} safetensors{averaged_words(figures['averaged'])}: "
+                   f"held-out {figures['nelbo_fp32']:.4f} with fp32 weights, "
                    f"{figures['nelbo_bf16']:.4f} with bf16 weights",
         "real words": f"{figures['real_words']:.1%} of generated words occur in the training text ({sampler}, 16 samples of "
                       f"224 characters after `{PROMPT}`; unigram entropy {figures['entropy']:.3f} nats)",
@@ -158,16 +200,25 @@ A sample (seed 0, {sampler}):
 """
 
 
+def averaged_words(steps: list[int]) -> str:
+    """How the bundled weights were made from the kept EMA weights, in words ("" when not averaged)."""
+    if not steps:
+        return ""
+    return f", the mean of the EMA weights at steps {', '.join(f'{step:,}' for step in steps)}"
+
+
 def schedule_history(optim: dict, history: list[dict]) -> str:
     """The learning-rate schedule in words: the first peak and each resumption that changed it."""
     changes = [entry for entry in history if {"optim.lr", "optim.time_budget"} & set(entry["changes"])]
     first_lr = changes[0]["changes"]["optim.lr"][0] if changes and "optim.lr" in changes[0]["changes"] else optim["lr"]
     words = [f"peak lr {first_lr:g}"]
     for entry in changes:
-        budget = entry["changes"].get("optim.time_budget", [None, optim["time_budget"]])[1]
+        before, budget = entry["changes"].get("optim.time_budget", [optim["time_budget"], optim["time_budget"]])
         lr = entry["changes"].get("optim.lr", [None, None])[1]
-        words.append(f"resumed at step {entry['step']:,} with the budget extended to {budget / 60:.0f} minutes"
-                     + (f" and peak lr {lr:g} (a warm restart of the cosine)" if lr is not None else ""))
+        change = "extended" if budget > before else "cut"
+        words.append(f"resumed at step {entry['step']:,} with the budget {change} to {budget / 60:.0f} minutes"
+                     + (f" and peak lr {lr:g}" if lr is not None else "")
+                     + (" (a warm restart of the cosine)" if budget > before else " (a cool-down at the cosine's tail)"))
     return ", ".join(words)
 
 

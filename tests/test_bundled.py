@@ -135,3 +135,20 @@ def test_presets_are_listed_with_a_description(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("tiny ") for line in lines)
     assert all(len(line.split(maxsplit=1)) == 2 for line in lines)
+
+
+def test_the_bundled_recipe_ships_the_mean_of_the_kept_ema_weights(tiny_model, tmp_path, monkeypatch):
+    """experiments/train_bundled.py keeps the EMA weights of chosen checkpoints and exports their mean."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    import train_bundled
+
+    run = shutil.copytree(tiny_model, tmp_path / "run")
+    train_bundled.keep_ema_weights(run, 4)
+    kept = load_file(run / train_bundled.KEPT / "step-4.safetensors")
+    pipe = DiffusionPipeline.from_pretrained(run, device="cpu", precision="fp32")
+    assert kept.keys() == pipe.model.state_dict().keys()
+    assert all(torch.equal(kept[key], value) for key, value in pipe.model.state_dict().items())  # the exported EMA
+    save_file({key: 3 * value for key, value in kept.items()}, run / train_bundled.KEPT / "step-10.safetensors")
+    assert train_bundled.average_kept_weights(pipe, run) == [4, 10]  # by step, not by name
+    for key, value in pipe.model.state_dict().items():
+        torch.testing.assert_close(value, 2 * kept[key])
