@@ -11,7 +11,7 @@ from ddlm.samplers import Canvas, SamplerOptions
 from ddlm.samplers.policies import entropy_bounded_counts, predictive_entropy, ranking
 from tests import test_block as block_tests
 from tests.helpers import run_steps
-from tests.test_sampling_policies import GREEDY, MASK, PAD, canvas, process, prompt_canvas, tiny_model
+from tests.test_sampling_policies import GREEDY, MASK, canvas, process, prompt_canvas, tiny_model
 
 # ----- entropy-bounded decoding -----
 

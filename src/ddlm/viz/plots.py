@@ -70,6 +70,8 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> None:
     check_figure_path(out)
     logs = {str(run): read_log(run) for run in runs}
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator, StrMethodFormatter
+
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharey="row")
     for name, curves in logs.items():
         for row, (metric, label) in enumerate([("train_nelbo", "training loss"), ("valid_nelbo", "validation NELBO")]):
@@ -82,6 +84,8 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> None:
         axes[1][column].set_xlabel(xlabel)
     for axis in axes.flat:
         axis.grid(alpha=0.3)
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))  # step labels of 5 digits must not touch
+        axis.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     axes[0][0].legend(fontsize="small")
     figure.suptitle("ddlm training curves")
     save_figure(figure, out)
