@@ -100,15 +100,15 @@ def keep_ema_weights(run: Path, step: int) -> None:
 
 def average_kept_weights(pipe: DiffusionPipeline, run: Path) -> list[int]:
     """Load the mean of the run's kept EMA weights into ``pipe.model``; the steps averaged (none: unchanged)."""
-    files = sorted((run / KEPT).glob("step-*.safetensors"), key=lambda path: int(path.stem.split("-")[1]))
-    if not files:
+    kept = sorted((int(path.stem.removeprefix("step-")), path) for path in (run / KEPT).glob("step-*.safetensors"))
+    if not kept:
         return []
     total: dict[str, torch.Tensor] = {}
-    for path in files:
+    for _, path in kept:
         for key, value in load_file(path).items():
             total[key] = total.get(key, 0) + value.double()
-    pipe.model.load_state_dict({key: (value / len(files)).float() for key, value in total.items()})
-    return [int(path.stem.split("-")[1]) for path in files]
+    pipe.model.load_state_dict({key: (value / len(kept)).float() for key, value in total.items()})
+    return [step for step, _ in kept]
 
 
 def held_out_nelbo(pipe: DiffusionPipeline, draws: int) -> tuple[float, float]:
@@ -169,7 +169,7 @@ def model_card(name: str, summary: dict, figures: dict, history: list[dict]) -> 
                     f"{model['n_heads']} heads, context {context}, dropout {model['dropout']}{conditioning}",
         "training": f"{summary['steps']:,} steps of {optim['batch_size']} x {context} characters ({summary['tokens']:,} tokens), "
                     f"{summary['train_seconds'] / 60:.0f} minutes, AdamW, cosine learning rate by time, EMA {optim['ema']}, "
-                    f"{summary['precision']} autocast; " + schedule_history(optim, history),
+                    f"{summary['precision']} autocast; " + schedule_history(optim, history) + early_stop_words(summary, optim),
         "machine": f"{summary['machine']}; the two bundled models trained side by side, one thread each, sharing the 2 cores "
                    f"with other work ({summary['tokens'] / summary['train_seconds']:,.0f} tokens/s on average, about 4,000 alone)",
         f"held-out {unit}": f"**{summary['held_out_nelbo']:.4f} nats/char** (± {figures['standard_error']:.4f}) "
@@ -207,6 +207,14 @@ def averaged_words(steps: list[int]) -> str:
     return f", the mean of the EMA weights at steps {', '.join(f'{step:,}' for step in steps)}"
 
 
+def early_stop_words(summary: dict, optim: dict) -> str:
+    """", stopped at step N ..." when the run ended well before its time budget ("" otherwise)."""
+    budget = optim.get("time_budget")
+    if not budget or summary["train_seconds"] >= 0.99 * budget:
+        return ""
+    return f"; stopped at step {summary['steps']:,}, before the budget's end (its best logged validation)"
+
+
 def schedule_history(optim: dict, history: list[dict]) -> str:
     """The learning-rate schedule in words: the first peak and each resumption that changed it."""
     changes = [entry for entry in history if {"optim.lr", "optim.time_budget"} & set(entry["changes"])]
@@ -215,10 +223,9 @@ def schedule_history(optim: dict, history: list[dict]) -> str:
     for entry in changes:
         before, budget = entry["changes"].get("optim.time_budget", [optim["time_budget"], optim["time_budget"]])
         lr = entry["changes"].get("optim.lr", [None, None])[1]
-        change = "extended" if budget > before else "cut"
+        change, effect = ("extended", "a warm restart of the cosine") if budget > before else ("cut", "a cool-down at its tail")
         words.append(f"resumed at step {entry['step']:,} with the budget {change} to {budget / 60:.0f} minutes"
-                     + (f" and peak lr {lr:g}" if lr is not None else "")
-                     + (" (a warm restart of the cosine)" if budget > before else " (a cool-down at the cosine's tail)"))
+                     + (f" and peak lr {lr:g}" if lr is not None else "") + f" ({effect})")
     return ", ".join(words)
 
 
