@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a YAML configuration file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings such as optim.lr=3e-4")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly")
+    train.add_argument("--init", metavar="MODEL", help="start from this model's weights and tokenizer (a model directory or "
+                       "bundled name), e.g. an autoregressive model adapted to masked or block diffusion")
     train.add_argument("--max-steps", type=int, help="total optimizer steps (sets optim.max_steps)")
     train.add_argument("--time-budget", type=parse_duration, help="training time, e.g. 10m (sets optim.time_budget)")
     train.add_argument("--stop-after", type=int, metavar="STEP", help="stop at this step; continue later with --resume")
@@ -243,7 +245,7 @@ def run_train(args: argparse.Namespace) -> int:
             config.optim.max_steps = 10**9  # the time budget decides
     trainer = prepare_training(
         config, args.out, data=args.data, valid=args.valid, resume=args.resume, device=args.device,
-        cache_dir=args.cache_dir, show_progress=not args.no_progress,
+        cache_dir=args.cache_dir, show_progress=not args.no_progress, init=args.init,
     )
     main_process = trainer.dist.is_main
     if main_process:

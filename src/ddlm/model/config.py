@@ -18,6 +18,10 @@ class ModelConfig:
     A run configuration's ``model`` section is one of these with ``vocab_size``,
     ``context_length`` and ``causal`` left to the trainer, which takes them from the
     tokenizer, the data and the process.
+
+    ``shift``: position i reads token i - 1 (``start_id`` at position 0), so the logits at
+    position i - 1's token predict token i, as in an autoregressive model. A model adapted from
+    an autoregressive one keeps its next-token head this way (DiffuGPT, Dream).
     """
 
     vocab_size: int | None = None  # required to build a model
@@ -32,6 +36,8 @@ class ModelConfig:
     causal: bool = False
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
+    shift: bool = False
+    start_id: int | None = None  # the token a shifted model reads at position 0 (the AR model's start token)
 
     def __post_init__(self) -> None:
         self.check()
@@ -45,6 +51,7 @@ class ModelConfig:
             )
         if (self.d_model // self.n_heads) % 2:
             raise DDLMError("the head size d_model/n_heads must be even for rotary positions")
+
 
     @property
     def head_dim(self) -> int:

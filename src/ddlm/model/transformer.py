@@ -63,6 +63,17 @@ class KVCache:
         self.keep_to = 0
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
+        self.tokens: torch.Tensor | None = None  # (B, capacity) the token ids seen, for a shifted model
+
+    def remember(self, tokens: torch.Tensor) -> None:
+        """Keep the ids of ``tokens`` (B, new), written after ``length`` (a shifted model reads the last one next)."""
+        if self.tokens is None:
+            self.tokens = tokens.new_zeros((tokens.shape[0], self.capacity))
+        self.tokens[:, self.length : self.length + tokens.shape[1]] = tokens
+
+    def previous_token(self) -> torch.Tensor:
+        """(B, 1) the id of the token at position ``length - 1``."""
+        return self.tokens[:, self.length - 1 : self.length]
 
     def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``layer``'s keys and values (B, H, new, D) after ``length``; return all of them so far."""
@@ -205,6 +216,8 @@ class Transformer(nn.Module):
         super().__init__()
         if config.vocab_size is None:
             raise ValueError("the model config has no vocab_size; set it to the tokenizer's vocab_size")
+        if config.shift and config.start_id is None:
+            raise ValueError("a shifted model needs start_id, the token it reads at position 0 (the tokenizer's eos_id)")
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.noise_embed = NoiseEmbedding(config.cond_width) if config.time_conditioning else None
@@ -248,6 +261,11 @@ class Transformer(nn.Module):
         return self.noise_embed is not None
 
     @property
+    def shifted(self) -> bool:
+        """Whether position i reads token i - 1 (``config.shift``): see :meth:`shifted_inputs`."""
+        return self.config.shift
+
+    @property
     def context_length(self) -> int:
         """The most positions one forward pass (with its cache) may hold."""
         return self.config.context_length
@@ -255,6 +273,15 @@ class Transformer(nn.Module):
     def new_cache(self, batch_size: int) -> KVCache:
         """An empty key/value cache for ``batch_size`` sequences of up to context_length positions."""
         return KVCache(batch_size, self.config.n_layers, self.config.context_length)
+
+    def shifted_inputs(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """What a shifted model reads at the positions of ``tokens``: the token before each one, the
+        start token at position 0 (or the cache's last token when ``tokens`` continue a cache)."""
+        if cache is not None and cache.length > 0:
+            first = cache.previous_token()
+        else:
+            first = torch.full_like(tokens[:, :1], self.config.start_id)
+        return torch.cat((first, tokens[:, :-1]), dim=1)
 
     def forward(
         self,
@@ -264,6 +291,7 @@ class Transformer(nn.Module):
         key_mask: torch.Tensor | None = None,
         attention: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        inputs: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, L, vocab_size) for token ids (B, L) at noise levels ``noise`` (B,).
 
@@ -298,7 +326,15 @@ class Transformer(nn.Module):
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         keys = cache.visible(length) if cache is not None else length
         mask = attention_mask(self.config.causal, length, start, key_mask, tokens.device, attention, keys)
-        x = self.embed(tokens)
+        if self.config.shift:
+            if inputs is None and attention is not None and positions is not None:
+                raise ValueError("a shifted model given its own positions needs inputs=: the token each position reads")
+            inputs = self.shifted_inputs(tokens, cache) if inputs is None else inputs
+            if cache is not None:
+                cache.remember(tokens)
+        else:
+            inputs = tokens
+        x = self.embed(inputs)
         for layer, block in enumerate(self.blocks):
             x = block(x, cos, sin, cond, mask, cache, layer)
         if cache is not None:

@@ -28,6 +28,11 @@ class LossOutput:
         return cls(loss=nelbo / num_tokens, nelbo_sum=float(nelbo.detach()), num_tokens=num_tokens)
 
 
+def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The backbone inside a data-parallel wrapper (or the model itself)."""
+    return getattr(model, "module", model)
+
+
 def log_probs_without(logits: torch.Tensor, excluded: tuple[int, ...]) -> torch.Tensor:
     """log_softmax in float32 over the last axis, with the ``excluded`` ids given probability 0."""
     never = torch.tensor(excluded, device=logits.device)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ddlm.errors import DDLMError
-from ddlm.processes.base import LossOutput, Vocabulary
+from ddlm.processes.base import LossOutput, Vocabulary, unwrapped
 from ddlm.processes.masked import MaskedDiffusion
 
 
@@ -121,13 +121,24 @@ class BlockDiffusion(MaskedDiffusion):
         xt = xt_blocks.view(batch, length)
         positions = torch.arange(length, device=x0.device).repeat(2)
         attention = training_attention(length, self.block_size, x0.device)
-        logits = model(torch.cat((xt, x0), dim=1), attention=attention, positions=positions)[:, :length]
+        tokens = torch.cat((xt, x0), dim=1)
+        shifted = getattr(unwrapped(model), "shifted", False)
+        inputs = {"inputs": self.shifted_inputs(unwrapped(model), xt, x0)} if shifted else {}
+        logits = model(tokens, attention=attention, positions=positions, **inputs)[:, :length]
         nll = self.masked_nll(logits, x0, xt).view(-1, self.block_size)
         if self.estimator == "count":
             nelbo = (weight * nll.sum(dim=1)).sum()
         else:
             nelbo = self.nelbo_per_sequence(nll, t).sum()
         return LossOutput.per_real_token(nelbo, x0, self.pad_id)
+
+    def shifted_inputs(self, model: torch.nn.Module, xt: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """What a shifted model reads in the one-pass layout [x_t, x_0]: each position the token before it,
+        clean at the first position of every block (the last token of the finished block before it)."""
+        clean = model.shifted_inputs(x0)
+        block_start = torch.arange(x0.shape[1], device=x0.device) % self.block_size == 0
+        noisy = torch.where(block_start, clean, model.shifted_inputs(xt))
+        return torch.cat((noisy, clean), dim=1)
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "name": self.name, "block_size": self.block_size,

@@ -41,7 +41,8 @@ class DataSettings:
 # The model section is a ModelConfig; the trainer fills these keys of it (from the tokenizer, the
 # data and the process), and ``model.time_conditioning`` decides only for masked diffusion (SEDD
 # always sees the noise level, AR never).
-FILLED_MODEL_KEYS = {"vocab_size": "the tokenizer", "context_length": "data.context_length", "causal": "process.name"}
+FILLED_MODEL_KEYS = {"vocab_size": "the tokenizer", "context_length": "data.context_length", "causal": "process.name",
+                     "start_id": "the tokenizer's end-of-text id"}
 
 
 @dataclass
@@ -88,6 +89,15 @@ class LogSettings:
 
 
 @dataclass
+class InitSettings:
+    """Where a run's first weights came from (``ddlm train --init MODEL``); filled by the trainer."""
+
+    source: str | None = None  # a model directory or bundled name
+    source_process: str | None = None  # the process the source was trained with
+    fingerprint: str | None = None  # SHA-256 (16 hex digits) of the source's weights
+
+
+@dataclass
 class RunConfig:
     """Everything a training run needs besides the data paths."""
 
@@ -97,6 +107,7 @@ class RunConfig:
     process: ProcessSettings = field(default_factory=ProcessSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    init: InitSettings = field(default_factory=InitSettings)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)

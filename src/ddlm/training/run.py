@@ -15,6 +15,7 @@ from ddlm.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from ddlm.training.checkpoint import CHECKPOINT_FILE
 from ddlm.training.config import RunConfig, flatten
 from ddlm.training.distributed import Distributed
+from ddlm.training.init import adapted_config, load_source
 from ddlm.training.lock import RunLock
 from ddlm.training.trainer import Trainer
 
@@ -71,8 +72,12 @@ def prepare_training(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    init: str | None = None,
 ) -> Trainer:
     """A Trainer for a new run in ``out_dir``, or the run saved there when ``resume``.
+
+    ``init``: a model directory or bundled name whose weights (and tokenizer) the new run starts
+    from, under the run's process: e.g. an autoregressive model adapted to masked or block diffusion.
 
     ``out_dir`` must be writable; the trainer holds its lock (one training per directory)
     until ``train`` returns. On resume only the settings in ``CHANGEABLE_ON_RESUME`` may
@@ -85,7 +90,7 @@ def prepare_training(
         lock.acquire()
         remove_stale_temporaries(out_dir)
     try:
-        trainer = build_trainer(config, out_dir, data, valid, resume, device, cache_dir, show_progress)
+        trainer = build_trainer(config, out_dir, data, valid, resume, device, cache_dir, show_progress, init)
     except BaseException:
         lock.release()
         raise
@@ -102,6 +107,7 @@ def build_trainer(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    init: str | None = None,
 ) -> Trainer:
     """``prepare_training``'s work once the run directory is locked.
 
@@ -110,6 +116,9 @@ def build_trainer(
     """
     out_dir = Path(out_dir)
     documents = None
+    initial = None  # the model whose weights the run starts from (--init)
+    if resume and init is not None:
+        raise DDLMError("--init starts a new run; a resumed run continues from its own checkpoint: drop --init")
     if resume:
         run = read_run_file(out_dir)
         changes = resume_changes(run["run_config"], config)
@@ -122,11 +131,18 @@ def build_trainer(
         source = data_source(config, DEFAULT_CORPUS if data is None else data)
         data = source.label
         documents = source.read()  # read once, for both the tokenizer and the token stream
-        tokenizer = make_tokenizer(config, documents)
+        if init is not None:
+            initial = load_source(init)
+            config = adapted_config(config, initial, init)
+            tokenizer = initial.tokenizer
+        else:
+            tokenizer = make_tokenizer(config, documents)
         if valid is not None:
             valid = data_source(config, valid, config.data.hf_valid_split).label
     train, valid_corpus = load_corpora(config, tokenizer, data, valid, cache_dir, documents)
     trainer = Trainer(config, tokenizer, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
+    if initial is not None:
+        trainer.start_from(initial.model)
     if resume:
         trainer.resume()
         if changes and trainer.dist.is_main:

@@ -29,6 +29,7 @@ from ddlm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_chec
 from ddlm.training.config import RunConfig
 from ddlm.training.distributed import Distributed
 from ddlm.training.ema import EMA
+from ddlm.training.init import load_initial_weights
 from ddlm.training.lock import RunLock
 from ddlm.training.logger import MetricsLog
 from ddlm.training.schedule import learning_rate, warmup_progress
@@ -54,6 +55,7 @@ def build_model(config: RunConfig, tokenizer: Tokenizer, process: Process) -> Tr
     return Transformer(replace(
         config.model, vocab_size=tokenizer.vocab_size, context_length=config.data.context_length,
         time_conditioning=conditioning[process.noise_conditioning], causal=process.causal,
+        start_id=tokenizer.eos_id if config.model.shift else None,
     ))
 
 
@@ -115,6 +117,11 @@ class Trainer:
         self.state = TrainState()
         self.saved_step: int | None = None  # the step of the checkpoint on disk, when this trainer knows it
         self.log: MetricsLog | None = None
+
+    def start_from(self, source: Transformer) -> None:
+        """Begin from ``source``'s weights (``--init``): the model and its EMA."""
+        load_initial_weights(self.model, source)
+        self.ema = EMA(self.model, self.config.optim.ema)
 
     def wrap_for_data_parallel(self, model: Transformer) -> torch.nn.Module:
         if not self.dist.enabled:

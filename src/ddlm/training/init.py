@@ -1,0 +1,93 @@
+"""Starting a run from a trained model's weights: adaptation across processes (``--init``).
+
+An autoregressive model becomes a masked or block diffusion model by reading its weights under
+the shift (``model.shift``: position i reads token i - 1, so its next-token head is reused as is;
+DiffuGPT, Dream); a block model grows to a larger block size the same way. Before the first step
+of adaptation, a block model of block size 1 initialised from an autoregressive model gives that
+model's log-likelihood exactly (tested): the path between the two ends is continuous.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from ddlm.errors import DDLMError
+from ddlm.model import Transformer
+from ddlm.pipeline import WEIGHTS_FILE, DiffusionPipeline, resolve_model_directory
+from ddlm.training.config import RunConfig
+
+# The backbone's shape comes from the source; the run's model section keeps only these.
+RUN_MODEL_KEYS = ("dropout",)
+# Parameters a source may lack: noise conditioning, which starts as the identity (adaLN at zero).
+NEW_PARAMETER_PREFIXES = ("noise_embed.", "final_modulation.")
+NEW_PARAMETER_PARTS = (".modulation.",)
+
+
+def weights_fingerprint(source: str) -> str:
+    """The first 16 hex digits of the SHA-256 of the source's weights file."""
+    digest = hashlib.sha256()
+    with open(resolve_model_directory(source) / WEIGHTS_FILE, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def load_source(source: str) -> DiffusionPipeline:
+    """The model ``--init`` names (a model directory or a bundled name), in fp32 on the CPU."""
+    pipe = DiffusionPipeline.from_pretrained(source, device="cpu", precision="fp32")
+    if not isinstance(pipe.model, Transformer):
+        raise DDLMError(f"--init {source}: only ddlm model directories can start a run; "
+                        "Hugging Face models are sampled, not adapted, in this version")
+    return pipe
+
+
+def adapted_config(config: RunConfig, source: DiffusionPipeline, source_name: str) -> RunConfig:
+    """``config`` with the source's backbone shape, the shift where the source predicts the next
+    token (an autoregressive or already shifted model), and the source recorded in ``init``."""
+    source_model = source.model.config
+    causal_source = source_model.causal or source_model.shift
+    if config.process.name == "ar" and not source_model.causal:
+        raise DDLMError(f"--init {source_name}: a {source.process.name} model cannot become an autoregressive one; "
+                        "initialise an ar run from an ar model")
+    if config.process.name.startswith("sedd") and causal_source:
+        raise DDLMError(f"--init {source_name}: SEDD models cannot start from an autoregressive model; "
+                        "use process.name=masked or block")
+    kept = {key: getattr(config.model, key) for key in RUN_MODEL_KEYS}
+    model = replace(source_model, **kept, shift=causal_source and config.process.name != "ar",
+                    time_conditioning=config.model.time_conditioning, start_id=None)
+    config = replace(config, model=model)
+    config.init.source = source_name
+    config.init.fingerprint = weights_fingerprint(source_name)
+    config.init.source_process = source.process.name
+    return config
+
+
+def load_initial_weights(model: Transformer, source: Transformer) -> None:
+    """Copy the source's weights into ``model``; parameters the source lacks (noise conditioning) keep
+    their identity initialisation. A one-line error names any shape that does not fit."""
+    state = source.state_dict()
+    own = model.state_dict()
+    misfits = [name for name, tensor in state.items() if name in own and own[name].shape != tensor.shape]
+    unexpected = [name for name in state if name not in own]
+    missing = [name for name in own if name not in state and not is_new_parameter(name)]
+    if misfits or unexpected or missing:
+        names = (misfits or unexpected or missing)[:3]
+        raise DDLMError(f"the --init model does not fit this run's backbone ({', '.join(names)}); "
+                        "leave the model.* settings to the source model")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            own[name].copy_(tensor)
+
+
+def is_new_parameter(name: str) -> bool:
+    return name.startswith(NEW_PARAMETER_PREFIXES) or any(part in name for part in NEW_PARAMETER_PARTS)
+
+
+def describe(config: RunConfig) -> dict[str, Any]:
+    """The ``adapted_from`` record of a model directory: the source's name, process and weights' fingerprint."""
+    return {"source": config.init.source, "process": config.init.source_process,
+            "fingerprint": config.init.fingerprint, "shift": config.model.shift}
