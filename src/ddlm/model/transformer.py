@@ -305,6 +305,8 @@ class Transformer(nn.Module):
         ``positions`` (L,) long are the rotary positions of the tokens (default: cached,
         cached + 1, ...); two tokens may share a position, e.g. a noisy and a clean copy.
         """
+        if self.config.shift and positions is not None and inputs is None:
+            raise ValueError("a shifted model given its own positions needs inputs=: the token each position reads")
         start, length = (cache.length if cache is not None else 0), tokens.shape[1]
         if positions is None:
             if start + length > self.config.context_length:
@@ -327,8 +329,6 @@ class Transformer(nn.Module):
         keys = cache.visible(length) if cache is not None else length
         mask = attention_mask(self.config.causal, length, start, key_mask, tokens.device, attention, keys)
         if self.config.shift:
-            if inputs is None and attention is not None and positions is not None:
-                raise ValueError("a shifted model given its own positions needs inputs=: the token each position reads")
             inputs = self.shifted_inputs(tokens, cache) if inputs is None else inputs
             if cache is not None:
                 cache.remember(tokens)

@@ -1,0 +1,184 @@
+"""Adapting an autoregressive model to diffusion: the shift, ``--init``, and the exactness items of MATH.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from ddlm import DiffusionPipeline
+from ddlm.errors import DDLMError
+from ddlm.model import ModelConfig, Transformer
+from ddlm.processes import Autoregressive, MaskedDiffusion, build_schedule
+from ddlm.samplers import Canvas, SamplerOptions, sampler_steps
+from ddlm.training import load_config, prepare_training
+from tests.test_block import EOS, MASK, PAD, VOCAB, block_process, data
+
+POLICIES = [
+    {"policy": "ancestral"}, {"policy": "first-hitting"}, {"policy": "confidence"}, {"policy": "entropy"},
+    {"policy": "confidence", "block_length": 4}, {"policy": "threshold", "threshold": 0.3, "block_length": 4},
+    {"policy": "ancestral", "remask": "cap", "remask_eta": 0.2},
+]
+
+
+def tiny_backbone(shift: bool, causal: bool = False, seed: int = 0) -> Transformer:
+    """A random float64 backbone with peaked predictions."""
+    torch.manual_seed(seed)
+    config = ModelConfig(vocab_size=VOCAB, context_length=16, d_model=16, n_layers=2, n_heads=2, causal=causal,
+                         shift=shift, start_id=EOS if shift else None)
+    model = Transformer(config)
+    with torch.no_grad():
+        model.embed.weight.mul_(40)
+    return model.double().eval()
+
+
+def with_weights_of(model: Transformer, **changes) -> Transformer:
+    """A backbone with ``model``'s weights and another configuration (e.g. shifted or causal)."""
+    other = Transformer(ModelConfig(**{**model.config.to_dict(), **changes})).double().eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+class MovedLogits(nn.Module):
+    """The reference: an unshifted backbone run on the tokens moved one place right behind the start token,
+    so that its logits at position i are read where token i - 1 stands."""
+
+    uses_noise = False
+
+    def __init__(self, unshifted: Transformer, start_id: int):
+        super().__init__()
+        self.unshifted, self.start_id = unshifted, start_id
+        self.context_length = unshifted.context_length
+
+    def forward(self, tokens, noise=None, key_mask=None, attention=None):
+        moved = torch.cat((torch.full_like(tokens[:, :1], self.start_id), tokens), dim=1)
+        return self.unshifted(moved[:, :-1], key_mask=key_mask, attention=attention)
+
+
+def masked_process(estimator: str = "time") -> MaskedDiffusion:
+    return MaskedDiffusion(build_schedule("linear"), mask_id=MASK, pad_id=PAD, eos_id=EOS, estimator=estimator)
+
+
+# ----- the shifted backbone -----
+
+def test_a_shifted_model_reads_the_previous_token_at_each_position():
+    shifted = tiny_backbone(shift=True)
+    plain = with_weights_of(shifted, shift=False, start_id=None)
+    tokens = data(3, 10)
+    moved = torch.cat((torch.full((3, 1), EOS), tokens[:, :-1]), dim=1)
+    torch.testing.assert_close(shifted(tokens), plain(moved), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("split", [1, 5, 9])
+def test_a_cached_shifted_causal_model_continues_exactly(split):
+    """The cache remembers its tokens: a call after ``split`` cached positions reads the last of them first."""
+    model, tokens = tiny_backbone(shift=True, causal=True), data(2, 12)
+    cache = model.new_cache(2)
+    head = model(tokens[:, :split], cache=cache)
+    tail = model(tokens[:, split:], cache=cache)
+    torch.testing.assert_close(torch.cat((head, tail), dim=1), model(tokens), rtol=1e-12, atol=1e-12)
+
+
+def test_a_shifted_model_given_its_own_positions_needs_its_inputs():
+    model, tokens = tiny_backbone(shift=True), data(1, 8)
+    with pytest.raises(ValueError, match="inputs="):
+        model(tokens, positions=torch.arange(8))
+
+
+# ----- exactness of the adapted NELBO -----
+
+def test_block_size_one_of_a_shifted_model_is_the_source_autoregressive_nll():
+    """Before any step of adaptation, block size 1 gives the autoregressive model's NLL exactly, draw by draw."""
+    source = tiny_backbone(shift=False, causal=True)
+    adapted = with_weights_of(source, causal=False, shift=True, start_id=EOS)
+    x0 = data(3, 16)
+    ar = Autoregressive(mask_id=MASK, eos_id=EOS, pad_id=PAD).loss(source, x0)
+    for seed in range(3):
+        block = block_process(1, "count").loss(adapted, x0, torch.Generator().manual_seed(seed))
+        assert block.nelbo_sum == pytest.approx(ar.nelbo_sum, rel=1e-12)
+        assert block.num_tokens == ar.num_tokens
+
+
+@pytest.mark.parametrize("estimator", ["time", "count"])
+def test_one_block_of_a_shifted_model_is_the_masked_nelbo_of_the_moved_logits(estimator):
+    """Block size = context: the same draws give the masked NELBO of the unshifted model's moved logits."""
+    shifted = tiny_backbone(shift=True)
+    moved = MovedLogits(with_weights_of(shifted, shift=False, start_id=None), EOS)
+    x0 = data(4, 16)
+    expected = masked_process(estimator).loss(moved, x0, torch.Generator().manual_seed(3))
+    got = block_process(16, estimator).loss(shifted, x0, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-12, atol=0)
+
+
+# ----- sampling -----
+
+@pytest.mark.parametrize("options", POLICIES, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_sampling_a_shifted_model_equals_sampling_the_moved_logits(options):
+    shifted = tiny_backbone(shift=True)
+    moved = MovedLogits(with_weights_of(shifted, shift=False, start_id=None), EOS)
+    canvas = Canvas.from_rows([[1, 2, *[None] * 8], [3, *[None] * 6, 4, None, None]], MASK, PAD)
+    runs = [list(sampler_steps(model, masked_process(), canvas, SamplerOptions(seed=0, steps=8, **options)))[-1]
+            for model in (shifted, moved)]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    assert not (runs[0].tokens == MASK).any()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_cached_and_uncached_block_sampling_of_a_shifted_model_agree(temperature):
+    model, process = tiny_backbone(shift=True), block_process(4)
+    canvas = Canvas.from_rows([[1, 2, 3, *[None] * 12], [4, *[None] * 14]], MASK, PAD)
+    tokens = [list(sampler_steps(model, process, canvas, SamplerOptions(seed=0, steps=12, temperature=temperature,
+                                                                        use_cache=use_cache)))[-1].tokens
+              for use_cache in (True, False)]
+    assert torch.equal(tokens[0], tokens[1])
+
+
+# ----- ddlm train --init -----
+
+@pytest.fixture(scope="module")
+def ar_source(tmp_path_factory, shakespeare_path):
+    """A tiny autoregressive model trained for two steps on the built-in corpus."""
+    out = tmp_path_factory.mktemp("ar")
+    config = load_config("tiny", None, ["process.name=ar", "optim.max_steps=2", "log.eval_every=0",
+                                        "log.sample_every=0", "data.context_length=32"])
+    prepare_training(config, out, data=shakespeare_path, show_progress=False).train()
+    return out
+
+
+@pytest.mark.parametrize("process", ["masked", "block"])
+def test_init_from_an_autoregressive_model_starts_at_its_likelihood_and_records_its_source(
+        tmp_path, shakespeare_path, ar_source, process):
+    config = load_config("tiny", None, [f"process.name={process}", "process.block_size=1", "process.estimator=count",
+                                        "optim.max_steps=1", "log.eval_every=0", "log.sample_every=0",
+                                        "data.context_length=32"])
+    trainer = prepare_training(config, tmp_path / "run", data=shakespeare_path, init=str(ar_source), show_progress=False)
+    source = DiffusionPipeline.from_pretrained(ar_source, precision="fp32")
+    assert trainer.model.config.shift and not trainer.model.config.causal
+    assert trainer.tokenizer.fingerprint() == source.tokenizer.fingerprint()
+    if process == "block":  # block size 1 under the shift is the source model
+        x0 = next(trainer.valid_loader.iter_eval_batches(4))
+        trainer.model.eval()
+        with torch.no_grad():
+            nelbo = trainer.process.loss(trainer.model, x0).nelbo_sum
+            nll = source.process.loss(source.model, x0).nelbo_sum
+        assert nelbo == pytest.approx(nll, rel=1e-5)
+    trainer.train()
+    summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())
+    init = summary["run_config"]["init"]
+    assert init["source"] == str(ar_source) and init["source_process"] == "ar" and len(init["fingerprint"]) == 16
+    adapted = DiffusionPipeline.from_pretrained(tmp_path / "run")
+    assert adapted.model.config.shift and adapted.model.config.start_id == adapted.tokenizer.eos_id
+    text = adapted.generate(num_samples=2, length=12, steps=6, seed=0, block_length=4 if process == "masked" else None)
+    assert len(text) == 2
+
+
+def test_init_refuses_what_cannot_be_adapted(tmp_path, shakespeare_path, ar_source):
+    config = load_config("tiny", None, ["process.name=sedd-absorb", "optim.max_steps=1", "data.context_length=32"])
+    with pytest.raises(DDLMError, match="SEDD"):
+        prepare_training(config, tmp_path / "sedd", data=shakespeare_path, init=str(ar_source), show_progress=False)
+    config = load_config("tiny", None, ["process.name=ar", "optim.max_steps=1", "data.context_length=32"])
+    with pytest.raises(DDLMError, match="drop --init"):
+        prepare_training(config, tmp_path / "x", data=shakespeare_path, init=str(ar_source), resume=True,
+                         show_progress=False)
