@@ -43,3 +43,44 @@ def test_explicit_precisions_are_kept_whatever_the_cpu(cpu_with_flags):
 def test_an_unknown_precision_names_the_choices():
     with pytest.raises(DDLMError, match="auto, fp32, bf16"):
         resolve_precision("fp16", CPU)
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A machine of ``cores`` CPUs, of which this process may use ``available``, under ``load``."""
+
+    def set_machine(cores: int, available: int, load: float) -> None:
+        monkeypatch.setattr(device_module.os, "cpu_count", lambda: cores)
+        monkeypatch.setattr(device_module, "available_cpus", lambda: available)
+        monkeypatch.setattr(device_module, "load_average", lambda: load)
+
+    before = torch.get_num_threads()
+    yield set_machine
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cores, available, load, expected", [
+    (2, 2, 0.1, 2),   # idle: every core
+    (2, 2, 1.4, 1),   # one core busy elsewhere (the measured 5x slow-down with two threads)
+    (2, 2, 6.0, 1),   # overloaded: still one thread
+    (8, 4, 0.0, 4),   # taskset / cpuset: at most the CPUs this process may use
+    (8, 4, 5.0, 3),   # three idle cores left
+    (4, 4, 1.5, 2),   # the load is rounded to the nearest whole core
+])
+def test_default_threads_is_one_per_idle_core(machine, cores, available, load, expected):
+    machine(cores, available, load)
+    assert device_module.default_threads() == expected
+
+
+def test_threads_given_win_then_the_environment_then_the_default(machine, monkeypatch):
+    machine(2, 2, 1.2)
+    for name in device_module.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert device_module.set_threads() == 1 and torch.get_num_threads() == 1
+    assert device_module.set_threads(2) == 2 and torch.get_num_threads() == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    machine(2, 2, 0.0)
+    torch.set_num_threads(2)  # as torch read it from the environment at start-up
+    assert device_module.set_threads() == 2 and torch.get_num_threads() == 2
+    with pytest.raises(DDLMError, match="--threads must be at least 1, got 0"):
+        device_module.set_threads(0)

@@ -1,4 +1,8 @@
-"""The ``ddlm`` command: a thin layer over the trainer and the pipeline."""
+"""The ``ddlm`` command: a thin layer over the trainer and the pipeline.
+
+Only the chosen command's flags are built (their choices come from modules that load torch),
+so ``ddlm --help`` and ``ddlm --version`` answer without loading torch.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,21 @@ import json
 import math
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ddlm import __version__
 from ddlm.bundled import DEFAULT_JUDGE, DEFAULT_MODEL
-from ddlm.device import PRECISIONS, describe_machine, has_fast_bf16
 from ddlm.errors import DDLMError
-from ddlm.pipeline import DEFAULT_BATCH_SIZE
-from ddlm.samplers.options import SEDD_METHODS, SamplerOptions
-from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
-from ddlm.viz.animation import COLOR_BY
+
+if TYPE_CHECKING:
+    from ddlm.samplers.options import SamplerOptions
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 EXIT_SIGTERM = 143  # 128 + SIGTERM
+MODEL_HELP = "a model directory (the --out of `ddlm train`), a bundled model name (`ddlm models`) or a Hugging Face Hub id"
 
 
 def parse_duration(text: str) -> float:
@@ -43,22 +47,33 @@ def check_minimums(args: argparse.Namespace, minimums: dict[str, int]) -> None:
             raise DDLMError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
 
 
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """--threads of the commands that run a model; :func:`main` applies it (``ddlm.device.set_threads``)."""
+    parser.add_argument("--threads", type=int, help="CPU threads (default: one per idle core, from the load average, "
+                        "at most the CPUs this process may use; an OMP_NUM_THREADS you set is kept)")
+
+
 def add_runtime_flags(parser: argparse.ArgumentParser, compile_flag: bool = True) -> None:
-    """--precision (and --compile) of the commands that run a model."""
+    """--precision, --threads (and --compile) of the commands that run a model."""
+    from ddlm.device import PRECISIONS
+
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16 where the CPU or GPU multiplies bf16 natively, else fp32 (default: auto)")
+    add_threads_flag(parser)
     if compile_flag:
         parser.add_argument("--compile", action="store_true", help="sample through torch.compile: about a minute "
                             "to compile, then ~1.5x faster (pays off for runs of a few minutes or more)")
 
 
-def sampler_flags() -> argparse.ArgumentParser:
-    """The flags of SamplerOptions shared by ``sample`` and ``eval`` (the commands add --steps and --seed).
+def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of SamplerOptions shared by ``sample``, ``animate`` and ``eval`` (the commands add --steps and --seed).
 
     Every flag defaults to None, so an unset flag keeps SamplerOptions' own default.
     """
-    parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("sampling")
+    from ddlm.samplers.options import SEDD_METHODS
+    from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
+
+    group = parser.add_argument_group("sampling")
     group.add_argument("--temperature", type=float, help="0 is greedy (default: 1)")
     group.add_argument("--top-k", type=int, help="draw among the k most likely tokens")
     group.add_argument("--top-p", type=float, help="draw among the most likely tokens reaching probability p")
@@ -78,17 +93,19 @@ def sampler_flags() -> argparse.ArgumentParser:
     group.add_argument("--dual-cache", action="store_true", default=None,
                        help="reuse keys/values left and right of the current block (needs --block-length)")
     group.add_argument("--min-length", type=int, help="no end-of-text among the first N generated tokens")
-    return parent
 
 
 def sampler_options_from_args(args: argparse.Namespace) -> SamplerOptions:
     """The validated SamplerOptions of the parsed flags: each field from the flag of its name where one was set."""
+    from ddlm.samplers.options import SamplerOptions
+
     given = {item.name: getattr(args, item.name) for item in dataclasses.fields(SamplerOptions)
              if getattr(args, item.name, None) is not None}
     return SamplerOptions(**given)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ddlm`` parser, with the flags of ``command`` only (None: of no command, enough for --help and --version)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     common.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -98,9 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with `ddlm sample` (the bundled Shakespeare model); `ddlm COMMAND --help` for each command.",
     )
     parser.add_argument("--version", action="version", version=f"ddlm {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_flags, _) in COMMANDS.items():
+        subparser = subparsers.add_parser(name, parents=[common], help=help_text)
+        if name == command:
+            add_flags(subparser)
+    return parser
 
-    train = commands.add_parser("train", parents=[common], help="train a model on a text corpus")
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first word that is not an option (``ddlm`` itself takes no option values)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def add_train_flags(train: argparse.ArgumentParser) -> None:
     train.add_argument("--data", help="training text: a .txt file, a folder of .txt files, a .jsonl file, a folder "
                        "saved with datasets' save_to_disk, hf:NAME (a Hugging Face data set, streamed; see data.hf_*), "
                        "or a built-in corpus (shakespeare, the default); a local path of that name wins")
@@ -117,10 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stop-after", type=int, metavar="STEP", help="stop at this step; continue later with --resume")
     train.add_argument("--cache-dir", help="where tokenised corpora are cached (default: ~/.cache/ddlm)")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_threads_flag(train)
 
-    sample = commands.add_parser("sample", parents=[common, sampler_flags()], help="generate text from a model directory")
-    sample.add_argument("--model", help=f"a model directory written by `ddlm train`, a bundled model (`ddlm models`) "
-                                         f"or a Hub id (default: the bundled {DEFAULT_MODEL!r})")
+
+def add_sample_flags(sample: argparse.ArgumentParser) -> None:
+    from ddlm.pipeline import DEFAULT_BATCH_SIZE
+
+    add_sampler_flags(sample)
+    sample.add_argument("--model", help=f"{MODEL_HELP} (default: the bundled {DEFAULT_MODEL!r})")
     sample.add_argument("--prompt", action="append",
                         help="text the samples start with (kept fixed); repeat for several prompts in one batch")
     sample.add_argument("--infill", metavar="TEMPLATE",
@@ -134,11 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--live", action="store_true",
                         help="watch the denoising in the terminal (plain text when stdout is not a terminal)")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar on stderr")
+    sample.add_argument("--seed", type=int, help="random seed, for repeatable samples (default: a fresh one)")
+    add_runtime_flags(sample)
+    sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
+    sample.add_argument("--format", choices=["text", "jsonl"], default="text",
+                        help="plain text with separator lines, or one JSON object per sample (default: text)")
+    sample.add_argument("--chat", action="store_true",
+                        help="wrap each prompt in the tokenizer's chat template (Hugging Face chat models)")
+    sample.add_argument("--trust-remote-code", action="store_true",
+                        help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
 
-    animate = commands.add_parser("animate", parents=[common, sampler_flags()],
-                                  help="a GIF (or WebP) of one sample being denoised, or of the forward process")
-    animate.add_argument("--model", default=DEFAULT_MODEL,
-                         help=f"a model directory, bundled model name or Hub id (default: the bundled {DEFAULT_MODEL!r})")
+
+def add_animate_flags(animate: argparse.ArgumentParser) -> None:
+    from ddlm.viz.animation import COLOR_BY
+
+    add_sampler_flags(animate)
+    animate.add_argument("--model", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: the bundled {DEFAULT_MODEL!r})")
     animate.add_argument("--out", required=True, help="the animation to write: a .gif or .webp file")
     animate.add_argument("--prompt", help="text the sample starts with (kept fixed)")
     animate.add_argument("--infill", metavar="TEMPLATE", help=r"fill the gaps of a template, e.g. 'To be, [MASK*12]'")
@@ -154,23 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     animate.add_argument("--hold-ms", type=int, default=2000, help="extra time on the last frame (default: 2000)")
     add_runtime_flags(animate, compile_flag=False)
 
-    plot = commands.add_parser("plot", parents=[common], help="training curves of runs (needs the plot extra)")
+
+def add_plot_flags(plot: argparse.ArgumentParser) -> None:
     plot.add_argument("runs", nargs="+", metavar="RUN", help="run directories (the --out of `ddlm train`)")
     plot.add_argument("--out", required=True, help="the figure to write: .png, .svg or .pdf")
-    sample.add_argument("--seed", type=int, help="random seed, for repeatable samples (default: a fresh one)")
-    add_runtime_flags(sample)
-    sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
-    sample.add_argument("--format", choices=["text", "jsonl"], default="text",
-                        help="plain text with separator lines, or one JSON object per sample (default: text)")
-    sample.add_argument("--chat", action="store_true",
-                        help="wrap each prompt in the tokenizer's chat template (Hugging Face chat models)")
-    sample.add_argument("--trust-remote-code", action="store_true",
-                        help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
 
-    evaluate = commands.add_parser("eval", parents=[common, sampler_flags()],
-                                   help="likelihood, sample quality, diversity and speed of models")
-    evaluate.add_argument("--model", action="append", required=True,
-                          help="a model directory or bundled model name; repeat to compare")
+
+def add_eval_flags(evaluate: argparse.ArgumentParser) -> None:
+    add_sampler_flags(evaluate)
+    evaluate.add_argument("--model", action="append", required=True, help=f"{MODEL_HELP}; repeat to compare")
     evaluate.add_argument("--data", help="held-out text for the likelihood: a file, folder, .jsonl, saved data set or "
                           "hf:NAME (its data.hf_valid_split), or shakespeare: the built-in corpus's last 10%%, "
                           "the text training holds out; a local path of that name wins")
@@ -189,21 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--trust-remote-code", action="store_true",
                           help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
 
-    commands.add_parser("presets", parents=[common], help="list the named training configurations")
-    commands.add_parser("models", parents=[common], help="list the bundled pretrained models")
-    add_serve_parser(commands, common)
-    return parser
+
+def add_no_flags(parser: argparse.ArgumentParser) -> None:
+    """The commands that take only the common flags (``presets``, ``models``)."""
 
 
-def add_serve_parser(commands, common: argparse.ArgumentParser) -> None:
+def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     """``ddlm serve``: its limits default to those of ddlm.app.limits.Limits (read without importing the app)."""
     from ddlm.app.limits import Limits
 
     limits = Limits()
-    serve = commands.add_parser("serve", parents=[common], help="web app and HTTP API: watch the denoising live")
     serve.add_argument("--model", action="append",
-                       help="a model directory or bundled model name; repeat for a model picker "
-                            "(default: every installed bundled model)")
+                       help=f"{MODEL_HELP}; repeat for a model picker (default: every installed bundled model)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="(default: 8000)")
     add_runtime_flags(serve)
@@ -223,8 +255,10 @@ def add_serve_parser(commands, common: argparse.ArgumentParser) -> None:
                        help=f"running time of one generation, e.g. 90s or 2m (default: {limits.max_seconds:g} s)")
 
 
+
 def run_train(args: argparse.Namespace) -> int:
     from ddlm.data import DEFAULT_CORPUS
+    from ddlm.device import has_fast_bf16
     from ddlm.training import load_config, prepare_training, saved_config
     from ddlm.training.signals import TrainingInterrupted
 
@@ -355,6 +389,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ddlm import DiffusionPipeline
+    from ddlm.device import describe_machine
     from ddlm.eval import default_judge, load_judge
     from ddlm.eval.report import EvalSettings, evaluate, markdown_table
     from ddlm.fileio import check_writable_file, write_json_atomic
@@ -430,8 +465,22 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    # name: (its line in `ddlm --help`, what adds its flags, what runs it)
+    "train": ("train a model on a text corpus", add_train_flags, run_train),
+    "sample": ("generate text from a model: a model directory, a bundled model or a Hub id", add_sample_flags, run_sample),
+    "animate": ("a GIF (or WebP) of one sample being denoised, or of the forward process", add_animate_flags, run_animate),
+    "plot": ("training curves of runs (needs the plot extra)", add_plot_flags, run_plot),
+    "eval": ("likelihood, sample quality, diversity and speed of models", add_eval_flags, run_eval),
+    "presets": ("list the named training configurations", add_no_flags, run_presets),
+    "models": ("list the bundled pretrained models", add_no_flags, run_models),
+    "serve": ("web app and HTTP API: watch the denoising live", add_serve_flags, run_serve),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(argv))
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):
         args.overrides += extra  # KEY=VALUE overrides may follow options: train ... --out X model.d_model=64
@@ -440,10 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handlers = {"train": run_train, "sample": run_sample, "animate": run_animate, "plot": run_plot, "eval": run_eval,
-                "presets": run_presets, "models": run_models, "serve": run_serve}
     try:
-        return handlers[args.command](args)
+        if "threads" in vars(args):  # the commands that run a model
+            from ddlm.device import set_threads
+
+            set_threads(args.threads)
+        return COMMANDS[args.command][2](args)
     except DDLMError as error:
         if args.debug:
             traceback.print_exc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import platform
 
@@ -12,6 +13,7 @@ import torch
 from ddlm.errors import DDLMError
 
 PRECISIONS = ("auto", "fp32", "bf16")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # torch reads its thread count from these
 # CPU flags of native bf16 matrix instructions (x86: AVX512-BF16, AMX; Arm: the bf16 extension).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
@@ -66,6 +68,47 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (``taskset``, cgroup cpusets), else every CPU."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def load_average() -> float:
+    """The 1-minute load average: how many threads ran or waited to run, on average (0 where unknown)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows; a system without one
+        return 0.0
+
+
+def default_threads(load: float | None = None) -> int:
+    """One thread per idle core, at most the available CPUs, at least 1.
+
+    Idle cores are the machine's CPUs less the 1-minute load average (``load``), rounded to the
+    nearest whole core. Torch's threads wait for each other at every operation, so one thread
+    per core on cores that other work keeps busy made sampling 5x slower than a single thread.
+    """
+    load = load_average() if load is None else load
+    idle = (os.cpu_count() or 1) - math.floor(load + 0.5)
+    return max(1, min(available_cpus(), idle))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads for a command and return the count: ``threads`` (``--threads``) when given,
+    else what an OMP_NUM_THREADS or MKL_NUM_THREADS in the environment made it, else :func:`default_threads`.
+    """
+    if threads is None and any(os.environ.get(name) for name in THREAD_VARIABLES):
+        return torch.get_num_threads()
+    if threads is not None and threads < 1:
+        raise DDLMError(f"--threads must be at least 1, got {threads}")
+    threads = default_threads() if threads is None else threads
+    torch.set_num_threads(threads)
+    return threads
+
+
 def describe_machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -74,5 +117,5 @@ def describe_machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
-            f"{gpu}, Python {platform.python_version()}")
+    return (f"{cpu}, {os.cpu_count()} cores ({available_cpus()} available, load {load_average():.2f}), "
+            f"torch {torch.__version__} with {torch.get_num_threads()} threads{gpu}, Python {platform.python_version()}")
