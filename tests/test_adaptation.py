@@ -12,8 +12,10 @@ from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Autoregressive, MaskedDiffusion, build_schedule
+from ddlm.processes.masked import lookahead_attention
 from ddlm.samplers import Canvas, SamplerOptions, sampler_steps
-from ddlm.training import load_config, prepare_training
+from ddlm.training import curriculum, load_config, prepare_training, saved_config
+from ddlm.training.config import AdaptSettings
 from tests.test_block import EOS, MASK, PAD, VOCAB, block_process, data
 
 POLICIES = [
@@ -182,3 +184,64 @@ def test_init_refuses_what_cannot_be_adapted(tmp_path, shakespeare_path, ar_sour
     with pytest.raises(DDLMError, match="drop --init"):
         prepare_training(config, tmp_path / "x", data=shakespeare_path, init=str(ar_source), resume=True,
                          show_progress=False)
+
+
+# ----- the attention path -----
+
+def test_the_look_ahead_mask_at_each_stage_equals_a_brute_force_construction():
+    length = 7
+    for ahead in range(length + 2):
+        expected = torch.tensor([[j <= i + ahead for j in range(length)] for i in range(length)])
+        assert torch.equal(lookahead_attention(length, ahead), expected)
+    assert torch.equal(lookahead_attention(length, 0), torch.ones(length, length, dtype=torch.bool).tril())
+
+
+def test_annealing_goes_from_causal_to_full_and_growth_from_one_to_the_block_size():
+    settings = AdaptSettings(anneal_steps=10, grow_steps=9)
+    assert [curriculum.lookahead(step, settings, 20) for step in (0, 5, 9, 10, 50)] == [0, 10, 18, None, None]
+    assert [curriculum.grown_block_size(step, settings, 4) for step in range(11)] == [1] * 3 + [2] * 3 + [4] * 5
+    assert curriculum.block_sizes(16) == [1, 2, 4, 8, 16] and curriculum.block_sizes(12) == [1, 2, 4, 12]
+    assert curriculum.block_sizes(1) == [1]
+    off = AdaptSettings()
+    assert curriculum.lookahead(0, off, 20) is None and curriculum.grown_block_size(0, off, 4) == 4
+
+
+def test_a_shifted_model_under_causal_annealing_reads_like_an_autoregressive_model():
+    """Look-ahead 0 under the shift: each position sees only the tokens before it, so on clean text the
+    masked process's logits are the source AR model's next-token logits."""
+    source = tiny_backbone(shift=False, causal=True)
+    adapted = with_weights_of(source, causal=False, shift=True, start_id=EOS).train()
+    x0 = data(2, 12)
+    inputs = torch.cat((torch.full((2, 1), EOS), x0[:, :-1]), dim=1)
+    process = masked_process()
+    process.lookahead = 0
+    attention = process.training_attention(adapted, 12, x0.device)["attention"]
+    torch.testing.assert_close(adapted(x0, attention=attention), source(inputs), rtol=1e-12, atol=1e-12)
+    assert process.training_attention(adapted.eval(), 12, x0.device) == {}  # evaluation: full attention
+
+
+def test_a_growing_block_size_trains_the_smaller_blocks_and_evaluates_the_target():
+    source = tiny_backbone(shift=False, causal=True)
+    adapted = with_weights_of(source, causal=False, shift=True, start_id=EOS).train()
+    x0, process = data(3, 16), block_process(4, "count")
+    process.training_block_size = 1
+    nll = Autoregressive(mask_id=MASK, eos_id=EOS, pad_id=PAD).loss(source, x0).nelbo_sum
+    assert process.loss(adapted, x0, torch.Generator().manual_seed(0)).nelbo_sum == pytest.approx(nll, rel=1e-12)
+    adapted.eval()
+    expected = block_process(4, "count").loss(adapted, x0, torch.Generator().manual_seed(0)).nelbo_sum
+    assert process.loss(adapted, x0, torch.Generator().manual_seed(0)).nelbo_sum == expected
+
+
+def test_an_adaptation_run_with_annealing_resumes_exactly(tmp_path, shakespeare_path, ar_source):
+    overrides = ["process.name=masked", "adapt.anneal_steps=4", "optim.max_steps=6", "log.eval_every=0",
+                 "log.sample_every=0", "log.save_every=0", "data.context_length=32"]
+    straight = prepare_training(load_config("tiny", None, overrides), tmp_path / "a", data=shakespeare_path,
+                                init=str(ar_source), show_progress=False)
+    straight.train()
+    paused = prepare_training(load_config("tiny", None, overrides), tmp_path / "b", data=shakespeare_path,
+                              init=str(ar_source), show_progress=False)
+    paused.train(stop_after=3)
+    resumed = prepare_training(saved_config(tmp_path / "b"), tmp_path / "b", resume=True, show_progress=False)
+    resumed.train()
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name

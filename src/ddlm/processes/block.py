@@ -70,6 +70,7 @@ class BlockDiffusion(MaskedDiffusion):
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise DDLMError(f"process.block_size must be a whole number >= 1, got {block_size!r}")
         self.block_size = block_size
+        self.training_block_size: int | None = None  # in training, while the block size grows (adaptation)
         self.clip_min, self.clip_max = clip_min, clip_max
         low, high = self.clip_range
         if not 0 < low < high <= 1:
@@ -98,8 +99,8 @@ class BlockDiffusion(MaskedDiffusion):
         """``count`` times, one per block: in [eps, 1], or in the clipped range when ``clipped``."""
         return self.sample_times(count, device, generator, self.clip_range if clipped else None)
 
-    def check_length(self, length: int) -> None:
-        if length % self.block_size:
+    def check_length(self, length: int, block_size: int | None = None) -> None:
+        if length % (block_size or self.block_size):
             raise DDLMError(
                 f"sequence length {length} is not a multiple of process.block_size={self.block_size}; "
                 "choose a block size that divides data.context_length"
@@ -108,11 +109,13 @@ class BlockDiffusion(MaskedDiffusion):
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
         """One Monte-Carlo draw of the NELBO per real token: a masked NELBO draw per block, in one pass.
 
-        In training mode with a clip range the times are clipped (see the module notes).
+        In training mode with a clip range the times are clipped, and while ``training_block_size``
+        is set the blocks have that size (see the module notes).
         """
         batch, length = x0.shape
-        self.check_length(length)
-        blocks = x0.reshape(-1, self.block_size)  # one row per block, in reading order
+        size = self.training_block_size if model.training and self.training_block_size else self.block_size
+        self.check_length(length, size)
+        blocks = x0.reshape(-1, size)  # one row per block, in reading order
         if self.estimator == "count":
             xt_blocks, weight = self.corrupt_by_count(blocks, generator)
         else:
@@ -120,23 +123,23 @@ class BlockDiffusion(MaskedDiffusion):
             xt_blocks = self.corrupt(blocks, t, generator)
         xt = xt_blocks.view(batch, length)
         positions = torch.arange(length, device=x0.device).repeat(2)
-        attention = training_attention(length, self.block_size, x0.device)
+        attention = training_attention(length, size, x0.device)
         tokens = torch.cat((xt, x0), dim=1)
         shifted = getattr(unwrapped(model), "shifted", False)
-        inputs = {"inputs": self.shifted_inputs(unwrapped(model), xt, x0)} if shifted else {}
+        inputs = {"inputs": self.shifted_inputs(unwrapped(model), xt, x0, size)} if shifted else {}
         logits = model(tokens, attention=attention, positions=positions, **inputs)[:, :length]
-        nll = self.masked_nll(logits, x0, xt).view(-1, self.block_size)
+        nll = self.masked_nll(logits, x0, xt).view(-1, size)
         if self.estimator == "count":
             nelbo = (weight * nll.sum(dim=1)).sum()
         else:
             nelbo = self.nelbo_per_sequence(nll, t).sum()
         return LossOutput.per_real_token(nelbo, x0, self.pad_id)
 
-    def shifted_inputs(self, model: torch.nn.Module, xt: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def shifted_inputs(self, model: torch.nn.Module, xt: torch.Tensor, x0: torch.Tensor, block_size: int) -> torch.Tensor:
         """What a shifted model reads in the one-pass layout [x_t, x_0]: each position the token before it,
         clean at the first position of every block (the last token of the finished block before it)."""
         clean = model.shifted_inputs(x0)
-        block_start = torch.arange(x0.shape[1], device=x0.device) % self.block_size == 0
+        block_start = torch.arange(x0.shape[1], device=x0.device) % block_size == 0
         noisy = torch.where(block_start, clean, model.shifted_inputs(xt))
         return torch.cat((noisy, clean), dim=1)
 

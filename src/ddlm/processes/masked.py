@@ -27,6 +27,12 @@ from ddlm.processes.schedules import Schedule, schedule_from_config
 ESTIMATORS = ("time", "count")
 
 
+def lookahead_attention(length: int, lookahead: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(L, L) bool: position i sees the keys j <= i + lookahead (0: causal; L - 1 and more: full)."""
+    positions = torch.arange(length, device=device)
+    return positions[None, :] <= positions[:, None] + lookahead
+
+
 class MaskedDiffusion(ContinuousTime):
     """The masked diffusion process for a vocabulary with ``mask_id`` and ``pad_id``."""
 
@@ -54,6 +60,7 @@ class MaskedDiffusion(ContinuousTime):
         self.antithetic = antithetic
         self.estimator = estimator
         self.eos_id = eos_id
+        self.lookahead: int | None = None  # in training: keys past each position it sees (None: all; adaptation)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], vocab: Vocabulary) -> MaskedDiffusion:
@@ -107,12 +114,20 @@ class MaskedDiffusion(ContinuousTime):
         """w(t) times the summed masked NLL: one NELBO draw per sequence (B,), in nats."""
         return self.schedule.weight(t.double()).float() * masked_nll.sum(dim=1)
 
+    def training_attention(self, model: torch.nn.Module, length: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """The attention keyword of a training call: the look-ahead pattern while it is set, else none (full)."""
+        if not model.training or self.lookahead is None:
+            return {}
+        return {"attention": lookahead_attention(length, self.lookahead, device)}
+
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
-        """One Monte-Carlo draw of the NELBO per real (non-pad) token of the batch."""
+        """One Monte-Carlo draw of the NELBO per real (non-pad) token of the batch (in training, under the
+        look-ahead attention while one is set)."""
+        attention = self.training_attention(model, x0.shape[1], x0.device)
         if self.estimator == "count":
             xt, weight = self.corrupt_by_count(x0, generator)
             try:
-                logits = model(xt)  # no noise level: this estimator integrates it out
+                logits = model(xt, **attention)  # no noise level: this estimator integrates it out
             except NoiseLevelMissing:
                 raise DDLMError("the count estimator needs a model that does not see the noise level; "
                                 "set model.time_conditioning=false or use process.estimator=time") from None
@@ -120,7 +135,7 @@ class MaskedDiffusion(ContinuousTime):
         else:
             t = self.sample_times(x0.shape[0], x0.device, generator)
             xt = self.corrupt(x0, t, generator)
-            logits = model(xt, self.model_noise(t))
+            logits = model(xt, self.model_noise(t), **attention)
             nelbo = self.nelbo_per_sequence(self.masked_nll(logits, x0, xt), t).sum()
         return LossOutput.per_real_token(nelbo, x0, self.pad_id)
 

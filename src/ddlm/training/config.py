@@ -98,6 +98,14 @@ class InitSettings:
 
 
 @dataclass
+class AdaptSettings:
+    """The attention path from an autoregressive model (``--init``) to a diffusion model, by steps."""
+
+    anneal_steps: int = 0  # masked: each position sees i + look-ahead keys, growing from causal to full (DiffuGPT)
+    grow_steps: int = 0  # block: the block size doubles from 1 (autoregressive) to process.block_size (NBDiff)
+
+
+@dataclass
 class RunConfig:
     """Everything a training run needs besides the data paths."""
 
@@ -108,6 +116,7 @@ class RunConfig:
     optim: OptimSettings = field(default_factory=OptimSettings)
     log: LogSettings = field(default_factory=LogSettings)
     init: InitSettings = field(default_factory=InitSettings)
+    adapt: AdaptSettings = field(default_factory=AdaptSettings)
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -253,6 +262,8 @@ BOUNDS: dict[str, Bounds] = {
     "log.sample_every": NOT_NEGATIVE,
     "log.sample_steps": AT_LEAST_ONE,
     "log.save_every": NOT_NEGATIVE,
+    "adapt.anneal_steps": NOT_NEGATIVE,
+    "adapt.grow_steps": NOT_NEGATIVE,
 }
 DURATION_KEYS = {"optim.time_budget"}
 

@@ -26,6 +26,7 @@ from ddlm.pipeline import DiffusionPipeline
 from ddlm.processes import Process, Vocabulary, build_process
 from ddlm.tokenizers import Tokenizer
 from ddlm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from ddlm.training import curriculum
 from ddlm.training.config import RunConfig
 from ddlm.training.distributed import Distributed
 from ddlm.training.ema import EMA
@@ -234,6 +235,7 @@ class Trainer:
         lr = learning_rate(self.progress(), self.warmup(), settings.lr, settings.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        curriculum.apply(self.process, self.state.step, self.config.adapt, self.config.data.context_length)
         self.model.train()
         nelbo_sum, token_count = 0.0, 0
         for micro_step in range(settings.grad_accum):
