@@ -30,6 +30,7 @@ from ddlm.tokenizers import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # refused: loading a pickle can run code
 SUMMARY_FILE = "training_summary.json"
 DEFAULT_BATCH_SIZE = 64  # samples drawn at once
 
@@ -112,6 +113,7 @@ class DiffusionPipeline:
         loaded through :mod:`ddlm.hf`; model code shipped with it runs only with ``trust_remote_code``.
         """
         directory = resolve_model_directory(path)
+        refuse_pickled_weights(directory)
         config = read_json(directory / CONFIG_FILE, what="model config")
         if is_transformers_config(config):
             model, tokenizer, process, summary = load_transformers_model(
@@ -123,6 +125,8 @@ class DiffusionPipeline:
             process = build_process(config["process"], Vocabulary.of(tokenizer))
         except (KeyError, TypeError) as error:
             raise DDLMError(f"{directory / CONFIG_FILE} is incomplete ({error}); re-export the model") from None
+        except DDLMError as error:
+            raise DDLMError(f"{directory / CONFIG_FILE}: {error}") from None
         fingerprint = config.get("tokenizer_fingerprint")
         if fingerprint is not None and fingerprint != tokenizer.fingerprint():
             raise DDLMError(
@@ -183,8 +187,7 @@ class DiffusionPipeline:
         else:
             encoded = [self.tokenizer.encode(text) if text else [] for text in prompts]
         suffix_ids = self.tokenizer.encode(suffix) if suffix else []
-        longest = max(len(ids) for ids in encoded) + len(suffix_ids)
-        length = self.check_length(longest, length)
+        length = self.check_length(max(len(ids) for ids in encoded), length, len(suffix_ids))
         return [row for ids in encoded for row in [[*ids, *[None] * length, *suffix_ids]] * num_samples]
 
     def build_canvas(
@@ -314,21 +317,25 @@ class DiffusionPipeline:
                 kept.append(token)
         return self.tokenizer.decode(kept)
 
-    def check_length(self, prompt_length: int, length: int | None) -> int:
-        """The number of tokens to generate after ``prompt_length`` given ones, checked against the context."""
-        room = self.context_length - prompt_length
+    def check_length(self, prompt_length: int, length: int | None, suffix_length: int = 0) -> int:
+        """The number of tokens to generate between ``prompt_length`` given tokens before them and
+        ``suffix_length`` after them, checked against the context."""
+        given = {name: count for name, count in (("prompt", prompt_length), ("suffix", suffix_length)) if count}
+        room = self.context_length - prompt_length - suffix_length
         if room < 1:
             raise DDLMError(
-                f"the prompt is {prompt_length} tokens but the model's context is {self.context_length}; "
-                "shorten the prompt"
+                f"the {' and '.join(given)} {'is' if len(given) == 1 else 'are'} {sum(given.values())} tokens, "
+                f"which leaves no room to generate in the model's context of {self.context_length}; "
+                f"shorten the {' or '.join(given)}"
             )
         if length is None:
             return room
         if length < 1:
             raise DDLMError(f"length must be at least 1, got {length}")
         if length > room and not getattr(self.process, "generates_past_context", False):  # block diffusion slides
+            parts = "".join(f"{name} ({count}) + " for name, count in given.items())
             raise DDLMError(
-                f"prompt ({prompt_length}) + length ({length}) tokens exceed the model's context of "
+                f"{parts}length ({length}) tokens exceed the model's context of "
                 f"{self.context_length}; use --length {room} or less"
             )
         return length
@@ -360,6 +367,20 @@ def resolve_model_directory(path: str | Path) -> Path:
     except (HfHubHTTPError, OSError, ValueError) as error:
         raise DDLMError(f"model directory {path} does not exist, and the Hub has no model {text} "
                         f"({type(error).__name__})") from None
+
+
+def refuse_pickled_weights(directory: Path) -> None:
+    """A one-line refusal for a model directory whose weights exist only as pickles: ddlm never unpickles."""
+    if any(directory.glob("*.safetensors")):
+        return
+    pickled = sorted(path.name for pattern in PICKLED_WEIGHTS for path in directory.glob(pattern))
+    if pickled:
+        raise DDLMError(
+            f"{directory} holds its weights only as pickles ({', '.join(pickled[:3])}), which ddlm refuses to load "
+            "(unpickling can run any code); if you trust the file, convert it once in your own code, e.g. "
+            "transformers' from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True), or "
+            "safetensors.torch.save_file(torch.load(FILE, weights_only=True), DIR + '/model.safetensors')"
+        )
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

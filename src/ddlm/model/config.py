@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ddlm.errors import DDLMError
+
+# The smallest value of each whole-number setting (float settings: dropout in [0, 1), the others positive).
+MINIMUMS = {"vocab_size": 1, "context_length": 1, "d_model": 1, "n_layers": 1, "n_heads": 1, "mlp_hidden": 1,
+            "cond_dim": 1, "start_id": 0}
+TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a number"}
 
 
 @dataclass
@@ -43,7 +51,10 @@ class ModelConfig:
         self.check()
 
     def check(self) -> None:
-        """Raise a DDLMError if the attention heads do not fit the width."""
+        """Raise a DDLMError naming the first setting of the wrong type or out of range, or heads that do not fit the width."""
+        hints = typing.get_type_hints(ModelConfig)
+        for item in fields(self):
+            check_setting(item.name, hints[item.name], getattr(self, item.name))
         if self.d_model % self.n_heads:
             raise DDLMError(
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
@@ -51,7 +62,6 @@ class ModelConfig:
             )
         if (self.d_model // self.n_heads) % 2:
             raise DDLMError("the head size d_model/n_heads must be even for rotary positions")
-
 
     @property
     def head_dim(self) -> int:
@@ -77,3 +87,22 @@ class ModelConfig:
         if unknown:
             raise DDLMError(f"unknown model config keys {unknown}; valid keys are {sorted(known)}")
         return cls(**values)
+
+
+def check_setting(name: str, hint: Any, value: Any) -> None:
+    """A one-line error unless ``value`` has the declared type of setting ``name`` and lies in its range."""
+    nullable = isinstance(hint, types.UnionType)
+    kind = next(arg for arg in typing.get_args(hint) if arg is not type(None)) if nullable else hint
+    if value is None and nullable:
+        return
+    fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
+    if not fits or (kind is not bool and isinstance(value, bool)):
+        raise DDLMError(f"model.{name} must be {TYPE_NAMES[kind]}{' or null' if nullable else ''}, got {value!r} "
+                        f"({type(value).__name__}); correct it in the model's config")
+    if kind is int and value < MINIMUMS[name]:
+        raise DDLMError(f"model.{name} must be at least {MINIMUMS[name]}, got {value}; correct it in the model's config")
+    if kind is float:
+        in_range = 0 <= value < 1 if name == "dropout" else value > 0
+        if not (math.isfinite(value) and in_range):
+            allowed = "in [0, 1)" if name == "dropout" else "a positive finite number"
+            raise DDLMError(f"model.{name} must be {allowed}, got {value}; correct it in the model's config")
