@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tqdm.auto import tqdm
 
 from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
 from ddlm.training import checkpoint as checkpoint_module
 from ddlm.training import load_config, prepare_training
+from ddlm.training import trainer as trainer_module
+from ddlm.training.trainer import EVAL_BATCH_TOKENS
 
 
 @pytest.fixture
@@ -79,8 +82,9 @@ def test_resumed_log_keeps_one_row_per_step(tmp_path, corpus):
                                show_progress=False)
     resumed.train()
     with (run / "log.csv").open() as handle:
-        steps = [int(row["step"]) for row in csv.DictReader(handle)]
-    assert steps == list(range(1, 13))
+        rows = list(csv.DictReader(handle))
+    assert [int(row["step"]) for row in rows if row["train_nelbo"]] == list(range(1, 13))
+    assert [int(row["step"]) for row in rows if row["valid_nelbo"]] == [6, 12]  # each export's final validation
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, corpus, monkeypatch):
@@ -323,3 +327,30 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(tmp_path, capsys, monke
     monkeypatch.setattr(training, "prepare_training", interrupted)
     assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err.strip().splitlines() == ["interrupted"]
+
+
+class RecordingBar(tqdm):
+    """A progress bar that records its description and postfix at every update."""
+
+    updates: list[tuple[str, str]] = []
+
+    def update(self, n: float = 1) -> bool | None:
+        RecordingBar.updates.append((self.desc, self.postfix or ""))
+        return super().update(n)
+
+
+def test_the_progress_shows_every_step_and_the_final_validation_is_logged(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr(trainer_module, "tqdm", RecordingBar)
+    RecordingBar.updates = []
+    config = load_config("tiny", overrides=["optim.max_steps=7", "log.log_every=50", "log.eval_every=0"])
+    trainer = prepare_training(config, tmp_path / "run", data=corpus, device="cpu", cache_dir=tmp_path / "cache")
+    summary = trainer.train()
+    postfixes = [postfix for desc, postfix in RecordingBar.updates if desc.startswith("train")]
+    assert len(postfixes) == 7 and len(set(postfixes)) == 7  # loss, lr and speed of each step, not the first one's
+    validation = [desc for desc, _ in RecordingBar.updates if desc == "final validation"]
+    assert len(validation) == 2 * trainer.valid_loader.eval_batch_count(EVAL_BATCH_TOKENS // 32)  # two draws
+    with (tmp_path / "run" / "log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["step"]) for row in rows if row["train_nelbo"]] == [1, 7]  # the first and the last step
+    assert [(int(row["step"]), float(row["valid_nelbo"])) for row in rows if row["valid_nelbo"]] == \
+        [(7, round(summary["final_valid_nelbo"], 4))]

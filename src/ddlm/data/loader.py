@@ -108,12 +108,20 @@ class BatchLoader:
         Ignores ``rank``: each rank sees all rows. The last batch may be smaller.
         """
         batch_size = self.batch_size if batch_size is None else batch_size
-        if self.layout == "packed":
-            rows = np.arange(len(self.corpus) // self.context_length) * self.context_length
-        else:
-            rows = np.arange(len(self._doc_starts))
+        rows = self._eval_rows()
         for begin in range(0, len(rows), batch_size):
             yield self._materialise(rows[begin : begin + batch_size])
+
+    def eval_batch_count(self, batch_size: int | None = None) -> int:
+        """How many batches :meth:`iter_eval_batches` yields."""
+        batch_size = self.batch_size if batch_size is None else batch_size
+        return -(-len(self._eval_rows()) // batch_size)
+
+    def _eval_rows(self) -> np.ndarray:
+        """Row ids of every evaluation row: token offsets (packed) or document indices (padded)."""
+        if self.layout == "packed":
+            return np.arange(len(self.corpus) // self.context_length) * self.context_length
+        return np.arange(len(self._doc_starts))
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         """Row ids of ``epoch`` in order: token offsets (packed) or document indices (padded)."""

@@ -8,6 +8,7 @@ checkpoint is only ever taken between two steps, also when a signal stops the ru
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import asdict, replace
@@ -179,10 +180,11 @@ class Trainer:
                 self.state.tokens += tokens
                 window_tokens += tokens
                 step = self.state.step
+                speed = window_tokens / max(time.perf_counter() - window_start, 1e-9)  # since the last log row
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:,.0f}", refresh=False)  # drawn by the update
                 self.advance(bar)
-                if self.log is not None and (step % self.config.log.log_every == 0 or step == 1):
-                    speed = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.1e}", tok_s=f"{speed:,.0f}")
+                logged = step % self.config.log.log_every == 0 or step == 1 or self.finished(stop_after)
+                if self.log is not None and logged:
                     self.log.write(step=step, tokens=self.state.tokens, elapsed_s=f"{self.state.elapsed:.1f}",
                                    lr=f"{lr:.3e}", train_nelbo=f"{loss:.4f}", tokens_per_s=f"{speed:.0f}")
                     window_tokens, window_start = 0, time.perf_counter()
@@ -287,23 +289,27 @@ class Trainer:
         return self.eval_model
 
     @torch.no_grad()
-    def evaluate(self, max_batches: int | None = None, draws: int = 1) -> float:
-        """Validation NELBO per token (nats) of the EMA weights, with fixed time draws."""
+    def evaluate(self, max_batches: int | None = None, draws: int = 1, progress: str | None = None) -> float:
+        """Validation NELBO per token (nats) of the EMA weights, with fixed time draws; a progress bar titled
+        ``progress`` where one is given."""
         if self.valid_loader is None:
             raise DDLMError("no validation data; pass --valid or set data.valid_fraction > 0")
         model = self.load_ema_into_eval_model()
         generator = torch.Generator(device=self.device)
         generator.manual_seed(VALIDATION_SEED)
+        batch_size = max(self.config.optim.batch_size, EVAL_BATCH_TOKENS // self.config.data.context_length)
+        batches = self.valid_loader.eval_batch_count(batch_size)
+        batches = batches if max_batches is None else min(batches, max_batches)
         nelbo, tokens = 0.0, 0
-        for _ in range(draws):
-            batch_size = max(self.config.optim.batch_size, EVAL_BATCH_TOKENS // self.config.data.context_length)
-            for index, batch in enumerate(self.valid_loader.iter_eval_batches(batch_size)):
-                if max_batches is not None and index >= max_batches:
-                    break
-                with autocast(self.device, self.precision):
-                    output = self.process.loss(model, batch.to(self.device), generator)
-                nelbo += output.nelbo_sum
-                tokens += output.num_tokens
+        with tqdm(total=draws * batches, desc=progress, unit="batch", disable=progress is None, leave=False,
+                  dynamic_ncols=True) as bar:
+            for _ in range(draws):
+                for batch in itertools.islice(self.valid_loader.iter_eval_batches(batch_size), batches):
+                    with autocast(self.device, self.precision):
+                        output = self.process.loss(model, batch.to(self.device), generator)
+                    nelbo += output.nelbo_sum
+                    tokens += output.num_tokens
+                    bar.update()
         return nelbo / tokens
 
     def pipeline(self) -> DiffusionPipeline:
@@ -333,8 +339,11 @@ class Trainer:
             self.dist.barrier()
             return self.summary()
         if self.valid_loader is not None:
-            final = self.evaluate(draws=2)
+            final = self.evaluate(draws=2, progress="final validation" if self.show_progress else None)
             self.state.best_valid = final if self.state.best_valid is None else min(final, self.state.best_valid)
+            if self.log is not None:  # the whole validation set: the last point of the run's curve
+                self.log.write(step=self.state.step, tokens=self.state.tokens, elapsed_s=f"{self.state.elapsed:.1f}",
+                               valid_nelbo=f"{final:.4f}")
             summary = {**self.summary(), "final_valid_nelbo": final, "final_valid_bits": final / math.log(2)}
         else:
             summary = self.summary()
