@@ -369,7 +369,8 @@ def run_animate(args: argparse.Namespace) -> int:
 def run_plot(args: argparse.Namespace) -> int:
     from ddlm.viz.plots import plot_runs
 
-    plot_runs(args.runs, args.out)
+    for note in plot_runs(args.runs, args.out):
+        print(f"warning: {note}", file=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -65,31 +65,63 @@ def save_figure(figure, path: str | Path) -> None:
         figure.savefig(tmp, format=path.suffix.lstrip(".").lower(), dpi=120, bbox_inches="tight")
 
 
-def plot_runs(runs: Sequence[str | Path], out: str | Path) -> None:
-    """Training loss and validation NELBO of each run against steps and against time, runs overlaid."""
+def time_unit(seconds: float) -> tuple[float, str]:
+    """(seconds per unit, name) for a time axis reaching ``seconds``: hours, minutes or seconds."""
+    for size, name in ((3600.0, "hours"), (60.0, "minutes")):
+        if seconds >= 2 * size:
+            return size, name
+    return 1.0, "seconds"
+
+
+def sparse_note(run: str, curves: dict[str, list[tuple[float, float, float]]]) -> str | None:
+    """One line for a run with a curve of fewer than two points (drawn as dots), else None."""
+    sparse = [f"{len(curves[metric])} {label} point{'' if len(curves[metric]) == 1 else 's'}"
+              for metric, label in (("train_nelbo", "training"), ("valid_nelbo", "validation")) if len(curves[metric]) < 2]
+    if not sparse:
+        return None
+    return (f"{run} has only {' and '.join(sparse)}, too few for a curve; "
+            "train longer or log more often (log.log_every, log.eval_every)")
+
+
+def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[str]:
+    """Training loss and validation NELBO of each run against steps and against time, runs overlaid.
+
+    Returns a note per run with too few points for a curve (its points are drawn as dots).
+    """
     check_figure_path(out)
     logs = {str(run): read_log(run) for run in runs}
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharey="row")
+    longest = max((point[1] for curves in logs.values() for points in curves.values() for point in points), default=0)
+    unit, unit_name = time_unit(longest)
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex="col", sharey="row")
     for name, curves in logs.items():
         for row, (metric, label) in enumerate([("train_nelbo", "training loss"), ("valid_nelbo", "validation NELBO")]):
             points = curves[metric]
-            style = {"marker": "o", "markersize": 3} if metric == "valid_nelbo" else {"linewidth": 1}
+            dots = metric == "valid_nelbo" or len(points) < 2
+            style = {"marker": "o", "markersize": 3} if dots else {"linewidth": 1}
             axes[row][0].plot([p[0] for p in points], [p[2] for p in points], label=name, **style)
-            axes[row][1].plot([p[1] / 60 for p in points], [p[2] for p in points], label=name, **style)
+            axes[row][1].plot([p[1] / unit for p in points], [p[2] for p in points], label=name, **style)
             axes[row][0].set_ylabel(f"{label} (nats/token)")
-    for column, xlabel in enumerate(["optimizer step", "training time (minutes)"]):
+    for column, xlabel in enumerate(["optimizer step", f"training time ({unit_name})"]):
         axes[1][column].set_xlabel(xlabel)
     for axis in axes.flat:
         axis.grid(alpha=0.3)
-        axis.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))  # step labels of 5 digits must not touch
-        axis.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        axis.set_xlim(left=0)
+        axis.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=axis in axes[:, 0]))
+    for axis in axes[:, 0]:
+        axis.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))  # step labels of 5 digits must not touch
+    for row, label in enumerate(["training", "validation"]):
+        if not any(curves[("train_nelbo", "valid_nelbo")[row]] for curves in logs.values()):
+            for axis in axes[row]:
+                axis.text(0.5, 0.5, f"no {label} points logged", transform=axis.transAxes, ha="center", color="gray")
+                axis.set_yticks([])
     axes[0][0].legend(fontsize="small")
     figure.suptitle("ddlm training curves")
     save_figure(figure, out)
     plt.close(figure)
+    return [note for name, curves in logs.items() if (note := sparse_note(name, curves))]
 
 
 def plot_tradeoff(points: Sequence[dict[str, Any]], out: str | Path, baseline_entropy: float | None = None) -> None:

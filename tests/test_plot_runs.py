@@ -1,0 +1,50 @@
+"""``ddlm plot`` of a run too short for curves: one warning line, dots, and step ticks that are not all alike."""
+
+from __future__ import annotations
+
+import pytest
+
+from ddlm.cli import main
+from ddlm.training.logger import MetricsLog
+from ddlm.viz import plots
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """The figures ``ddlm plot`` draws, kept open instead of written."""
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.append(figure))
+    monkeypatch.setattr(plots.pyplot(), "close", lambda figure: None)
+    return drawn
+
+
+def test_a_run_of_one_logged_step_is_a_warning_and_dots(tmp_path, figures, capsys):
+    run = tmp_path / "short"
+    run.mkdir()
+    log = MetricsLog(run)
+    log.write(step=1, tokens=256, elapsed_s=0.4, lr=3e-3, train_nelbo=4.5, tokens_per_s=600)
+    log.close()
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == f"warning: {run} has only 1 training point and 0 validation points, too few for a curve; " \
+                       "train longer or log more often (log.log_every, log.eval_every)"
+    assert len(lines) == 2  # and "wrote ..."
+    figure = figures[0]
+    figure.canvas.draw()
+    steps = [label.get_text() for label in figure.axes[2].get_xticklabels()]  # the shared step axis, bottom left
+    assert len(set(steps)) == len(steps) > 1, steps
+    assert figure.axes[0].get_lines()[0].get_marker() == "o"  # a single point is visible
+
+
+def test_runs_with_curves_give_no_warning(tmp_path, figures, capsys):
+    run = tmp_path / "long"
+    run.mkdir()
+    log = MetricsLog(run)
+    for step in range(1, 21):
+        log.write(step=step, elapsed_s=step * 30.0, train_nelbo=4 / step, valid_nelbo=4 / step if step % 5 == 0 else "")
+    log.close()
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
+    assert capsys.readouterr().err.strip().splitlines() == [f"wrote {tmp_path / 'curves.png'}"]
+    assert figures[0].axes[3].get_xlabel() == "training time (minutes)"
