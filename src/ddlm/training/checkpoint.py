@@ -20,6 +20,7 @@ from ddlm.fileio import atomic_path, error_reason
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = 2  # 1: the flat layout before the nested dictionary (still read)
+EXACT_STEP_COUNTS = 2**24  # the optimizer counts its steps in float32, exact up to here
 
 
 def split_tensors(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -78,9 +79,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         rest = json.loads(metadata["trainer_state"])
     except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as error:
         raise DDLMError(f"checkpoint {path} is corrupt ({error}); delete it or resume from a copy") from None
-    if metadata.get("format") is None:
-        return from_flat_layout(tensors, rest)
-    return join_tensors(tensors, rest)
+    state = from_flat_layout(tensors, rest) if metadata.get("format") is None else join_tensors(tensors, rest)
+    check_step(state, path)
+    return state
+
+
+def check_step(state: dict[str, Any], path: Path) -> None:
+    """A one-line error when the step in the metadata is not the number of steps the optimizer took.
+
+    The optimizer counts its steps in its tensors, apart from the metadata, so an edited or damaged
+    step is caught instead of resuming the schedule and the data from the wrong place.
+    """
+    try:
+        recorded = int(state["train"]["step"])
+        counts = [float(entry["step"]) for entry in state["optimizer"]["state"].values() if "step" in entry]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise DDLMError(f"checkpoint {path} is corrupt (no valid step: {error!r}); "
+                        "delete it or resume from a copy") from None
+    taken = int(max(counts, default=0))
+    if taken != recorded and min(taken, recorded) < EXACT_STEP_COUNTS:
+        raise DDLMError(f"checkpoint {path} says step {recorded} but its optimizer took {taken} steps (its metadata "
+                        "was edited or damaged); resume from an intact copy of the checkpoint")
 
 
 def from_flat_layout(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
