@@ -10,10 +10,13 @@ import torch
 from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
 from ddlm.eval import DDLMJudge, distinct_n, evaluate_likelihood, load_judge, repetition_rate, unigram_entropy
+from ddlm.eval.report import EvalSettings, evaluate
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Autoregressive, MaskedDiffusion, build_schedule
+from ddlm.samplers import SamplerOptions
 from ddlm.tokenizers import BPETokenizer, CharTokenizer
 from tests.helpers import IIDOracle
+from tests.test_stream import pipeline as stream_pipeline
 
 
 def test_unigram_entropy_by_hand():
@@ -155,3 +158,20 @@ def test_hugging_face_judge_nll_by_hand(tmp_path, gpt2_dir):
 def test_a_missing_judge_is_a_clear_error(tmp_path):
     with pytest.raises(DDLMError, match="not found"):
         load_judge(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("process", ["masked", "ar"])
+def test_the_sampling_bar_has_a_total_and_reaches_it(process):
+    pipe = stream_pipeline(process)
+    bars: dict[str, tuple[int, str, list[float]]] = {}
+
+    def progress(what: str, total: int, unit: str):
+        ticks: list[float] = []
+        bars[what] = (total, unit, ticks)
+        return lambda amount=1: ticks.append(amount)
+
+    settings = EvalSettings(metrics=("samples",), num_samples=3, sampler=SamplerOptions(steps=8, seed=0))
+    evaluate(pipe, None, None, settings, progress)
+    total, unit, ticks = bars["sampling"]
+    assert (total, unit) == (3, "samples") and len(ticks) > 1 and all(tick > 0 for tick in ticks)
+    assert sum(ticks) == pytest.approx(3)

@@ -414,9 +414,9 @@ def run_eval(args: argparse.Namespace) -> int:
         elif judge is None:
             print("no judge for these models' vocabulary: pass --judge for the judge NLL", file=sys.stderr)
 
-    def progress(what: str, total: int | None):
-        bar = tqdm(total=total, desc=what, unit="seq" if total else "step", disable=args.no_progress, leave=False)
-        return lambda: bar.update()
+    def progress(what: str, total: int, unit: str):
+        return tqdm(total=total, desc=what, disable=args.no_progress, leave=False, unit=unit,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {total} {unit} [{elapsed}<{remaining}]").update
 
     results = {}
     for model, pipe in pipes.items():

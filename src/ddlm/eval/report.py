@@ -56,8 +56,12 @@ def evaluation_rows(pipe, data: str | Path, max_sequences: int, cache_dir: str |
     return rows
 
 
-def evaluate(pipe, data: str | Path | None, judge: Judge | None, settings: EvalSettings, progress=None) -> dict:
-    """Every requested metric of ``pipe`` as a JSON-ready dict."""
+Progress = Callable[[str, int, str], Callable[..., Any]]  # (what, total, unit) -> tick(amount=1)
+
+
+def evaluate(pipe, data: str | Path | None, judge: Judge | None, settings: EvalSettings,
+             progress: Progress | None = None) -> dict:
+    """Every requested metric of ``pipe`` as a JSON-ready dict; ``progress`` makes a bar per stage."""
     unknown = set(settings.metrics) - set(METRICS)
     if unknown:
         raise DDLMError(f"unknown metric {', '.join(sorted(unknown))}; choose from {list(METRICS)}")
@@ -67,17 +71,20 @@ def evaluate(pipe, data: str | Path | None, judge: Judge | None, settings: EvalS
         if data is None:
             raise DDLMError("the likelihood needs held-out text: pass --data (e.g. --data shakespeare)")
         rows = evaluation_rows(pipe, data, settings.max_sequences)
-        tick = progress("likelihood", len(rows)) if progress else None
+        tick = progress("likelihood", len(rows), "sequences") if progress else None
         likelihood = evaluate_likelihood(pipe.model, pipe.process, rows, pipe.tokenizer.byte_lengths(),
                                          settings.draws, settings.seed, pipe.precision, tick)
         result["likelihood"] = likelihood.to_dict()
     if "samples" in settings.metrics:
-        result["samples"] = sample_metrics(pipe, judge, settings, progress("sampling steps", None) if progress else None)
+        tick = progress("sampling", settings.num_samples, "samples") if progress else None
+        result["samples"] = sample_metrics(pipe, judge, settings, tick)
     return result
 
 
-def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings, tick: Callable[[], None] | None = None) -> dict:
-    """Speed, diversity and (with a judge) generative perplexity of unconditional samples; ``tick`` once per step."""
+def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings,
+                   tick: Callable[[float], Any] | None = None) -> dict:
+    """Speed, diversity and (with a judge) generative perplexity of unconditional samples; ``tick`` with the
+    samples' progress at each step (see :func:`counted`)."""
     options = settings.sampler.for_process(pipe.process.name)  # one command may compare models of several processes
     start = time.perf_counter()
     steps = pipe.stream(options=options, num_samples=settings.num_samples, texts=False)
@@ -105,11 +112,15 @@ def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings, tick: Call
     return metrics
 
 
-def counted(steps: Iterable[SamplerStep], tick: Callable[[], None] | None) -> Iterator[SamplerStep]:
-    """``steps`` unchanged, calling ``tick`` (a progress bar) at each."""
+def counted(steps: Iterable[SamplerStep], tick: Callable[[float], Any] | None) -> Iterator[SamplerStep]:
+    """``steps`` unchanged, calling ``tick`` (a bar over the samples) with the progress each step makes: finished
+    batches count whole, the current one by how much of its noise is gone (never backwards, as under remasking)."""
+    done = 0.0
     for step in steps:
-        if tick is not None:
-            tick()
+        reached = step.first_sample + step.tokens.shape[0] * (1 - step.noise)
+        if tick is not None and reached > done:
+            tick(reached - done)
+            done = reached
         yield step
 
 
