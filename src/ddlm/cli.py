@@ -138,6 +138,8 @@ def add_train_flags(train: argparse.ArgumentParser) -> None:
     train.add_argument("--config", help="a YAML configuration file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings such as optim.lr=3e-4")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly")
+    train.add_argument("--accept-data-change", action="store_true",
+                       help="with --resume: continue on text that differs from the run's corpus, from its first batch")
     train.add_argument("--init", metavar="MODEL", help="start from this model's weights and tokenizer (a model directory or "
                        "bundled name), e.g. an autoregressive model adapted to masked or block diffusion")
     train.add_argument("--max-steps", type=int, help="total optimizer steps (sets optim.max_steps)")
@@ -280,6 +282,7 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = prepare_training(
         config, args.out, data=args.data, valid=args.valid, resume=args.resume, device=args.device,
         cache_dir=args.cache_dir, show_progress=not args.no_progress, init=args.init,
+        accept_data_change=args.accept_data_change,
     )
     main_process = trainer.dist.is_main
     if main_process:

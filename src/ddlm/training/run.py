@@ -25,6 +25,7 @@ RUN_FILE = "run.json"
 # continue the same run.
 CHANGEABLE_ON_RESUME = ("optim.max_steps", "optim.time_budget", "optim.lr", "optim.min_lr_ratio", "optim.warmup_steps",
                         "optim.warmup_fraction", "optim.grad_clip", "optim.precision", "log.")
+CORPUS_NAMES = {"data": "training data", "valid": "validation data"}
 
 
 def data_source(config: RunConfig, data: str | Path, split: str | None = None) -> TextSource:
@@ -73,6 +74,7 @@ def prepare_training(
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
     init: str | None = None,
+    accept_data_change: bool = False,
 ) -> Trainer:
     """A Trainer for a new run in ``out_dir``, or the run saved there when ``resume``.
 
@@ -81,7 +83,9 @@ def prepare_training(
 
     ``out_dir`` must be writable; the trainer holds its lock (one training per directory)
     until ``train`` returns. On resume only the settings in ``CHANGEABLE_ON_RESUME`` may
-    differ from the run's, and each change is recorded in ``run.json``.
+    differ from the run's, and each change is recorded in ``run.json``. The corpora must be the
+    text the run started with (their fingerprints are in ``run.json``), unless
+    ``accept_data_change``: the run then continues on the new text from its first batch.
     """
     config.validate()
     lock = RunLock(out_dir)
@@ -90,7 +94,8 @@ def prepare_training(
         lock.acquire()
         remove_stale_temporaries(out_dir)
     try:
-        trainer = build_trainer(config, out_dir, data, valid, resume, device, cache_dir, show_progress, init)
+        trainer = build_trainer(config, out_dir, data, valid, resume, device, cache_dir, show_progress, init,
+                                accept_data_change)
     except BaseException:
         lock.release()
         raise
@@ -108,6 +113,7 @@ def build_trainer(
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
     init: str | None = None,
+    accept_data_change: bool = False,
 ) -> Trainer:
     """``prepare_training``'s work once the run directory is locked.
 
@@ -122,8 +128,10 @@ def build_trainer(
     if resume:
         run = read_run_file(out_dir)
         changes = resume_changes(run["run_config"], config)
-        data = data or run["data"]
+        data = data_source(config, data or run["data"]).label
         valid = valid or run["valid"]
+        if valid is not None:
+            valid = data_source(config, valid, config.data.hf_valid_split).label
         tokenizer = load_tokenizer(out_dir)
     else:
         if (out_dir / CHECKPOINT_FILE).exists():
@@ -140,21 +148,24 @@ def build_trainer(
         if valid is not None:
             valid = data_source(config, valid, config.data.hf_valid_split).label
     train, valid_corpus = load_corpora(config, tokenizer, data, valid, cache_dir, documents)
+    corpora = {"data": data,  # source labels: an absolute path, a built-in name or hf:NAME
+               "valid": valid,
+               "fingerprints": {"data": train.fingerprint,
+                                "valid": valid_corpus.fingerprint if valid is not None and valid_corpus else None}}
+    if resume:
+        changes.update(corpus_changes(run, corpora, accept_data_change))
     trainer = Trainer(config, tokenizer, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
     if initial is not None:
         trainer.start_from(initial.model)
     if resume:
-        trainer.resume()
-        if changes and trainer.dist.is_main:
-            record_changes(out_dir, run, config, changes, trainer.state.step)
+        trainer.resume(new_data="data" in changes)
+        recorded = {key: run.get(key) for key in corpora}
+        if trainer.dist.is_main and (changes or recorded != corpora):
+            record_changes(out_dir, run, config, changes, corpora, trainer.state.step)
     elif trainer.dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out_dir)
-        write_json_atomic(out_dir / RUN_FILE, {
-            "data": data,  # a source label: an absolute path, a built-in name or hf:NAME
-            "valid": valid,
-            "run_config": config.to_dict(),
-        })
+        write_json_atomic(out_dir / RUN_FILE, {**corpora, "run_config": config.to_dict()})
     return trainer
 
 
@@ -188,8 +199,31 @@ def resume_changes(saved: dict[str, Any], config: RunConfig) -> dict[str, list[A
     return changes
 
 
-def record_changes(out_dir: Path, run: dict[str, Any], config: RunConfig, changes: dict[str, list[Any]], step: int) -> None:
-    """Make the changed settings the run's own (a later plain --resume keeps them) and log them in its history."""
-    entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "changes": changes}
-    write_json_atomic(out_dir / RUN_FILE, {**run, "run_config": config.to_dict(),
-                                           "history": [*run.get("history", []), entry]})
+def corpus_changes(run: dict[str, Any], corpora: dict[str, Any], accept: bool) -> dict[str, list[Any]]:
+    """The corpora whose text differs from the run's recorded one, each as [fingerprint before, after].
+
+    A one-line refusal unless ``accept``. A run that recorded no fingerprints (an older ddlm) has
+    nothing to compare.
+    """
+    before, after = run.get("fingerprints") or {}, corpora["fingerprints"]
+    changed = {name: [before[name], after[name]] for name in CORPUS_NAMES if before.get(name, after[name]) != after[name]}
+    if changed and not accept:
+        name, (old, new) = next(iter(changed.items()))
+        label, recorded = corpora[name], run.get(name)
+        source = (f"{label} is not the corpus this run used ({recorded or 'none'})" if label != recorded
+                  else f"{label} changed since this run last used it")
+        raise DDLMError(f"the {CORPUS_NAMES[name]} {source}: fingerprint {(new or 'none')[:12]}, was "
+                        f"{(old or 'none')[:12]}; resume with the run's own text, or add --accept-data-change "
+                        "to continue this run on the new text from its first batch")
+    return changed
+
+
+def record_changes(out_dir: Path, run: dict[str, Any], config: RunConfig, changes: dict[str, list[Any]],
+                   corpora: dict[str, Any], step: int) -> None:
+    """Make the changed settings and corpora the run's own (a later plain --resume keeps them) and log the
+    changes in its history."""
+    history = run.get("history", [])
+    if changes:
+        history = [*history, {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "changes": changes}]
+    write_json_atomic(out_dir / RUN_FILE, {**run, **corpora, "run_config": config.to_dict(), "history": history})

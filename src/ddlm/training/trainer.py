@@ -407,9 +407,13 @@ class Trainer:
         self.dist.barrier()
         self.saved_step = self.state.step
 
-    def resume(self) -> None:
-        """Restore every stateful part from the checkpoint in ``out_dir``."""
-        self.load_state_dict(load_checkpoint(self.checkpoint_path))
+    def resume(self, new_data: bool = False) -> None:
+        """Restore every stateful part from the checkpoint in ``out_dir``; with ``new_data`` (the run's
+        corpus changed) the loader starts the new corpus from its first batch instead of its saved place."""
+        state = load_checkpoint(self.checkpoint_path)
+        if new_data:
+            state["loader"] = self.train_loader.state_dict()
+        self.load_state_dict(state)
         self.saved_step = self.state.step
         if self.dist.is_main:
             self.log = MetricsLog(self.out_dir, resume_step=self.state.step)

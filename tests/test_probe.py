@@ -1,0 +1,268 @@
+"""The fault and bad-input probe's cases: each gets a one-line error naming the problem and the fix, or a
+correct result. Damaged files (configs, weights, token caches, checkpoints), changed corpora on resume,
+and requests that try to exhaust the server (chunked bodies, idle connections)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ddlm import DiffusionPipeline
+from ddlm.bundled import bundled_model_path
+from ddlm.cli import main
+from ddlm.data import tokenize_corpus
+from ddlm.errors import DDLMError
+from ddlm.tokenizers import build_tokenizer
+from ddlm.training import load_config, prepare_training
+from ddlm.training.checkpoint import CHECKPOINT_FILE
+
+
+def one_line(error: pytest.ExceptionInfo, *parts: str) -> str:
+    """The error's message, checked to be one line containing every one of ``parts``."""
+    message = str(error.value)
+    assert "\n" not in message, message
+    for part in parts:
+        assert part in message, f"{part!r} not in {message!r}"
+    return message
+
+
+# ----- model directories -----
+
+
+@pytest.fixture
+def model_config_dir(tmp_path: Path) -> Path:
+    """The bundled model's config and tokenizer, without weights: loading reads them before any weights."""
+    directory = tmp_path / "model"
+    directory.mkdir()
+    for name in ("config.json", "tokenizer_config.json"):
+        shutil.copy(bundled_model_path("shakespeare") / name, directory / name)
+    return directory
+
+
+def edit_model_config(directory: Path, key: str, value) -> None:
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    config["model"][key] = value
+    (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("d_model", -256, "at least 1, got -256"),
+    ("n_layers", 0, "at least 1, got 0"),
+    ("context_length", -1, "at least 1, got -1"),
+    ("vocab_size", -68, "at least 1, got -68"),
+    ("n_heads", "4", "a whole number, got '4' (str)"),
+    ("dropout", 1.5, "in [0, 1), got 1.5"),
+    ("norm_eps", "1e-6", "a number, got '1e-6' (str)"),
+    ("time_conditioning", "yes", "true or false, got 'yes'"),
+    ("cond_dim", 64.0, "a whole number or null, got 64.0 (float)"),
+])
+def test_a_model_config_of_bad_sizes_or_types_is_refused_naming_the_key(model_config_dir, key, value, problem):
+    edit_model_config(model_config_dir, key, value)
+    with pytest.raises(DDLMError) as error:
+        DiffusionPipeline.from_pretrained(model_config_dir, device="cpu")
+    one_line(error, "config.json", f"model.{key} must be {problem}")
+
+
+def test_the_cli_refuses_a_negative_size_in_one_line(model_config_dir, capsys):
+    edit_model_config(model_config_dir, "context_length", -1)
+    for command in (["sample", "--length", "4", "--steps", "2"], ["eval", "--data", "shakespeare"]):
+        assert main([*command, "--model", str(model_config_dir)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1].startswith("error: ") and "model.context_length must be at least 1" in lines[-1]
+        assert "Traceback" not in "".join(lines)
+
+
+class Unpickled:
+    """Leaves a marker file when unpickled: proof that loading ran code from the file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+@pytest.mark.parametrize("config", [
+    "ddlm",  # a ddlm config.json next to the pickle
+    {"model_type": "bert", "architectures": ["BertForMaskedLM"]},  # a transformers model directory
+    None,  # the pickle alone
+])
+def test_pickled_weights_are_refused_unopened_with_how_to_convert(tmp_path, model_config_dir, config):
+    directory = tmp_path / "pickled"
+    if config == "ddlm":
+        shutil.copytree(model_config_dir, directory)
+    else:
+        directory.mkdir()
+        if config is not None:
+            (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    marker = tmp_path / "unpickled"
+    (directory / "pytorch_model.bin").write_bytes(pickle.dumps(Unpickled(marker)))
+    with pytest.raises(DDLMError) as error:
+        DiffusionPipeline.from_pretrained(directory, device="cpu")
+    one_line(error, "pytorch_model.bin", "pickles", "refuses", "save_pretrained(", "safe_serialization=True",
+             "model.safetensors")
+    assert not marker.exists()
+
+
+# ----- prompts and suffixes against the context -----
+
+
+@pytest.fixture(scope="module")
+def bundled() -> DiffusionPipeline:
+    return DiffusionPipeline.from_pretrained("shakespeare", device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("prompt, suffix, named", [
+    (None, "x" * 300, "the suffix is 300 tokens"),
+    ("x" * 300, None, "the prompt is 300 tokens"),
+    ("x" * 100, "y" * 156, "the prompt and suffix are 256 tokens"),
+])
+def test_a_prompt_or_suffix_that_fills_the_context_is_named(bundled, prompt, suffix, named):
+    with pytest.raises(DDLMError) as error:
+        bundled.canvas_rows(prompt, 1, None, suffix=suffix)
+    message = one_line(error, named, "context of 256", "shorten the")
+    assert ("suffix" in message) == (suffix is not None)
+
+
+def test_a_length_past_the_context_counts_the_suffix(bundled):
+    with pytest.raises(DDLMError) as error:
+        bundled.canvas_rows("ROMEO:", 1, 250, suffix="x" * 10)
+    one_line(error, "prompt (6) + suffix (10) + length (250)", "use --length 240 or less")
+    assert len(bundled.canvas_rows("ROMEO:", 1, 240, suffix="x" * 10)[0]) == 256
+
+
+# ----- token caches -----
+
+DOCUMENTS = ["ROMEO: But soft, what light through yonder window breaks? " * 20, "JULIET: O Romeo, Romeo!"]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: bytes(len(data)),  # zeroed
+    lambda data: data[: len(data) // 3],  # truncated
+    lambda data: np.random.default_rng(0).bytes(len(data)),  # overwritten with random bytes (ids past the vocabulary)
+    lambda data: data + b"\x01\x02",  # extended
+], ids=["zeroed", "truncated", "random", "extended"])
+def test_a_damaged_token_cache_is_rebuilt_with_one_line(tmp_path, capsys, damage):
+    tokenizer = build_tokenizer("char", texts=DOCUMENTS)
+    expected = tokenize_corpus(DOCUMENTS, tokenizer, tmp_path)
+    expected_tokens, expected_starts = np.array(expected.tokens), np.array(expected.doc_starts)
+    (tokens,) = tmp_path.glob("*.tokens.bin")
+    tokens.write_bytes(damage(tokens.read_bytes()))
+    capsys.readouterr()
+
+    rebuilt = tokenize_corpus(DOCUMENTS, tokenizer, tmp_path)
+    np.testing.assert_array_equal(rebuilt.tokens, expected_tokens)
+    np.testing.assert_array_equal(rebuilt.doc_starts, expected_starts)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "token cache" in line and "damaged" in line and line.endswith("rebuilding it")
+    tokenize_corpus(DOCUMENTS, tokenizer, tmp_path)  # intact again: a silent hit
+    assert capsys.readouterr().err == ""
+
+
+def test_a_token_cache_with_a_damaged_record_or_starts_file_is_rebuilt(tmp_path, capsys):
+    tokenizer = build_tokenizer("char", texts=DOCUMENTS)
+    expected = np.array(tokenize_corpus(DOCUMENTS, tokenizer, tmp_path).doc_starts)
+    (starts,) = tmp_path.glob("*.starts.npy")
+    starts.write_bytes(starts.read_bytes()[:-8])
+    np.testing.assert_array_equal(tokenize_corpus(DOCUMENTS, tokenizer, tmp_path).doc_starts, expected)
+    assert "starts file" in capsys.readouterr().err
+    (record,) = tmp_path.glob("*.json")
+    record.write_text("{", encoding="utf-8")
+    np.testing.assert_array_equal(tokenize_corpus(DOCUMENTS, tokenizer, tmp_path).doc_starts, expected)
+    assert "unreadable checksum record" in capsys.readouterr().err
+
+
+# ----- resuming a run -----
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, shakespeare_text: str) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(shakespeare_text[:20000], encoding="utf-8")
+    return path
+
+
+def trainer_for(out: Path, corpus: Path, resume: bool = False, accept: bool = False, steps: int = 4):
+    config = load_config("tiny", overrides=["optim.precision=fp32", f"optim.max_steps={steps}", "log.eval_every=0",
+                                            "log.save_every=0", "data.valid_fraction=0.1"])
+    return prepare_training(config, out, data=corpus, resume=resume, device="cpu", cache_dir=out.parent / "cache",
+                            show_progress=False, accept_data_change=accept)
+
+
+@pytest.fixture
+def stopped_run(tmp_path, corpus) -> Path:
+    """A run stopped at step 2 of 4, with its checkpoint."""
+    out = tmp_path / "run"
+    trainer_for(out, corpus).train(stop_after=2)
+    return out
+
+
+def test_resuming_on_another_corpus_is_refused_naming_the_override(stopped_run, corpus, shakespeare_text):
+    other = corpus.parent / "other.txt"
+    other.write_text(shakespeare_text[20000:40000], encoding="utf-8")
+    with pytest.raises(DDLMError) as error:
+        trainer_for(stopped_run, other, resume=True)
+    one_line(error, "training data", str(other), "is not the corpus this run used", str(corpus),
+             "--accept-data-change")
+
+    trainer = trainer_for(stopped_run, other, resume=True, accept=True)
+    assert trainer.state.step == 2
+    assert trainer.train_loader.state_dict() == {"seed": 0, "epoch": 0, "position": 0}  # the new text from its start
+    run = json.loads((stopped_run / "run.json").read_text(encoding="utf-8"))
+    assert run["data"] == str(other) and run["history"][-1]["changes"]["data"][1] == run["fingerprints"]["data"]
+    trainer.train()
+    trainer_for(stopped_run, other, resume=True, steps=6).train()  # the accepted text is now the run's own
+
+
+def test_a_corpus_changed_between_runs_is_refused(stopped_run, corpus):
+    corpus.write_text(corpus.read_text(encoding="utf-8").replace("the", "thy"), encoding="utf-8")
+    with pytest.raises(DDLMError) as error:
+        trainer_for(stopped_run, corpus, resume=True)
+    one_line(error, str(corpus), "changed since this run last used it", "--accept-data-change")
+
+
+def test_a_run_without_recorded_fingerprints_resumes_and_records_them(stopped_run, corpus):
+    run_file = stopped_run / "run.json"
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    fingerprints = run.pop("fingerprints")
+    run_file.write_text(json.dumps(run), encoding="utf-8")  # as an older ddlm wrote it
+    assert trainer_for(stopped_run, corpus, resume=True).state.step == 2
+    assert json.loads(run_file.read_text(encoding="utf-8"))["fingerprints"] == fingerprints
+
+
+def rewrite_metadata(path: Path, edit) -> None:
+    """Rewrite a checkpoint with ``edit`` applied to its trainer state (the JSON in its metadata)."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    state = json.loads(metadata["trainer_state"])
+    edit(state)
+    save_file(load_file(str(path)), str(path), metadata={**metadata, "trainer_state": json.dumps(state)})
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_a_checkpoint_whose_step_was_edited_is_refused(stopped_run, corpus, step):
+    rewrite_metadata(stopped_run / CHECKPOINT_FILE, lambda state: state["train"].update(step=step))
+    with pytest.raises(DDLMError) as error:
+        trainer_for(stopped_run, corpus, resume=True)
+    one_line(error, f"says step {step} but its optimizer took 2 steps", "intact copy")
+
+
+def test_the_cli_refuses_a_changed_corpus_and_an_edited_step_in_one_line(stopped_run, corpus, capsys):
+    os.utime(corpus)  # touched, not changed: resumes
+    rewrite_metadata(stopped_run / CHECKPOINT_FILE, lambda state: state["train"].update(step=7))
+    arguments = ["train", "--out", str(stopped_run), "--resume", "--cache-dir", str(corpus.parent / "cache"),
+                 "--no-progress"]
+    assert main(arguments) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: checkpoint")
+    rewrite_metadata(stopped_run / CHECKPOINT_FILE, lambda state: state["train"].update(step=2))
+    corpus.write_text("another text entirely " * 200, encoding="utf-8")
+    assert main(arguments) == 2
+    assert "--accept-data-change" in capsys.readouterr().err.strip().splitlines()[-1]
