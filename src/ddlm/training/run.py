@@ -130,8 +130,6 @@ def build_trainer(
         changes = resume_changes(run["run_config"], config)
         data = data_source(config, data or run["data"]).label
         valid = valid or run["valid"]
-        if valid is not None:
-            valid = data_source(config, valid, config.data.hf_valid_split).label
         tokenizer = load_tokenizer(out_dir)
     else:
         if (out_dir / CHECKPOINT_FILE).exists():
@@ -145,13 +143,13 @@ def build_trainer(
             tokenizer = initial.tokenizer
         else:
             tokenizer = make_tokenizer(config, documents)
-        if valid is not None:
-            valid = data_source(config, valid, config.data.hf_valid_split).label
+    if valid is not None:
+        valid = data_source(config, valid, config.data.hf_valid_split).label
     train, valid_corpus = load_corpora(config, tokenizer, data, valid, cache_dir, documents)
     corpora = {"data": data,  # source labels: an absolute path, a built-in name or hf:NAME
                "valid": valid,
                "fingerprints": {"data": train.fingerprint,
-                                "valid": valid_corpus.fingerprint if valid is not None and valid_corpus else None}}
+                                "valid": valid_corpus.fingerprint if valid is not None else None}}
     if resume:
         changes.update(corpus_changes(run, corpora, accept_data_change))
     trainer = Trainer(config, tokenizer, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
