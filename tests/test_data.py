@@ -11,6 +11,7 @@ import torch
 
 from ddlm.data import BatchLoader, TokenizedCorpus, default_cache_dir, read_documents, tokenize_corpus
 from ddlm.errors import DDLMError
+from tests import conftest
 
 
 class ByteTokenizer:
@@ -397,3 +398,12 @@ def test_bad_loader_arguments(kwargs: dict, word: str) -> None:
     with pytest.raises(DDLMError) as excinfo:
         BatchLoader(stream_corpus(100), 2, 8, **kwargs)
     assert_one_line_error(excinfo, word)
+
+
+@pytest.mark.parametrize("fixture", ["gpt2_dir", "tinystories_dir"])
+def test_a_missing_data_set_skips_saying_what_it_is_and_how_to_get_it(fixture, tmp_path, monkeypatch):
+    monkeypatch.setattr(conftest, "DATA_DIR", tmp_path)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        getattr(conftest, fixture).__wrapped__()
+    reason = str(skipped.value)
+    assert "licence" in reason and "hf download" in reason and str(tmp_path) in reason and "DDLM_DATA_DIR" in reason
