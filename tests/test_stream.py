@@ -11,6 +11,7 @@ from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
 from ddlm.processes import Vocabulary, build_process
 from ddlm.samplers import SamplerOptions
+from ddlm.samplers.step import MASK_GLYPH
 from ddlm.tokenizers import CharTokenizer
 from tests.test_sampling_pinned import CASES, tiny_model
 
@@ -175,3 +176,18 @@ def test_eval_options_drop_what_does_not_apply_to_the_process():
     assert options.for_process("ar") == SamplerOptions(steps=9)
     assert options.applicable("masked")["policy"] == "confidence" and "method" not in options.applicable("masked")
     assert options.applicable("sedd-uniform")["method"] == "euler"
+
+
+@pytest.mark.parametrize("process", ["masked", "ar"])
+def test_canvas_texts_show_the_masked_positions(process):
+    pipe = pipeline(process)
+    steps = list(pipe.stream("ab", length=10, steps=5, seed=1, num_samples=2))
+    for step in steps:
+        for row, (canvas, text) in enumerate(zip(step.canvas_texts, step.texts)):
+            tokens, generated = step.tokens[row].tolist(), step.canvas.generated[row].tolist()
+            end = next((i for i, (t, g) in enumerate(zip(tokens, generated)) if g and t == TOKENIZER.eos_id), None)
+            masked = tokens[:end].count(TOKENIZER.mask_id)  # up to a generated end-of-text, where the text ends
+            assert canvas.count(MASK_GLYPH) == masked and canvas.replace(MASK_GLYPH, "") == text
+            assert canvas.startswith("ab")
+    assert steps[0].canvas_texts[0].endswith(MASK_GLYPH * 5)  # the first step reveals few of the ten positions
+    assert steps[-1].canvas_texts == steps[-1].texts  # nothing masked at the end

@@ -26,6 +26,7 @@ from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Process, Vocabulary, build_process
 from ddlm.samplers import Canvas, SampleOutput, SamplerOptions, SamplerStep, changes_only, last_steps, parse_template, sampler_steps
 from ddlm.samplers.options import check_integer
+from ddlm.samplers.step import MASK_GLYPH
 from ddlm.tokenizers import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -238,6 +239,8 @@ class DiffusionPipeline:
             for step in steps:
                 if texts:
                     step.texts = [self.decode(step, row, stop_at_eos) for row in range(step.tokens.shape[0])]
+                    step.canvas_texts = [self.decode(step, row, stop_at_eos, mask=MASK_GLYPH)
+                                         for row in range(step.tokens.shape[0])]
                 yield step
 
         return with_texts()
@@ -302,8 +305,10 @@ class DiffusionPipeline:
 
         return steps()
 
-    def decode(self, output: SampleOutput | SamplerStep, row: int, stop_at_eos: bool = True) -> str:
-        """The text of sample ``row``: padding and masks removed, cut at end-of-text as :meth:`generate` says."""
+    def decode(self, output: SampleOutput | SamplerStep, row: int, stop_at_eos: bool = True,
+               mask: str | None = None) -> str:
+        """The text of sample ``row``: padding removed, cut at end-of-text as :meth:`generate` says, each masked
+        position left out or, with ``mask``, shown as that text (``canvas_texts`` uses ``samplers.step.MASK_GLYPH``)."""
         canvas = output.canvas
         kept, skipping = [], False
         for token, generated, active in zip(
@@ -315,7 +320,16 @@ class DiffusionPipeline:
                 skipping = True
             if active and not skipping:
                 kept.append(token)
-        return self.tokenizer.decode(kept)
+        if mask is None:
+            return self.tokenizer.decode(kept)
+        pieces, run = [], []
+        for token in kept:  # the tokens between two masks are decoded together
+            if token == self.tokenizer.mask_id:
+                pieces += [self.tokenizer.decode(run), mask]
+                run = []
+            else:
+                run.append(token)
+        return "".join(pieces) + self.tokenizer.decode(run)
 
     def check_length(self, prompt_length: int, length: int | None, suffix_length: int = 0) -> int:
         """The number of tokens to generate between ``prompt_length`` given tokens before them and

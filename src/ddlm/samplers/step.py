@@ -9,6 +9,8 @@ import torch
 
 from ddlm.samplers.canvas import Canvas
 
+MASK_GLYPH = "░"  # how a masked position shows in SamplerStep.canvas_texts (and in the terminal view)
+
 
 @dataclass
 class SamplerStep:
@@ -23,7 +25,7 @@ class SamplerStep:
     1 - exp(-sigma_bar(t)) (0 after the final denoising step), which for the absorbing graph
     is the expected masked fraction.
 
-    :meth:`ddlm.DiffusionPipeline.stream` fills the last four fields.
+    :meth:`ddlm.DiffusionPipeline.stream` fills the last five fields.
     """
 
     index: int  # steps before this one in this batch
@@ -34,6 +36,7 @@ class SamplerStep:
     noise: float
     model_calls: int  # model calls so far in this batch
     texts: list[str] | None = None  # the pipeline's decoded text of each sample (masked positions left out)
+    canvas_texts: list[str] | None = None  # the same with each masked position shown as MASK_GLYPH: the canvas
     first_sample: int = 0  # index of the batch's first sample among all samples of the run
     canvas: Canvas | None = None  # the batch's canvas: which positions are given, generated, padding
     seed: int | None = None  # the run's seed (drawn when none was given)
