@@ -1,7 +1,8 @@
-"""``ddlm --version`` and ``ddlm --help`` answer without loading torch; --threads reaches torch."""
+"""``ddlm --version`` and ``ddlm --help`` answer without loading torch; --threads reaches torch; presets' sizes."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from ddlm.cli import main
+from ddlm.training import load_config, prepare_training
 
 HEAVY = ("torch", "numpy", "transformers", "gradio", "fastapi", "matplotlib")
 LOADED_AFTER = """
@@ -59,3 +61,14 @@ def test_threads_reach_torch_and_a_bad_count_is_one_line(torch_threads, capsys):
     assert torch.get_num_threads() == 2
     assert main([*args, "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --threads must be at least 1, got 0"
+
+
+def test_presets_give_the_parameters_their_models_have(tmp_path, capsys):
+    assert main(["presets"]) == 0
+    printed = dict(re.fullmatch(r"(\S+) .*\[([\d,]+) parameters, vocabulary [\d,]+\]", line).groups()
+                   for line in capsys.readouterr().out.splitlines())
+    assert set(printed) >= {"tiny", "char-small", "char-block", "bpe-small"}
+    for preset in ("tiny", "char-small", "char-block"):  # trained on the built-in corpus, as `ddlm presets` counts
+        trainer = prepare_training(load_config(preset), tmp_path / preset, device="cpu", cache_dir=tmp_path / "cache",
+                                   show_progress=False)
+        assert int(printed[preset].replace(",", "")) == trainer.model.num_parameters()

@@ -432,13 +432,42 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def preset_size(name: str) -> tuple[int, int] | None:
+    """(parameters, vocabulary) of a preset's model, counted on the meta device: a character vocabulary as on
+    the built-in corpus, a byte or BPE one at its own size; None where the size needs files (gpt2)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from ddlm.data import DEFAULT_CORPUS, builtin_text
+    from ddlm.tokenizers import ByteTokenizer, CharTokenizer
+    from ddlm.training import load_config
+    from ddlm.training.trainer import build_model, build_run_process
+
+    config = load_config(name)
+    kind, size = config.tokenizer.kind, config.tokenizer.vocab_size
+    if kind == "char":
+        tokenizer = CharTokenizer.from_texts([builtin_text(DEFAULT_CORPUS)])
+    elif kind == "byte":
+        tokenizer = ByteTokenizer()
+    elif kind == "bpe" and size:  # its ids only: the specials last, as BPETokenizer.train places them
+        tokenizer = SimpleNamespace(vocab_size=size, mask_id=size - 3, eos_id=size - 2, pad_id=size - 1)
+    else:
+        return None
+    with torch.device("meta"):
+        model = build_model(config, tokenizer, build_run_process(config, tokenizer))
+    return model.num_parameters(), tokenizer.vocab_size
+
+
 def run_presets(args: argparse.Namespace) -> int:
     from ddlm.training import preset_descriptions
 
     descriptions = preset_descriptions()
     width = max(map(len, descriptions))
     for name, description in descriptions.items():
-        print(f"{name:<{width}}  {description}")
+        size = preset_size(name)
+        counted = "" if size is None else f" [{size[0]:,} parameters, vocabulary {size[1]:,}]"
+        print(f"{name:<{width}}  {description}{counted}")
     return 0
 
 
