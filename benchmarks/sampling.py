@@ -10,7 +10,8 @@ noise), distinct bigrams, and the savings in model calls and time over the basel
 ancestral sampling in fp32. Every sampler runs in the first precision of --precisions;
 the samplers of PRECISION_CHECK also in the others, for the precision quality table. A row
 of held-out text of the same length shows what the statistics look like on data. With
---plot OUT.png, the frontier as a picture: judge NLL against model calls and against time.
+--plot OUT.png, the frontier as a picture: judge NLL against model calls and against time;
+--replot TABLE.md --plot OUT.png redraws it from the table of an earlier run (e.g. docs/results.md).
 The batches of a sampler are interleaved with no other work, so the times compare within the run.
 """
 
@@ -94,8 +95,13 @@ def number(value: float, spec: str, unit: str = "") -> str:
     return "n/a" if math.isnan(value) else f"{value:{spec}}{unit}"
 
 
+def baseline(results: dict[tuple[str, str], dict]) -> dict:
+    """The result everything is compared with: the baseline sampler in fp32, else in the precision it ran in."""
+    return results.get((BASELINE, "fp32")) or next(result for (name, _), result in results.items() if name == BASELINE)
+
+
 def frontier_table(results: dict[tuple[str, str], dict], args: argparse.Namespace) -> list[str]:
-    base = results[(BASELINE, "fp32")] if (BASELINE, "fp32") in results else results[(BASELINE, args.precisions[0])]
+    base = baseline(results)
     lines = ["| sampler | precision | model calls | s / batch | tokens/s | calls saved | time saved | entropy "
              "| vs baseline | judge NLL | vs baseline | distinct-2 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (name, precision), result in results.items():
@@ -154,7 +160,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", nargs="*", help="run only these samplers (names as in the table)")
     parser.add_argument("--plot", metavar="OUT", help="also draw the frontier (a .png)")
+    parser.add_argument("--replot", metavar="TABLE", help="only draw --plot from the frontier table in this file")
     args = parser.parse_args()
+    if args.replot:
+        plot_frontier(read_frontier_table(args.replot), args.plot)
+        return
 
     pipes = {precision: DiffusionPipeline.from_pretrained(args.model, precision=precision)
              for precision in args.precisions}
@@ -182,11 +192,32 @@ def main() -> None:
     print(f"\ngreedy threshold sampling in blocks of 32: the prefix cache changes {disagreement['prefix_cache']:.1%} "
           f"and the dual cache {disagreement['dual_cache']:.1%} of the generated tokens")
     if args.plot:
-        points = [{"label": f"{name} [{precision}]", "calls": result["calls"], "seconds": result["seconds"],
-                   "nll": result["nll"], "entropy": result["entropy"], "precision": precision}
-                  for (name, precision), result in results.items() if not math.isnan(result["calls"])]
-        plot_tradeoff(points, args.plot, results[(BASELINE, args.precisions[0])]["entropy"])
-        print(f"wrote {args.plot}")
+        plot_frontier(results, args.plot)
+
+
+def plot_frontier(results: dict[tuple[str, str], dict], out: str) -> None:
+    points = [{"label": f"{name} [{precision}]", "calls": result["calls"], "seconds": result["seconds"],
+               "nll": result["nll"], "entropy": result["entropy"], "precision": precision}
+              for (name, precision), result in results.items() if not math.isnan(result["calls"])]
+    plot_tradeoff(points, out, baseline(results)["entropy"], QUALITY_TOLERANCE)
+    print(f"wrote {out}")
+
+
+def read_frontier_table(path: str) -> dict[tuple[str, str], dict]:
+    """The results of the frontier table this script printed (held in a markdown file), as ``main`` keeps them."""
+    results = {}
+    lines = iter(open(path, encoding="utf-8").read().splitlines())
+    next(line for line in lines if line.startswith("| sampler | precision | model calls |"))
+    next(lines)  # |---|---|...
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        name, precision, calls, seconds, *_, entropy, _, nll, _, _ = [cell.strip() for cell in line.strip("|").split("|")]
+        if calls != "n/a":
+            results[(name.removesuffix(" ✓"), precision)] = {
+                "calls": float(calls), "seconds": float(seconds),
+                "entropy": float(entropy.split(" ±")[0]), "nll": float(nll.split(" ±")[0])}
+    return results
 
 
 if __name__ == "__main__":

@@ -124,35 +124,67 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[str]:
     return [note for name, curves in logs.items() if (note := sparse_note(name, curves))]
 
 
-def plot_tradeoff(points: Sequence[dict[str, Any]], out: str | Path, baseline_entropy: float | None = None) -> None:
+def plot_tradeoff(points: Sequence[dict[str, Any]], out: str | Path, baseline_entropy: float | None = None,
+                  tolerance: float = 0.05) -> None:
     """The sampling frontier: judge NLL against model calls and, where the points have ``seconds``, against
-    wall time; one numbered point per sampler (label, calls, nll, entropy; optional seconds and
-    precision, drawn as the marker), keyed on the right. Samplers on the same point share one annotation.
+    wall time. One numbered point per sampler (label, calls, nll, entropy; optional seconds, and precision drawn as
+    the marker), keyed beside the panels; points closer than a label share one. With ``baseline_entropy``, the
+    points whose samples' entropy is more than ``tolerance`` below it are drawn in red: less varied text, which
+    flatters the judge NLL.
     """
     check_figure_path(out)
     plt = pyplot()
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
     axes_of = [("calls", "model calls per batch (log scale)")]
     if all("seconds" in point for point in points):
         axes_of.append(("seconds", "seconds per batch (log scale)"))
-    figure, axes = plt.subplots(1, len(axes_of), figsize=(8 + 5 * len(axes_of), 6), squeeze=False)
+    figure, axes = plt.subplots(1, len(axes_of), figsize=(2 + 6 * len(axes_of), 6), squeeze=False)
     markers = {"fp32": "s", "bf16": "o"}
+    low = [baseline_entropy is not None and point["entropy"] < (1 - tolerance) * baseline_entropy for point in points]
     for axis, (key, label) in zip(axes[0], axes_of):
-        numbers: dict[tuple[float, float], list[str]] = {}
-        for number, point in enumerate(points, start=1):
-            legend = f"{number}. {point['label']} (entropy {point['entropy']:.2f})"
+        for point, is_low in zip(points, low):
             axis.scatter(point[key], point["nll"], s=30, marker=markers.get(point.get("precision"), "o"),
-                         color=f"C{(number - 1) % 10}", label=legend)
-            numbers.setdefault((point[key], point["nll"]), []).append(str(number))
-        for (x, nll), labels in numbers.items():
-            axis.annotate(", ".join(labels), (x, nll), textcoords="offset points", xytext=(5, 4), fontsize=8)
+                         color="C3" if is_low else "C0", alpha=0.8)
         axis.set_xscale("log")
+        axis.xaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))  # 2, 3, 5, 10, 20, ... as plain numbers
+        axis.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel(label)
         axis.set_ylabel("judge NLL (nats/token, lower is better)")
         axis.grid(alpha=0.3)
+        number_points(axis, [(point[key], point["nll"]) for point in points])
+    handles = [Line2D([], [], linestyle="", marker=marker, color="gray", label=precision)
+               for precision, marker in markers.items() if any(point.get("precision") == precision for point in points)]
+    if any(low):
+        handles += [Line2D([], [], linestyle="", marker="o", color=color, label=text) for color, text in
+                    [("C0", "entropy near the baseline's"), ("C3", f"entropy over {tolerance:.0%} lower")]]
+    if handles:
+        axes[0][0].legend(handles=handles, fontsize="small", loc="best")
     title = "sampling trade-off: cost against sample quality"
     if baseline_entropy is not None:
         title += f" (entropy of the baseline: {baseline_entropy:.2f} nats)"
     figure.suptitle(title)
-    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
+    key = "\n".join(f"{number:>2}. {point['label']}" for number, point in enumerate(points, start=1))
+    axes[0][-1].text(1.04, 1, key, transform=axes[0][-1].transAxes, va="top", fontsize="small", family="monospace")
     save_figure(figure, out)
     plt.close(figure)
+
+
+def number_points(axis, positions: Sequence[tuple[float, float]], reach: tuple[float, float] = (30, 14)) -> None:
+    """Number the points at ``positions`` 1, 2, ...; a point within ``reach`` (pixels across, up) of an earlier
+    labelled point joins that point's label ("1, 2") instead of drawing its own over it."""
+    axis.get_xlim(), axis.get_ylim()  # the limits the scatter set, before mapping to pixels
+    to_pixels = axis.transData.transform
+    groups: list[tuple[tuple[float, float], Any, list[str]]] = []  # (where, its pixels, numbers)
+    for number, position in enumerate(positions, start=1):
+        pixels = to_pixels(position)
+        group = next((g for g in groups if abs(pixels[0] - g[1][0]) < reach[0] and abs(pixels[1] - g[1][1]) < reach[1]),
+                     None)
+        if group is None:
+            groups.append((position, pixels, [str(number)]))
+        else:
+            group[2].append(str(number))
+    for position, _, numbers in groups:
+        axis.annotate(", ".join(numbers), position, textcoords="offset points", xytext=(5, 4), fontsize=8)
