@@ -1,4 +1,4 @@
-"""Small stand-in models for tests: exact denoisers for toy distributions."""
+"""Small stand-in models for tests: exact denoisers for toy distributions, and a float64 backbone that is the same on every CPU."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ddlm.model import ModelConfig
+from ddlm.model import ModelConfig, Transformer
 from ddlm.samplers import Canvas, SamplerOptions, SamplerStep, sampler_steps
 
 
@@ -33,6 +33,33 @@ class IIDOracle(nn.Module):
     def forward(self, tokens: torch.Tensor, noise: torch.Tensor | None = None, key_mask=None) -> torch.Tensor:
         self.calls += 1
         return self.logits.expand(*tokens.shape, -1).clone()
+
+
+def float64_model(vocab_size: int, causal: bool = False, time_conditioning: bool = False, seed: int = 0,
+                  context_length: int = 32, embedding_scale: float = 5.0, layer_scale: float = 10.0) -> Transformer:
+    """A small random backbone in float64, the same on every CPU and in every batch.
+
+    Its weights are drawn in float64 (torch's float32 normal draws differ between CPUs' vector
+    instructions); float64 arithmetic keeps rounding (~1e-16) far below the gaps between the scores
+    a sampler ranks. Scaled-up embeddings make its predictions far from uniform, and scaled-up
+    layers make positions depend on each other (so a stale cache changes its predictions). A
+    time-conditioned model embeds the noise level in float32, as the backbone does; its adaLN
+    layers start at zero.
+    """
+    config = ModelConfig(vocab_size=vocab_size, context_length=context_length, d_model=16, n_layers=2, n_heads=2,
+                         causal=causal, time_conditioning=time_conditioning)
+    model = Transformer(config).double()
+    torch.manual_seed(seed)
+    model.reset_parameters()
+    with torch.no_grad():
+        model.embed.weight.mul_(embedding_scale)
+        for weight in model.blocks.parameters():
+            if weight.dim() == 2:  # the layers' matrices, not their norms
+                weight.mul_(layer_scale)
+    if time_conditioning:
+        for module in (model.noise_embed, model.final_modulation, *(block.modulation for block in model.blocks)):
+            module.float()
+    return model.eval()
 
 
 def entropy(pi: torch.Tensor) -> float:

@@ -189,5 +189,6 @@ def test_canvas_texts_show_the_masked_positions(process):
             masked = tokens[:end].count(TOKENIZER.mask_id)  # up to a generated end-of-text, where the text ends
             assert canvas.count(MASK_GLYPH) == masked and canvas.replace(MASK_GLYPH, "") == text
             assert canvas.startswith("ab")
-    assert steps[0].canvas_texts[0].endswith(MASK_GLYPH * 5)  # the first step reveals few of the ten positions
+    # the first step reveals few of the ten positions (a sample that drew end-of-text at once shows none)
+    assert any(text.endswith(MASK_GLYPH * 5) for text in steps[0].canvas_texts)
     assert steps[-1].canvas_texts == steps[-1].texts  # nothing masked at the end

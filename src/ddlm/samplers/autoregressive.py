@@ -48,7 +48,7 @@ def write_left_to_right(
     given = canvas.tokens.cpu().masked_fill(canvas.generated.cpu(), process.mask_id)
     x = torch.cat((start_token, given), dim=1).to(device)
     generated = canvas.generated.to(device)
-    random = RowRandom(options.seed, batch_size, device, first_row)
+    random = RowRandom(options.seed, canvas.active.to(device), first_row)
     rows = torch.arange(batch_size, device=device)
     noise = process.model_noise(batch_size, device)
     cache = model.new_cache(batch_size) if options.use_cache else None

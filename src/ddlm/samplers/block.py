@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +33,7 @@ from ddlm.processes.block import BlockDiffusion, block_causal_attention
 from ddlm.samplers.canvas import Canvas
 from ddlm.samplers.masked import MaskedSampler
 from ddlm.samplers.options import SamplerOptions
+from ddlm.samplers.randomness import block_seed
 from ddlm.samplers.step import SamplerStep, masked_fraction
 
 
@@ -97,16 +97,9 @@ def visible_keys(active: torch.Tensor) -> torch.Tensor:
     return active | ~active.any(dim=1, keepdim=True)
 
 
-def block_seed(seed: int, block: int) -> int:
-    """The seed of block ``block``'s random streams: each block draws afresh, so a row's draws in a
-    block never depend on how many steps other rows needed in earlier blocks."""
-    state = np.random.SeedSequence([seed, block]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31 | int(state[1]) >> 1) % 2**63
-
-
 def whole_blocks(canvas: Canvas, block_size: int, pad_id: int) -> Canvas:
     """``canvas`` with inactive PAD columns on the right up to a multiple of ``block_size``, so that every
-    block has the same width (and a row draws the same random numbers in every batch)."""
+    block has the same width."""
     extra = -canvas.width % block_size
     return Canvas(F.pad(canvas.tokens, (0, extra), value=pad_id), F.pad(canvas.generated, (0, extra), value=False),
                   F.pad(canvas.active, (0, extra), value=False))

@@ -27,6 +27,8 @@ approximations under bidirectional attention: the benchmark reports their effect
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -46,58 +48,91 @@ from ddlm.samplers.policies import (
     split_evenly,
     top_k_per_row,
 )
-from ddlm.samplers.randomness import RowRandom
+from ddlm.samplers.randomness import RowRandom, block_seed
 from ddlm.samplers.step import SamplerStep, masked_fraction
+
+
+@dataclass
+class RowGroup:
+    """Rows of a batch that share one block boundary, called together against their own key/value cache."""
+
+    rows: torch.Tensor  # (G,) long: the rows
+    prefix: int  # after the block's first call, columns from ``prefix`` on are recomputed ...
+    end: int  # ... up to ``end``
+    key_mask: torch.Tensor | None  # (G, L) the rows' own positions, None when none is padded
+    cache: Any = None  # made by the block's first call
+    logits: torch.Tensor | None = None  # (G, L, V) of the last call
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor, dual: bool) -> torch.Tensor:
+        """Logits (G, L, V) of the group's rows of ``x`` (B, L) at noise levels ``noise`` (B,)."""
+        x, noise = x[self.rows], noise[self.rows]
+        if self.cache is None:  # the block's first call runs the whole canvas and fills the cache
+            self.cache = model.new_cache(len(self.rows))
+            if dual:
+                self.cache.keep_to = x.shape[1]  # every stored position stays visible: prefix, block and suffix
+            self.logits = model(x, noise, cache=self.cache, key_mask=self.key_mask)
+        else:
+            self.cache.length = self.prefix
+            self.logits = self.logits.clone()
+            self.logits[:, self.prefix : self.end] = model(
+                x[:, self.prefix : self.end], noise, cache=self.cache, key_mask=self.key_mask)
+        return self.logits
 
 
 class ModelCaller:
     """Calls the model for the sampler and counts the calls.
 
     Reuses the last logits when the canvas has not changed and the model does not see the
-    noise level. With a prefix cache, only positions from ``prefix`` on are recomputed after
-    the first call of a block; with a dual cache, only the block's columns [prefix, end),
-    which also see the cached keys/values right of the block. The first call of each block
-    runs the whole canvas and refreshes the cache.
+    noise level. With a prefix cache, only a row's positions from its first position in the
+    block on are recomputed after the first call of a block; with a dual cache, only the
+    row's block columns, which also see the cached keys/values right of the block. The first
+    call of each block runs the whole canvas and refreshes the cache. Boundaries are per row:
+    rows that share them are called together, so no row's logits depend on its neighbours.
     """
 
     def __init__(self, model: torch.nn.Module, canvas: Canvas, reuse: bool, prefix_cache: bool, dual_cache: bool = False):
         self.model = model
         self.key_mask = canvas.key_mask
         self.reuse = reuse and not model.uses_noise
-        self.cache = model.new_cache(canvas.batch_size) if prefix_cache or dual_cache else None
-        if dual_cache:
-            if not self.cache.keeps_suffix:
-                raise DDLMError("this model's key/value cache holds a prefix only; drop --dual-cache (dual_cache=True)")
-            self.cache.keep_to = canvas.width  # every stored position stays visible: prefix, block and suffix
+        self.cached = prefix_cache or dual_cache
         self.dual = dual_cache
-        self.prefix = 0
-        self.end = canvas.width
-        self.fresh_block = True
+        probe = model.new_cache(1) if self.cached else None  # a model without a cache refuses here
+        if dual_cache and not probe.keeps_suffix:
+            raise DDLMError("this model's key/value cache holds a prefix only; drop --dual-cache (dual_cache=True)")
+        self.groups: list[RowGroup] = []
         self.logits: torch.Tensor | None = None
         self.seen: torch.Tensor | None = None
         self.calls = 0
 
     def start_block(self, block: torch.Tensor) -> None:
-        """Positions left of every row's first position in ``block`` (B, L) become the cached prefix
-        (and, with a dual cache, those right of its last position the cached suffix)."""
-        self.prefix = int(block.long().argmax(dim=1).min())
-        self.end = int(block.any(dim=0).nonzero().max()) + 1 if self.dual else block.shape[1]
-        self.fresh_block = True
+        """With a cache: each row's positions left of its first position in ``block`` (B, L) become its
+        cached prefix (and, with a dual cache, those right of its last position its cached suffix)."""
+        if not self.cached:
+            return
+        width = block.shape[1]
+        in_block = block.any(dim=1)
+        prefix = torch.where(in_block, block.long().argmax(dim=1), 0)
+        last = torch.where(block, torch.arange(width, device=block.device), -1).max(dim=1).values
+        end = torch.where(in_block, last + 1, width) if self.dual else torch.full_like(prefix, width)
+        bounds, group_of = torch.stack((prefix, end), dim=1).unique(dim=0, return_inverse=True)
+        self.groups = []
+        for group, (first, stop) in enumerate(bounds.tolist()):
+            rows = (group_of == group).nonzero()[:, 0]
+            key_mask = None if self.key_mask is None or bool(self.key_mask[rows].all()) else self.key_mask[rows]
+            self.groups.append(RowGroup(rows, first, stop, key_mask))
 
     def __call__(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.reuse and self.seen is not None and torch.equal(x, self.seen):
             return self.logits
-        if self.cache is None:
+        if not self.cached:
             logits = self.model(x, noise, key_mask=self.key_mask)
-        elif self.fresh_block:
-            self.cache.length = 0
-            logits = self.model(x, noise, cache=self.cache, key_mask=self.key_mask)
-            self.fresh_block = False
+        elif len(self.groups) == 1:
+            logits = self.groups[0](self.model, x, noise, self.dual)
         else:
-            self.cache.length = self.prefix
-            logits = self.logits.clone()
-            logits[:, self.prefix : self.end] = self.model(
-                x[:, self.prefix : self.end], noise, cache=self.cache, key_mask=self.key_mask)
+            parts = [group(self.model, x, noise, self.dual) for group in self.groups]
+            logits = parts[0].new_empty((x.shape[0], *parts[0].shape[1:]))
+            for group, part in zip(self.groups, parts):
+                logits[group.rows] = part
         self.calls += 1
         self.logits, self.seen = logits, x.clone()
         return logits
@@ -109,9 +144,9 @@ class MaskedSampler:
     def __init__(
         self, model: torch.nn.Module, process: MaskedDiffusion, canvas: Canvas, options: SamplerOptions, first_row: int,
     ):
-        self.model, self.process, self.canvas, self.options = model, process, canvas, options
+        self.model, self.process, self.canvas, self.options, self.first_row = model, process, canvas, options, first_row
         self.x = canvas.tokens.masked_fill(canvas.generated, process.mask_id)
-        self.random = RowRandom(options.seed, canvas.batch_size, self.x.device, first_row)
+        self.random = RowRandom(options.seed, canvas.active, first_row)
         self.caller = ModelCaller(model, canvas, options.use_cache, options.prefix_cache, options.dual_cache)
         self.steps_done = 0
         min_length = options.min_length
@@ -126,21 +161,35 @@ class MaskedSampler:
         """(B,) fraction of each row's generated positions still masked: the noise level of the canvas."""
         return masked_fraction(self.x, self.canvas.generated, self.process.mask_id)
 
+    def start_block(self, block: torch.Tensor, index: int) -> None:
+        """Open block ``index`` (its positions ``block`` (B, L)): each row's cache boundaries and, under a
+        block schedule, fresh random streams seeded by (seed, block) as in block diffusion, so a row's
+        draws in a block never depend on how many steps its neighbours needed in earlier blocks."""
+        self.caller.start_block(block)
+        if self.options.block_length is not None:
+            self.random = RowRandom(block_seed(self.options.seed, index), self.canvas.active, self.first_row)
+
     def predict(self, mask_probability: torch.Tensor) -> torch.Tensor:
-        """log p(x0 | x_t) (B, L, V) in float32, with EOS forbidden before ``min_length``."""
-        noise = mask_probability.to(self.x.device, torch.float32)
-        log_probs = self.process.log_probs(self.caller(self.x, noise))
+        """The model's logits (B, L, V) for the canvas at mask probabilities ``mask_probability`` (B,)."""
+        return self.caller(self.x, mask_probability.to(self.x.device, torch.float32))
+
+    def log_probs(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """log p(x0 | x_t) (N, V) in float64 at ``positions`` (B, L), with EOS forbidden before ``min_length``.
+
+        The process says which tokens are possible (where its log-probabilities are -inf); the
+        softmax over them runs in float64, so the scores that rank positions carry no float32
+        rounding, which differs between CPUs' vector instructions.
+        """
+        selected = logits[positions]
+        impossible = self.process.log_probs(selected).isneginf()
         if self.no_eos is not None and self.process.eos_id is not None:
-            log_probs[..., self.process.eos_id] = log_probs[..., self.process.eos_id].masked_fill(self.no_eos, -torch.inf)
-            log_probs = log_probs.log_softmax(dim=-1)
-        return log_probs
+            impossible[:, self.process.eos_id] |= self.no_eos[positions]
+        return selected.double().masked_fill(impossible, -torch.inf).log_softmax(dim=-1)
 
     def draw(self, log_probs: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (N,) drawn at ``positions`` (B, L) and the model's probability of each."""
-        rows = positions.nonzero()[:, 0]
-        selected = log_probs[positions]
-        tokens = self.random.categorical(selected, rows, self.options)
-        return tokens, selected.gather(-1, tokens[:, None])[:, 0].double().exp()
+        """Tokens (N,) drawn from ``log_probs`` (N, V) at ``positions`` (B, L), and the probability of each."""
+        tokens = self.random.categorical(log_probs, positions.nonzero()[:, 0], self.options)
+        return tokens, log_probs.gather(-1, tokens[:, None])[:, 0].exp()
 
     def take_step(
         self, reveal: torch.Tensor, tokens: torch.Tensor, confidence: torch.Tensor, remasked: torch.Tensor | None = None,
@@ -192,19 +241,19 @@ class MaskedSampler:
                 mask_probability = self.process.mask_probability(t).expand(self.canvas.batch_size)
             else:
                 mask_probability = self.masked_fraction()
-            log_probs = self.predict(mask_probability)
+            logits = self.predict(mask_probability)
             alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
             remasked = None
             if remask is not None:
                 sigma = remask_probability(remask, eta, alpha_t, alpha_s)
                 visible = block & ~masked
-                remasked = visible & (self.random.uniform(self.canvas.width) < sigma)
+                remasked = visible & (self.random.positional() < sigma)
                 reveal_probability = ((alpha_s - (1 - sigma) * alpha_t) / (1 - alpha_t)).clamp(0, 1)
             else:
                 reveal_probability = self.process.reveal_probability(t, s)
-            uniform = self.random.uniform(self.canvas.width)
+            uniform = self.random.positional()  # drawn at the last step too: the stream stays aligned
             reveal = masked if step == steps - 1 else masked & (uniform < reveal_probability)
-            tokens, probs = self.draw(log_probs, reveal)
+            tokens, probs = self.draw(self.log_probs(logits, reveal), reveal)
             yield self.take_step(reveal, tokens, self.full_confidence(reveal, probs), remasked)
 
     def first_hitting(self, block: torch.Tensor, whole_canvas: bool) -> Iterator[SamplerStep]:
@@ -219,13 +268,13 @@ class MaskedSampler:
             remaining = masked.sum(dim=1)
             if not remaining.any():
                 return
-            log_probs = self.predict(mask_probability if whole_canvas else self.masked_fraction())
+            logits = self.predict(mask_probability if whole_canvas else self.masked_fraction())
             u = self.random.uniform(1)[:, 0]
             next_reveal = mask_probability * u ** (1.0 / remaining.clamp_min(1).double())
             mask_probability = torch.where(remaining > 0, next_reveal, mask_probability)
-            pick = self.random.uniform(self.canvas.width).masked_fill(~masked, -1.0)
+            pick = self.random.positional().masked_fill(~masked, -1.0)
             reveal = masked & (pick == pick.max(dim=1, keepdim=True).values)
-            tokens, probs = self.draw(log_probs, reveal)
+            tokens, probs = self.draw(self.log_probs(logits, reveal), reveal)
             yield self.take_step(reveal, tokens, self.full_confidence(reveal, probs))
 
     def ranked(self, block: torch.Tensor, steps: int, policy: str, threshold: float | None) -> Iterator[SamplerStep]:
@@ -238,18 +287,18 @@ class MaskedSampler:
             remaining = masked.sum(dim=1)
             if not remaining.any():
                 return
-            log_probs = self.predict(self.masked_fraction())
+            log_probs = self.log_probs(self.predict(self.masked_fraction()), masked)
             tokens, probs = self.draw(log_probs, masked)
-            uniform = self.random.uniform(self.canvas.width)
+            uniform = self.random.positional()
             scores = torch.full(self.x.shape, -torch.inf, dtype=torch.float64, device=self.x.device)
-            scores[masked] = confidence_scores(policy, log_probs[masked], tokens, uniform[masked])
+            scores[masked] = confidence_scores(policy, log_probs, tokens, uniform[masked])
             wanted = remaining if step == steps - 1 else counts[:, step]
             if threshold is not None:
                 wanted = wanted.clamp_min(1)
             order = ranking(scores, masked)
             if self.options.entropy_bound is not None:
                 entropy = torch.zeros_like(scores)
-                entropy[masked] = predictive_entropy(log_probs[masked])
+                entropy[masked] = predictive_entropy(log_probs)
                 wanted = torch.maximum(wanted, entropy_bounded_counts(order, masked, entropy, self.options.entropy_bound))
             reveal = top_k_per_row(order, masked, torch.minimum(wanted, remaining))
             confidence = self.full_confidence(masked, probs)
@@ -287,6 +336,6 @@ def masked_steps(
 def fill_blocks(sampler: MaskedSampler, block_masks: list[torch.Tensor], steps: int) -> Iterator[SamplerStep]:
     """The steps of ``sampler`` over the blocks, left to right, with the step budget split evenly."""
     whole_canvas = len(block_masks) == 1
-    for block, block_steps in zip(block_masks, split_evenly(steps, len(block_masks))):
-        sampler.caller.start_block(block)
+    for index, (block, block_steps) in enumerate(zip(block_masks, split_evenly(steps, len(block_masks)))):
+        sampler.start_block(block, index)
         yield from sampler.fill(block, block_steps, whole_canvas)

@@ -16,6 +16,9 @@ RANKED_POLICIES = ("confidence", "margin", "entropy", "random")
 POLICIES = (*TIME_POLICIES, *RANKED_POLICIES, "threshold")
 REMASK_SCHEDULES = ("cap", "rescale")
 DEFAULT_THRESHOLD = 0.9
+# Scores closer than this rank as ties: far above float64 rounding (1e-16 of scores of order 1), below
+# the differences float32 logits can express.
+SCORE_RESOLUTION = 2.0**-32
 
 
 def split_evenly(total: int, parts: int) -> list[int]:
@@ -79,8 +82,14 @@ def predictive_entropy(log_probs: torch.Tensor) -> torch.Tensor:
 
 
 def ranking(scores: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """(B, L) each row's positions in order of ``scores``, best candidate first (ties: left first)."""
-    return scores.masked_fill(~candidates, -torch.inf).argsort(dim=1, descending=True, stable=True)
+    """(B, L) each row's positions in order of ``scores``, best candidate first (ties: left first).
+
+    Scores are rounded to multiples of ``SCORE_RESOLUTION`` first, so positions whose scores differ
+    by rounding only (every position of an all-MASK canvas, say) tie and go left first: with float64
+    logits the order depends neither on the batch a row is in nor on the CPU's vector instructions.
+    """
+    rounded = (scores / SCORE_RESOLUTION).round()
+    return rounded.masked_fill(~candidates, -torch.inf).argsort(dim=1, descending=True, stable=True)
 
 
 def entropy_bounded_counts(

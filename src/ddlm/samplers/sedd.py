@@ -62,9 +62,9 @@ def sedd_steps(
     """
     device = next(model.parameters()).device
     batch_size, steps = canvas.batch_size, options.steps
-    random = RowRandom(options.seed, batch_size, device, first_row)
+    random = RowRandom(options.seed, canvas.active.to(device), first_row)
     movable = canvas.generated.to(device)
-    x = torch.where(movable, process.draw_prior(random.uniform(canvas.width)), canvas.tokens.to(device))
+    x = torch.where(movable, process.draw_prior(random.positional()), canvas.tokens.to(device))
     key_mask = canvas.key_mask.to(device) if canvas.key_mask is not None else None
     times = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
     calls = 0
