@@ -55,9 +55,10 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
-def test_threads_reach_torch_and_a_bad_count_is_one_line(torch_threads, capsys):
-    args = ["sample", "--length", "4", "--steps", "2", "--seed", "0", "--no-progress", "--device", "cpu"]
-    assert main([*args, "--threads", "2"]) == 0
+def test_threads_reach_torch_and_a_bad_count_is_one_line(torch_threads, tmp_path, capsys):
+    args = ["sample", "--model", str(tmp_path / "no-model"), "--device", "cpu"]  # set before the model loads (and fails)
+    torch.set_num_threads(1)
+    assert main([*args, "--threads", "2"]) == 2
     assert torch.get_num_threads() == 2
     assert main([*args, "--threads", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --threads must be at least 1, got 0"

@@ -47,28 +47,32 @@ def test_an_unknown_precision_names_the_choices():
 
 @pytest.fixture
 def machine(monkeypatch):
-    """A machine of ``cores`` CPUs, of which this process may use ``available``, under ``load``."""
+    """A machine of ``cores`` CPUs, of which this process may use ``available``, under ``load`` (1-minute average)
+    with ``running`` other threads runnable right now."""
 
-    def set_machine(cores: int, available: int, load: float) -> None:
+    def set_machine(cores: int, available: int, load: float, running: int = 0) -> None:
         monkeypatch.setattr(device_module.os, "cpu_count", lambda: cores)
         monkeypatch.setattr(device_module, "available_cpus", lambda: available)
         monkeypatch.setattr(device_module, "load_average", lambda: load)
+        monkeypatch.setattr(device_module, "running_threads", lambda: running)
 
     before = torch.get_num_threads()
     yield set_machine
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("cores, available, load, expected", [
-    (2, 2, 0.1, 2),   # idle: every core
-    (2, 2, 1.4, 1),   # one core busy elsewhere (the measured 5x slow-down with two threads)
-    (2, 2, 6.0, 1),   # overloaded: still one thread
-    (8, 4, 0.0, 4),   # taskset / cpuset: at most the CPUs this process may use
-    (8, 4, 5.0, 3),   # three idle cores left
-    (4, 4, 1.5, 2),   # the load is rounded to the nearest whole core
+@pytest.mark.parametrize("cores, available, load, running, expected", [
+    (2, 2, 0.1, 0, 2),   # idle: every core
+    (2, 2, 1.4, 0, 1),   # one core busy elsewhere (the measured 5x slow-down with two threads)
+    (2, 2, 0.2, 1, 1),   # a job started seconds ago: runnable now, not yet in the average
+    (2, 2, 1.0, 0, 1),   # a job that ended seconds ago still counts: a thread too few is the cheap mistake
+    (2, 2, 6.0, 3, 1),   # overloaded: still one thread
+    (8, 4, 0.0, 0, 4),   # taskset / cpuset: at most the CPUs this process may use
+    (8, 4, 5.0, 2, 3),   # three idle cores left
+    (4, 4, 1.5, 0, 2),   # the load is rounded to the nearest whole core
 ])
-def test_default_threads_is_one_per_idle_core(machine, cores, available, load, expected):
-    machine(cores, available, load)
+def test_default_threads_is_one_per_idle_core(machine, cores, available, load, running, expected):
+    machine(cores, available, load, running)
     assert device_module.default_threads() == expected
 
 

@@ -49,8 +49,9 @@ def check_minimums(args: argparse.Namespace, minimums: dict[str, int]) -> None:
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:
     """--threads of the commands that run a model; :func:`main` applies it (``ddlm.device.set_threads``)."""
-    parser.add_argument("--threads", type=int, help="CPU threads (default: one per idle core, from the load average, "
-                        "at most the CPUs this process may use; an OMP_NUM_THREADS you set is kept)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: one per idle core, judged by the load average "
+                        "and the threads running now, at most the CPUs this process may use; an OMP_NUM_THREADS you set "
+                        "is kept)")
 
 
 def add_runtime_flags(parser: argparse.ArgumentParser, compile_flag: bool = True) -> None:

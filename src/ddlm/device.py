@@ -84,16 +84,26 @@ def load_average() -> float:
         return 0.0
 
 
-def default_threads(load: float | None = None) -> int:
+def running_threads() -> int:
+    """The threads runnable at this moment besides the caller's (Linux's /proc/loadavg; 0 elsewhere)."""
+    try:
+        with open("/proc/loadavg") as handle:
+            return int(handle.read().split()[3].split("/")[0]) - 1
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def default_threads() -> int:
     """One thread per idle core, at most the available CPUs, at least 1.
 
-    Idle cores are the machine's CPUs less the 1-minute load average (``load``), rounded to the
-    nearest whole core. Torch's threads wait for each other at every operation, so one thread
-    per core on cores that other work keeps busy made sampling 5x slower than a single thread.
+    Idle cores are the machine's CPUs less the busy ones: the 1-minute load average rounded to
+    whole cores, or the threads runnable right now where those are more (the average takes a
+    minute to see a job that has just started). Torch's threads wait for each other at every
+    operation, so one thread per core on cores that other work keeps busy made sampling 5x
+    slower than a single thread; a thread too few costs at most the idle core it leaves.
     """
-    load = load_average() if load is None else load
-    idle = (os.cpu_count() or 1) - math.floor(load + 0.5)
-    return max(1, min(available_cpus(), idle))
+    busy = max(math.floor(load_average() + 0.5), running_threads())
+    return max(1, min(available_cpus(), (os.cpu_count() or 1) - busy))
 
 
 def set_threads(threads: int | None = None) -> int:
