@@ -4,18 +4,26 @@ and requests that try to exhaust the server (chunked bodies, idle connections)."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ddlm import DiffusionPipeline
+from ddlm.app.api import MAX_BODY_BYTES, BodySizeCap
 from ddlm.bundled import bundled_model_path
 from ddlm.cli import main
 from ddlm.data import tokenize_corpus
@@ -23,6 +31,7 @@ from ddlm.errors import DDLMError
 from ddlm.tokenizers import build_tokenizer
 from ddlm.training import load_config, prepare_training
 from ddlm.training.checkpoint import CHECKPOINT_FILE
+from tests.servers import free_port
 
 
 def one_line(error: pytest.ExceptionInfo, *parts: str) -> str:
@@ -266,3 +275,118 @@ def test_the_cli_refuses_a_changed_corpus_and_an_edited_step_in_one_line(stopped
     corpus.write_text("another text entirely " * 200, encoding="utf-8")
     assert main(arguments) == 2
     assert "--accept-data-change" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+# ----- the server: bodies without a length, idle connections -----
+
+SERVER = """
+import resource, sys
+from ddlm.app.server import create_app, uvicorn_settings
+from ddlm.app.service import Models
+import uvicorn
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (DESCRIPTORS, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+app = create_app(Models.load(["shakespeare"], device="cpu"), web_page=False)
+uvicorn.run(app, **uvicorn_settings("127.0.0.1", int(sys.argv[1])))
+"""
+DESCRIPTORS = 256  # the server's file-descriptor limit: 300 idle connections would use them all up
+
+
+@pytest.fixture(scope="module")
+def server_port() -> Iterator[int]:
+    """``ddlm serve``'s app and settings in a process of its own, limited to DESCRIPTORS open files."""
+    port = free_port()
+    script = SERVER.replace("DESCRIPTORS", str(DESCRIPTORS))
+    process = subprocess.Popen([sys.executable, "-c", script, str(port)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not answers_health(port, timeout=2):
+            assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.2)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def answers_health(port: int, timeout: float) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=timeout).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+def read_answer(connection: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and the body of one HTTP answer (with a Content-Length)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += connection.recv(65536) or pytest.fail(f"the connection closed after {received!r}")
+    head, body = received.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    while len(body) < length:
+        body += connection.recv(65536) or pytest.fail("the connection closed before the answer's end")
+    return head.split(b"\r\n")[0], body
+
+
+def test_a_chunked_body_over_the_cap_gets_413_before_the_rest_is_sent(server_port):
+    chunk = b"x" * 65536
+    with socket.create_connection(("127.0.0.1", server_port), timeout=60) as connection:
+        connection.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(MAX_BODY_BYTES // len(chunk) + 1):  # just past the cap; the body never ends
+            connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        status, body = read_answer(connection)  # a server that waited for the whole body would never answer
+    assert status.startswith(b"HTTP/1.1 413 ") and json.loads(body)["error"]["type"] == "over_limit"
+
+
+def test_a_chunked_body_under_the_cap_is_served(server_port):
+    body = json.dumps({"prompt": "ROMEO:", "length": 4, "steps": 2, "seed": 0}).encode()
+    chunks = (body[:5], body[5:])
+    answer = httpx.post(f"http://127.0.0.1:{server_port}/v1/generate", content=iter(chunks), timeout=60,
+                        headers={"content-type": "application/json"})
+    assert answer.status_code == 200 and answer.json()["texts"][0].startswith("ROMEO:")
+
+
+def test_idle_connections_cannot_stall_health(server_port):
+    idle = [socket.create_connection(("127.0.0.1", server_port), timeout=60) for _ in range(300)]
+    half_sent = socket.create_connection(("127.0.0.1", server_port), timeout=60)
+    half_sent.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never finished
+    try:
+        assert answers_health(server_port, timeout=60)
+        assert idle[0].recv(1) == b""  # the oldest idle connections made room for newer ones
+        assert idle[-1].recv(1) == b""  # the newest was closed by its deadline
+        assert read_until_closed(half_sent) == b""
+    finally:
+        for connection in [*idle, half_sent]:
+            connection.close()
+
+
+def test_the_body_cap_reads_no_further_than_the_cap():
+    """At the ASGI level: the app never runs, and the body is read one message past the cap, no further."""
+    chunk = b"x" * 65536
+    reads = []
+
+    async def receive() -> dict:
+        reads.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": len(reads) < 500}  # 32 MB in all
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app must not see an oversized body")
+
+    sent = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/generate", "headers": [(b"transfer-encoding", b"chunked")]}
+    asyncio.run(BodySizeCap(app)(scope, receive, send))
+    assert sent[0]["status"] == 413 and json.loads(sent[1]["body"])["error"]["type"] == "over_limit"
+    assert sum(reads) == (MAX_BODY_BYTES // len(chunk) + 1) * len(chunk)

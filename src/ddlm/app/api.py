@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import typing
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -170,20 +170,55 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 class BodySizeCap:
-    """Refuse a request whose declared body is over MAX_BODY_BYTES with a 413 (plain ASGI: streams pass untouched)."""
+    """Answer 413 to a request whose body is over MAX_BODY_BYTES, before the app reads it.
+
+    A declared Content-Length is checked at once; a body without one (chunked) is read here only until
+    its chunks pass the cap, and what the client sends after the answer is dropped, never kept. Plain
+    ASGI: responses, the event stream too, pass untouched.
+    """
 
     def __init__(self, app):
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            declared = dict(scope["headers"]).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared is not None:
+                over = declared.isdigit() and int(declared) > MAX_BODY_BYTES
+            else:  # chunked, or no body: read here, up to the cap
+                messages = await read_capped(receive, MAX_BODY_BYTES)
+                over, receive = messages is None, replaying(messages or [], receive)
+            if over:
                 answer = error_answer(413, "over_limit", f"the request body is over {MAX_BODY_BYTES} bytes; "
                                       "send a shorter prompt or template")
                 await answer(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+async def read_capped(receive: Callable[[], Awaitable[dict]], limit: int) -> list[dict] | None:
+    """A request's messages up to the end of its body, or None as soon as the body passes ``limit`` bytes."""
+    messages, size = [], 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":  # the client went away
+            return messages
+        size += len(message.get("body", b""))
+        if size > limit:
+            return None
+        if not message.get("more_body", False):
+            return messages
+
+
+def replaying(messages: list[dict], receive: Callable[[], Awaitable[dict]]) -> Callable[[], Awaitable[dict]]:
+    """A ``receive`` that gives ``messages`` again, then what ``receive`` gives (a disconnect, say)."""
+    pending = list(messages)
+
+    async def replay() -> dict:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
 
 
 def sse(event: str, data: dict[str, Any]) -> str:
