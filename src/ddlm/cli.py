@@ -499,6 +499,12 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_lm_eval(args: argparse.Namespace) -> int:
+    from ddlm.eval.harness import run_harness_cli
+
+    return run_harness_cli(args.harness_arguments)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     # name: (its line in `ddlm --help`, what adds its flags, what runs it)
     "train": ("train a model on a text corpus", add_train_flags, run_train),
@@ -509,11 +515,15 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "presets": ("list the named training configurations", add_no_flags, run_presets),
     "models": ("list the bundled pretrained models", add_no_flags, run_models),
     "serve": ("web app and HTTP API: watch the denoising live", add_serve_flags, run_serve),
+    "lm-eval": ("lm-evaluation-harness tasks (needs the eval extra): lm-eval's own flags, --model ddlm implied",
+                add_no_flags, run_lm_eval),
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # the harness's flags (its --device too) go to it unparsed
+        return run_command(argparse.Namespace(command="lm-eval", debug=False, harness_arguments=argv[1:]))
     parser = build_parser(command_of(argv))
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):
@@ -523,6 +533,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; a DDLMError or Ctrl-C is one line (a traceback with --debug)."""
     try:
         if "threads" in vars(args):  # the commands that run a model
             from ddlm.device import set_threads

@@ -1,0 +1,320 @@
+"""ddlm models in lm-evaluation-harness (MATH.md: conditional log-likelihood for benchmarks), offline.
+
+Tiny random models saved with ``save_pretrained`` run local tasks (YAML + JSON lines written here)
+through the real harness; the log-likelihoods are checked against the exact NLL (autoregressive) and
+against brute force over every mask (masked and block diffusion).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import lm_eval
+import lm_eval.evaluator
+import pytest
+import torch
+from lm_eval.tasks import TaskManager
+
+from ddlm import DiffusionPipeline
+from ddlm.cli import main
+from ddlm.errors import DDLMError
+from ddlm.eval.harness import TASKS_DIR, DDLMHarnessModel, Scorer, context_seed, cut_at_stops, draw_masks, harness_arguments
+from ddlm.model import ModelConfig, Transformer
+from ddlm.processes import Autoregressive, BlockDiffusion, MaskedDiffusion, Vocabulary, build_process, build_schedule
+from ddlm.processes.block import block_causal_attention
+from ddlm.tokenizers import CharTokenizer
+
+CHARS = "abc \n"
+CONTEXT = 24
+BLOCK = 4
+DOCS = [
+    {"context": "ab ca\nbc", "choices": [" ab", "c", " cab"], "label": 0, "text": "ab ca\nbc ab\ncc", "answer": "a"},
+    {"context": "", "choices": ["ba", "a"], "label": 1, "text": "c" * 40, "answer": "b"},  # past one context
+    {"context": "c\n" * 15, "choices": ["abcab", "b"], "label": 0, "text": "a b c", "answer": "c"},  # cut on the left
+]
+
+
+def tiny_pipe(kind: str, time_conditioning: bool = False) -> DiffusionPipeline:
+    """A random model over CHARS with peaked predictions (so that masks change the scores)."""
+    tokenizer = CharTokenizer(list(CHARS))
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, context_length=CONTEXT, d_model=16, n_layers=1, n_heads=2,
+                         causal=kind == "ar", time_conditioning=time_conditioning)
+    model = Transformer(config)
+    with torch.no_grad():
+        model.embed.weight.mul_(20)
+    ids = dict(mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    process = {"ar": lambda: Autoregressive(**ids),
+               "masked": lambda: MaskedDiffusion(build_schedule("linear"), **ids),
+               "block": lambda: BlockDiffusion(build_schedule("linear"), block_size=BLOCK, **ids)}[kind]()
+    return DiffusionPipeline(model, tokenizer, process, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    dirs = {}
+    for kind in ("ar", "masked", "block"):
+        dirs[kind] = root / kind
+        tiny_pipe(kind, time_conditioning=kind == "masked").save_pretrained(dirs[kind])
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def task_dir(tmp_path_factory) -> Path:
+    """Three local tasks over DOCS: multiple choice, rolling log-likelihood and generation with a stop string."""
+    root = tmp_path_factory.mktemp("tasks")
+    data = root / "docs.jsonl"
+    data.write_text("".join(json.dumps(doc) + "\n" for doc in DOCS))
+    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n  cache_dir: {root / 'cache'}\n"
+              "test_split: test\n")
+    (root / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\n" + common + "output_type: multiple_choice\ndoc_to_text: '{{context}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n")
+    (root / "tiny_rolling.yaml").write_text(
+        "task: tiny_rolling\n" + common + "output_type: loglikelihood_rolling\ndoc_to_text: ''\n"
+        "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: bits_per_byte\n")
+    (root / "tiny_gen.yaml").write_text(
+        "task: tiny_gen\n" + common + "output_type: generate_until\ndoc_to_text: '{{context}}'\n"
+        "doc_to_target: '{{answer}}'\ngeneration_kwargs:\n  until: ['b']\n  max_gen_toks: 8\n  steps: 4\n"
+        "metric_list:\n  - metric: exact_match\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def harness_runs(model_dirs, task_dir) -> dict[str, tuple[DDLMHarnessModel, dict]]:
+    """Each tiny model and its results of the three local tasks through ``lm_eval.simple_evaluate``, with
+    every request's response (the harness's report of the machine, which runs torch's collect_env, skipped)."""
+    runs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)
+        for kind, directory in model_dirs.items():
+            model = DDLMHarnessModel(str(directory), mc_draws=4, batch_size=2, precision="fp32")
+            runs[kind] = model, lm_eval.simple_evaluate(
+                model=model, tasks=["tiny_mc", "tiny_rolling", "tiny_gen"], log_samples=True,
+                task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
+    return runs
+
+
+class Request:
+    """What the harness hands a model: ``args``."""
+
+    def __init__(self, *args):
+        self.args = args
+
+
+def exact_log_likelihood(pipe: DiffusionPipeline, text: str) -> float:
+    """log p(text) of an autoregressive model: minus its process's loss (the exact NLL), from end-of-text."""
+    if not text:
+        return 0.0
+    with torch.no_grad():
+        return -pipe.process.loss(pipe.model, torch.tensor([pipe.tokenizer.encode(text)])).nelbo_sum
+
+
+def read_then_scored(pipe: DiffusionPipeline, text: str, scored: int) -> float:
+    """log p of the last ``scored`` tokens of ``text`` given the ones before, read without end-of-text
+    (the window of a text longer than the context)."""
+    ids = pipe.tokenizer.encode(text)
+    with torch.no_grad():
+        log_probs = pipe.process.log_probs(pipe.model(torch.tensor([ids[:-1]])))[0]
+    return sum(float(log_probs[i - 1, ids[i]]) for i in range(len(ids) - scored, len(ids)))
+
+
+# ----- through the harness -----
+
+@pytest.mark.parametrize("kind", ["ar", "masked", "block"])
+def test_local_tasks_run_through_the_harness(kind, harness_runs):
+    _, results = harness_runs[kind]
+    assert set(results["results"]) == {"tiny_mc", "tiny_rolling", "tiny_gen"}
+    assert 0 <= results["results"]["tiny_mc"]["acc,none"] <= 1
+    generations = [sample["resps"][0][0] for sample in results["samples"]["tiny_gen"]]
+    assert len(generations) == len(DOCS) and all("b" not in text and len(text) <= 8 for text in generations)
+    rolling = [sample["resps"][0][0] for sample in results["samples"]["tiny_rolling"]]
+    assert all(math.isfinite(value) and value < 0 for value in rolling)
+
+
+def test_autoregressive_log_likelihoods_through_the_harness_are_the_exact_nll(harness_runs):
+    """Continuation: log p(context + continuation) - log p(context) by the AR process's loss (the exact NLL);
+    past the context, the continuation after the last CONTEXT + 1 - |c| tokens. Document: log p(text); the
+    40-token one is a window of 24 tokens, then 16 after the 9 before them."""
+    model, results = harness_runs["ar"]
+    pipe = model.pipe
+    for sample in results["samples"]["tiny_mc"]:
+        for (context, continuation), ((value, _),) in zip(sample["arguments"], sample["resps"]):
+            text = context + continuation
+            if len(text) <= CONTEXT:
+                expected = exact_log_likelihood(pipe, text) - exact_log_likelihood(pipe, context)
+            else:
+                expected = read_then_scored(pipe, text[-CONTEXT - 1 :], len(continuation))
+            assert value == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    for sample in results["samples"]["tiny_rolling"]:
+        text, value = sample["doc"]["text"], sample["resps"][0][0]
+        expected = exact_log_likelihood(pipe, text[:CONTEXT])
+        if len(text) > CONTEXT:
+            expected += read_then_scored(pipe, text[CONTEXT - 9 :], len(text) - CONTEXT)
+        assert value == pytest.approx(expected, rel=1e-5)
+
+
+def test_autoregressive_is_greedy_is_the_argmax_continuation():
+    pipe = tiny_pipe("ar")
+    scorer = Scorer(pipe)
+    context = pipe.tokenizer.encode("ab c")
+    greedy = []
+    for _ in range(3):  # the argmax continuation, token by token
+        inputs = torch.tensor([[pipe.tokenizer.eos_id, *context, *greedy]])
+        with torch.no_grad():
+            greedy.append(int(pipe.process.log_probs(pipe.model(inputs))[0, -1].argmax()))
+    other = [(greedy[0] + 1) % len(CHARS), *greedy[1:]]
+    (_, is_greedy), (_, is_other) = scorer.score([(context, greedy), (context, other)], batch_size=2)
+    assert is_greedy and not is_other
+
+
+# ----- the Monte Carlo estimator against brute force -----
+
+def masked_value(pipe: DiffusionPipeline, context: list[int], continuation: list[int], subset: tuple[int, ...]) -> float:
+    """(|c| / l) sum over the masked continuation positions of log p, one row, computed directly."""
+    tokens = torch.tensor([[*context, *continuation]])
+    positions = [len(context) + i for i in subset]
+    xt = tokens.clone()
+    xt[0, positions] = pipe.process.mask_id
+    with torch.no_grad():
+        log_probs = pipe.process.log_probs(pipe.model(xt, torch.tensor([len(subset) / len(continuation)])))[0]
+    return len(continuation) / len(subset) * sum(float(log_probs[p, tokens[0, p]]) for p in positions)
+
+
+def block_value(pipe: DiffusionPipeline, tokens: list[int], block: list[int], subset: tuple[int, ...]) -> float:
+    """(n_b / l) sum of log p over the masked positions of one block, its earlier blocks clean: the sampler's view
+    (block-causal attention over the text up to the block's end), not the harness's one-pass layout."""
+    end = max(block) + 1
+    xt = torch.tensor([tokens[:end]])
+    masked = [block[i] for i in subset]
+    xt[0, masked] = pipe.process.mask_id
+    positions = torch.arange(end)
+    with torch.no_grad():
+        logits = pipe.model(xt, attention=block_causal_attention(positions, positions, BLOCK))
+    log_probs = pipe.process.log_probs(logits)[0]
+    return len(block) / len(subset) * sum(float(log_probs[p, tokens[p]]) for p in masked)
+
+
+def subsets(n: int) -> list[tuple[int, ...]]:
+    return [subset for size in range(1, n + 1) for subset in itertools.combinations(range(n), size)]
+
+
+def exact_expectation(values: dict[tuple[int, ...], float], n: int) -> float:
+    """E over l ~ U{1..n} and a uniform l-subset of the per-subset values."""
+    return sum(value / math.comb(n, len(subset)) for subset, value in values.items()) / n
+
+
+def test_masked_estimate_is_the_mean_of_its_draws_computed_one_by_one():
+    """Every draw's masks (l of |c| at random) scored in the batch as a direct one-row call scores them; padding
+    and the other pairs of a batch change nothing."""
+    pipe = tiny_pipe("masked", time_conditioning=True)
+    scorer = Scorer(pipe, draws=6, seed=3)
+    context, continuation = pipe.tokenizer.encode("ab c\na"), pipe.tokenizer.encode("cba")
+    masked, weight = draw_masks(torch.zeros(3, dtype=torch.long), 6,
+                                torch.Generator().manual_seed(context_seed(3, context)))
+    assert sorted(masked.sum(dim=1).tolist()) == [1, 1, 2, 2, 3, 3]  # l stratified: each value equally often
+    assert torch.equal(weight[masked], (3 / masked.sum(dim=1, keepdim=True).expand(-1, 3))[masked].float())
+    expected = sum(masked_value(pipe, context, continuation, tuple(row.nonzero().flatten().tolist()))
+                   for row in masked) / 6
+    alone = scorer.score([(context, continuation)], batch_size=1)[0][0]
+    padded = scorer.score([(context, continuation), (context * 3, continuation)], batch_size=2)[0][0]
+    assert alone == pytest.approx(expected, rel=1e-5)
+    assert padded == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_masked_estimate_converges_to_the_brute_force_expectation(n):
+    pipe = tiny_pipe("masked", time_conditioning=True)
+    context, continuation = pipe.tokenizer.encode("c ab"), pipe.tokenizer.encode("abc a"[:n])
+    values = {subset: masked_value(pipe, context, continuation, subset) for subset in subsets(n)}
+    exact = exact_expectation(values, n)
+    spread = math.sqrt(sum((v - exact) ** 2 / math.comb(n, len(s)) for s, v in values.items()) / n)
+    errors = []
+    for draws in (n, 16 * n, 512 * n):
+        estimate = Scorer(pipe, draws=draws).score([(context, continuation)], batch_size=1)[0][0]
+        errors.append(abs(estimate - exact))
+        assert errors[-1] <= 4 * spread / math.sqrt(draws) + 1e-5
+    assert errors[-1] < 0.1 * spread
+
+
+def test_block_estimate_converges_to_the_block_wise_brute_force_bound():
+    """A continuation over parts of two blocks: the sum over blocks of each block's expectation."""
+    pipe = tiny_pipe("block")
+    context, continuation = pipe.tokenizer.encode("ab c\n"), pipe.tokenizer.encode("cbaab")  # at positions 5-9
+    tokens = [*context, *continuation]
+    blocks = [[5, 6, 7], [8, 9]]  # in blocks 4-7 and 8-11
+    exact = sum(exact_expectation({s: block_value(pipe, tokens, block, s) for s in subsets(len(block))}, len(block))
+                for block in blocks)
+    estimates = [Scorer(pipe, draws=draws).score([(context, continuation)], batch_size=1)[0][0] for draws in (6, 3000)]
+    assert estimates[1] == pytest.approx(exact, abs=0.02 * abs(exact))
+    assert abs(estimates[1] - exact) < abs(estimates[0] - exact) or abs(estimates[0] - exact) < 1e-4
+
+
+def test_draw_masks_per_block_masks_l_of_each_group():
+    groups = torch.tensor([0, 0, 0, 1, 1, 2])
+    masked, weight = draw_masks(groups, 12, torch.Generator().manual_seed(0))
+    sizes = torch.tensor([3, 2, 1])
+    for group in range(3):
+        counts = masked[:, groups == group].sum(dim=1)
+        assert sorted(counts.tolist()) == sorted([1 + i * int(sizes[group]) // 12 for i in range(12)])
+        picked = weight[:, groups == group][masked[:, groups == group]]
+        assert torch.allclose(picked, (sizes[group] / counts.repeat_interleave(counts)).float())
+
+
+# ----- generation, arguments and errors -----
+
+def test_stop_sequences_cut_the_sample_the_sampler_writes():
+    model = DDLMHarnessModel(tiny_pipe("masked"), steps=6)
+    free = model.generate_until([Request("ab", {"max_gen_toks": 12})])[0]
+    stop = next(char for char in free if char.strip())  # a character the sample holds
+    cut = model.generate_until([Request("ab", {"max_gen_toks": 12, "until": [stop, "zz"]})])[0]
+    assert cut == free[: free.index(stop)]
+    assert cut_at_stops("abcabc", ["c", "b"]) == "a" and cut_at_stops("abc", []) == "abc"
+
+
+def test_the_model_arguments_are_checked_in_one_line():
+    pipe = tiny_pipe("ar")
+    with pytest.raises(DDLMError, match="no argument colour"):
+        DDLMHarnessModel(pipe, colour=3)
+    with pytest.raises(DDLMError, match="batch_size must be a whole number"):
+        DDLMHarnessModel(pipe, batch_size="auto")
+    with pytest.raises(DDLMError, match="steps must be at least 1"):
+        DDLMHarnessModel(pipe, steps=0)
+    model = DDLMHarnessModel.create_from_arg_string("batch_size=3,steps=5", {"batch_size": 1, "device": None})
+    assert model.batch_size == 3 and model.options.steps == 5  # model_args win over the harness's --batch_size
+    sedd = DiffusionPipeline(pipe.model, pipe.tokenizer, build_process({"name": "sedd-absorb"}, Vocabulary.of(pipe.tokenizer)))
+    with pytest.raises(DDLMError, match="log-likelihoods need an autoregressive, masked or block model"):
+        DDLMHarnessModel(sedd).loglikelihood([Request("a", "b")])
+
+
+def test_a_hugging_face_llada_model_scores_as_its_native_twin(tmp_path):
+    """The LLaDA-interface model through transformers and the same network as a ddlm Transformer: same figures."""
+    from tests.test_hf_backend import llada_model
+
+    directory, native = llada_model(tmp_path / "llada")
+    hf = DDLMHarnessModel(str(directory), trust_remote_code=True, mc_draws=8, batch_size=2, device="cpu", precision="fp32")
+    twin = DDLMHarnessModel(DiffusionPipeline(native, hf.pipe.tokenizer, hf.pipe.process, precision="fp32"),
+                            mc_draws=8, batch_size=2)
+    requests = [Request("the cat sat on", " a mat"), Request("", "dog ran far"), Request("it was", " night")]
+    for (hf_value, hf_greedy), (value, greedy) in zip(hf.loglikelihood(requests), twin.loglikelihood(requests)):
+        assert hf_value == pytest.approx(value, rel=1e-5) and hf_greedy == greedy
+    assert hf.loglikelihood_rolling([Request("the cat sat on a mat")]) == pytest.approx(
+        twin.loglikelihood_rolling([Request("the cat sat on a mat")]), rel=1e-5)
+
+
+def test_ddlm_lm_eval_implies_the_model_and_the_bundled_tasks():
+    assert harness_arguments(["--tasks", "x"]) == ["--tasks", "x", "--model", "ddlm", "--include_path", str(TASKS_DIR)]
+    assert harness_arguments(["--model=ddlm", "--include_path", "d"]) == ["--model=ddlm", "--include_path", "d"]
+    assert harness_arguments(["ls", "tasks"]) == ["ls", "tasks", "--include_path", str(TASKS_DIR)]
+    with pytest.raises(DDLMError, match="drop --model hf"):
+        harness_arguments(["--model", "hf", "--tasks", "x"])
+    assert (TASKS_DIR / "shakespeare_next_line" / "shakespeare_next_line.yaml").is_file()
+
+
+def test_ddlm_lm_eval_refuses_another_model_in_one_line(capsys):
+    assert main(["lm-eval", "--model", "hf", "--tasks", "tiny_mc"]) == 2
+    assert "drop --model hf" in capsys.readouterr().err
