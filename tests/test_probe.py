@@ -89,6 +89,23 @@ def test_the_cli_refuses_a_negative_size_in_one_line(model_config_dir, capsys):
         assert "Traceback" not in "".join(lines)
 
 
+@pytest.mark.parametrize("section, problem", [
+    ("model: {d_model: wide}", "model.d_model must be a number, got 'wide'"),
+    ("model: {n_heads: [4]}", "model.n_heads must be a number, got [4]"),
+    ("model: {causal_attention: true}", "unknown config key 'model.causal_attention'"),
+    ("optim: {lr: {value: 1}}", "optim.lr must be a number"),
+    ("process: {antithetic: 1}", "process.antithetic must be true or false, got 1"),
+    ("model: [1, 2]", "config section 'model' must be a mapping"),
+])
+def test_a_training_config_of_wrong_types_names_the_key_and_type(tmp_path, capsys, section, problem):
+    config = tmp_path / "config.yaml"
+    config.write_text(section + "\n", encoding="utf-8")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and problem in line
+    assert not (tmp_path / "run").exists()
+
+
 class Unpickled:
     """Leaves a marker file when unpickled: proof that loading ran code from the file."""
 
@@ -299,7 +316,7 @@ def server_port() -> Iterator[int]:
     script = SERVER.replace("DESCRIPTORS", str(DESCRIPTORS))
     process = subprocess.Popen([sys.executable, "-c", script, str(port)], env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a guard: a busy machine takes minutes to import torch
         while not answers_health(port, timeout=2):
             assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
