@@ -14,8 +14,9 @@ from rich.console import Console
 from ddlm.cli import main
 from ddlm.errors import DDLMError
 from ddlm.training.logger import MetricsLog
-from ddlm.viz.animation import MASK_FILL, REMASK_FILL, denoising_frames, forward_frames
+from ddlm.viz.animation import denoising_frames, forward_frames
 from ddlm.viz.plots import plot_tradeoff, pyplot, read_log
+from ddlm.viz.style import HIGHLIGHT, MASK, REMASK, hex_color
 from ddlm.viz.terminal import LiveView, SamplingProgress
 from ddlm.viz.tokens import MASK_GLYPH, Kind, position_kinds
 from tests.test_stream import TOKENIZER, pipeline
@@ -50,7 +51,7 @@ def test_live_view_styles_this_steps_tokens_and_remasked_positions():
     assert kinds.count(Kind.REVEALED) == int(remasking.revealed.sum())
     rendered = view.render_row(remasking, 0)
     styles = {str(span.style) for span in rendered.spans}
-    assert "bold red" in styles and "bold black on bright_green" in styles
+    assert f"bold {hex_color(REMASK)}" in styles and f"bold black on {hex_color(HIGHLIGHT)}" in styles
 
 
 def test_progress_bar_is_hidden_when_stderr_is_not_a_terminal():
@@ -65,7 +66,7 @@ def test_progress_bar_is_hidden_when_stderr_is_not_a_terminal():
 
 def mask_pixels(image: Image.Image) -> int:
     """Pixels in the colour of a masked position's box."""
-    return int((np.asarray(image.convert("RGB")) == MASK_FILL).all(axis=-1).sum())
+    return int((np.asarray(image.convert("RGB")) == MASK).all(axis=-1).sum())
 
 
 def frames_of(path: Path) -> list[Image.Image]:
@@ -132,7 +133,7 @@ def test_forward_animation_masks_more_at_each_level(model_dir, tmp_path):
 def test_forward_animation_of_uniform_sedd_resamples_tokens():
     process = pipeline("sedd-uniform").process
     frames = forward_frames(process, TOKENIZER, "abcdefabcdef" * 3, count=5, seed=1)
-    resampled = [sum(cell.ink == REMASK_FILL for cell in frame.cells) for frame in frames]
+    resampled = [sum(cell.ink == REMASK for cell in frame.cells) for frame in frames]
     assert resampled[0] == 0 and resampled[-1] > 20 and all(cell.box is None for cell in frames[-1].cells)
 
 

@@ -1,10 +1,11 @@
 """Animations of one sample with Pillow: the reverse process step by step, or the forward process.
 
 Each frame is the sample's canvas laid out as text that does not move between frames:
-every position keeps the width of its final token. Masked positions are grey boxes;
-generated tokens are coloured by the model's confidence when they were drawn or by when
-they were revealed; this step's tokens are underlined in a highlight; positions masked
-again are red boxes. A header counts the steps and a legend explains the colours.
+every position keeps the width of its final token. The colours are the web page's
+(:mod:`ddlm.viz.style`): masked positions are grey boxes; generated tokens are inked by the
+model's confidence when they were drawn or by when they were revealed; this step's tokens are
+underlined in yellow; positions masked again are red boxes. A header counts the steps and
+a legend explains the colours.
 """
 
 from __future__ import annotations
@@ -20,15 +21,27 @@ from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path
 from ddlm.samplers import SamplerStep
 from ddlm.tokenizers import Tokenizer
+from ddlm.viz.style import (
+    EARLY,
+    FAINT,
+    GIVEN_INK,
+    HIGH,
+    HIGHLIGHT,
+    INK,
+    LATE,
+    LOW,
+    MASK,
+    MID,
+    REMASK,
+    confidence_color,
+    display_piece,
+    mix,
+)
 from ddlm.viz.tokens import Kind, RevealClock, TokenPieces, position_kinds
 
 COLOR_BY = ("confidence", "time")
 FORMATS = (".gif", ".webp")
 WIDTH, MARGIN, FONT_SIZE, LINE_GAP = 720, 16, 18, 6
-INK, GIVEN_INK, FAINT = (30, 30, 30), (20, 20, 20), (120, 120, 120)
-MASK_FILL, REMASK_FILL, HIGHLIGHT = (215, 215, 215), (235, 90, 80), (255, 214, 0)
-LOW, MID, HIGH = (214, 39, 40), (230, 160, 20), (30, 140, 60)  # confidence 0 -> 1
-EARLY, LATE = (40, 90, 200), (200, 60, 160)  # revealed first -> last
 FONT_FILES = ("DejaVuSansMono.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf", "LiberationMono-Regular.ttf")
 
 
@@ -48,30 +61,16 @@ class Frame:
     cells: list[Cell]
 
 
-def mix(a: tuple[int, int, int], b: tuple[int, int, int], weight: float) -> tuple[int, int, int]:
-    """The colour ``weight`` of the way from ``a`` to ``b``."""
-    weight = min(max(weight, 0.0), 1.0)
-    return tuple(round(x + (y - x) * weight) for x, y in zip(a, b))
-
-
-def confidence_color(p: float) -> tuple[int, int, int]:
-    return mix(LOW, MID, p / 0.5) if p < 0.5 else mix(MID, HIGH, (p - 0.5) / 0.5)
-
-
-def display_piece(piece: str) -> str:
-    """A token's text as drawn: a line break as ↵ (then a new line), other control characters as spaces."""
-    if piece == "":
-        return "¶"  # end of text and other special tokens
-    return "".join(c if c.isprintable() or c == "\n" else " " for c in piece).replace("\n", "↵\n")
-
-
 def denoising_frames(steps: Sequence[SamplerStep], tokenizer: Tokenizer, color_by: str = "confidence",
-                     row: int = 0) -> list[Frame]:
-    """One frame for the canvas before the first step (every generated position masked) and one per step."""
+                     row: int = 0, total_steps: int | None = None) -> list[Frame]:
+    """One frame for the canvas before the first step (every generated position masked) and one per step.
+
+    The headers count to ``total_steps`` (a stopped run's planned steps), by default to the last step.
+    """
     if color_by not in COLOR_BY:
         raise DDLMError(f"unknown colouring {color_by!r}; choose one of {list(COLOR_BY)}")
     pieces, clock = TokenPieces(tokenizer), RevealClock()
-    total = steps[-1].index + 1  # the sampler's steps: those that change nothing are not streamed
+    total = total_steps or steps[-1].index + 1  # the sampler's steps: those that change nothing are not streamed
     active = steps[0].canvas.active[row].cpu()
     start = SamplerStep(-1, steps[0].canvas.tokens, torch.zeros_like(steps[0].revealed),
                         torch.zeros_like(steps[0].revealed), None, 1.0, 0, canvas=steps[0].canvas)
@@ -92,9 +91,9 @@ def frame_of(step: SamplerStep, row: int, pieces: TokenPieces, mask_id: int, rev
     cells = []
     for position, (token, kind) in enumerate(zip(tokens, position_kinds(step, row, mask_id))):
         if kind is Kind.MASKED:
-            cells.append(Cell("", box=MASK_FILL))
+            cells.append(Cell("", box=MASK))
         elif kind is Kind.REMASKED:
-            cells.append(Cell("", box=REMASK_FILL, highlight=True))
+            cells.append(Cell("", box=REMASK, highlight=True))
         elif kind is Kind.GIVEN:
             cells.append(Cell(display_piece(pieces(token)), ink=GIVEN_INK))
         else:
@@ -128,8 +127,8 @@ def forward_frames(process, tokenizer: Tokenizer, text: str, count: int, seed: i
     frames = []
     for t in torch.linspace(0, 1, count, dtype=torch.float64):
         xt = corrupt(x0, t.reshape(1), torch.Generator().manual_seed(seed))[0].tolist()
-        cells = [Cell("", box=MASK_FILL) if noisy == tokenizer.mask_id
-                 else Cell(display_piece(pieces(noisy)), ink=REMASK_FILL if noisy != clean else INK)
+        cells = [Cell("", box=MASK) if noisy == tokenizer.mask_id
+                 else Cell(display_piece(pieces(noisy)), ink=REMASK if noisy != clean else INK)
                  for clean, noisy in zip(ids, xt)]
         changed = sum(noisy != clean for clean, noisy in zip(ids, xt))
         frames.append(Frame(f"forward process · t = {float(t):.2f} · {changed}/{len(ids)} corrupted", cells))
@@ -200,8 +199,8 @@ def legend_for(color_by: str | None) -> list[tuple[str, tuple[int, int, int]]]:
     elif color_by == "time":
         colors = [("revealed first", EARLY), ("last", LATE)]
     else:  # the forward process
-        return [("masked", MASK_FILL), ("resampled", REMASK_FILL)]
-    return [("masked", MASK_FILL), *colors, ("this step", HIGHLIGHT), ("remasked", REMASK_FILL)]
+        return [("masked", MASK), ("resampled", REMASK)]
+    return [("masked", MASK), *colors, ("this step", HIGHLIGHT), ("remasked", REMASK)]
 
 
 def check_animation_path(path: str | Path) -> Path:

@@ -17,13 +17,14 @@ from rich.text import Text
 
 from ddlm.samplers import SamplerStep
 from ddlm.tokenizers import Tokenizer
+from ddlm.viz.style import HIGHLIGHT, MASK, REMASK, hex_color
 from ddlm.viz.tokens import MASK_GLYPH, REMASKED_GLYPH, Kind, TokenPieces, position_kinds
 
-STYLES = {
+STYLES = {  # the web page's and the GIF's colours (ddlm.viz.style)
     Kind.GIVEN: "bold",
-    Kind.MASKED: "dim",
-    Kind.REVEALED: "bold black on bright_green",
-    Kind.REMASKED: "bold red",
+    Kind.MASKED: hex_color(MASK),
+    Kind.REVEALED: f"bold black on {hex_color(HIGHLIGHT)}",
+    Kind.REMASKED: f"bold {hex_color(REMASK)}",
     Kind.GENERATED: "",
 }
 PLACEHOLDERS = {Kind.MASKED: MASK_GLYPH, Kind.REMASKED: REMASKED_GLYPH}
@@ -53,8 +54,8 @@ class StepView:
 class LiveView(StepView):
     """The canvas of the current batch redrawn at every step with ``rich.live``.
 
-    Masked positions show as ░ (dim), this step's tokens highlighted, positions masked again
-    as ▒ (red); a status line gives the step, the model calls, tokens per second and the
+    Masked positions show as ░ (grey), this step's tokens highlighted in yellow, positions
+    masked again as ▒ (red); a status line gives the step, the model calls, tokens per second and the
     samples shown. At most ``max_rows`` samples of a batch are drawn. With ``transient`` the
     animation is cleared when a batch ends (the caller prints the final texts); without it
     the last frame stays on screen.
