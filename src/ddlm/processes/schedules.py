@@ -1,6 +1,6 @@
 """Noise schedules on t in [0, 1], shared by masked diffusion and score entropy.
 
-One schedule, two views of it (../shared/MATH.md):
+One schedule, two views of it (docs/math.md):
 - masked diffusion reads alpha(t), the probability that a token is still clean at time t
   (decreasing, alpha(0) = 1), and the NELBO weight w(t) = -alpha'(t) / (1 - alpha(t));
 - score entropy reads the total noise sigma_bar(t) = -log alpha(t) and its rate

@@ -1,6 +1,6 @@
 """Small policies the masked sampler composes: block schedule, confidence scores, reveal counts, remasking.
 
-Formulas from ../shared/MATH.md (LLaDA semi-autoregressive decoding, Fast-dLLM thresholds,
+Formulas from docs/math.md (LLaDA semi-autoregressive decoding, Fast-dLLM thresholds,
 ReMDM remasking).
 """
 

@@ -7,9 +7,9 @@ from enum import Enum
 import torch
 
 from ddlm.samplers import SamplerStep
+from ddlm.samplers.step import MASK_GLYPH
 from ddlm.tokenizers import Tokenizer
 
-MASK_GLYPH = "░"  # a masked position
 REMASKED_GLYPH = "▒"  # a position masked again by this step
 
 
@@ -56,11 +56,6 @@ def position_kinds(step: SamplerStep, row: int, mask_id: int) -> list[Kind]:
         else:
             kinds.append(Kind.MASKED if is_masked else Kind.GENERATED)
     return kinds
-
-
-def active_tokens(step: SamplerStep, row: int) -> list[int]:
-    """Token ids of the active (non-padding) positions of sample ``row``."""
-    return step.tokens[row][step.canvas.active[row]].tolist()
 
 
 class RevealClock:
