@@ -134,7 +134,8 @@ class NoiseEmbedding(nn.Module):
         half = self.frequencies // 2
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=noise.device) / half)
         angles = noise.float()[:, None] * 1000.0 * freqs[None]
-        return self.mlp(torch.cat((angles.cos(), angles.sin()), dim=-1))
+        features = torch.cat((angles.cos(), angles.sin()), dim=-1)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))  # float64 in a float64 model
 
 
 class Attention(nn.Module):
