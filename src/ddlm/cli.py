@@ -151,6 +151,40 @@ def add_train_flags(train: argparse.ArgumentParser) -> None:
     add_threads_flag(train)
 
 
+def add_finetune_flags(finetune: argparse.ArgumentParser) -> None:
+    finetune.add_argument("--model", help=f"the model to start from: {MODEL_HELP}")
+    finetune.add_argument("--data", help='a .jsonl file of {"prompt", "response"} or {"messages": [{"role", "content"}, '
+                          '...]} rows (the last turn is the response)')
+    finetune.add_argument("--valid", help="held-out rows, as --data (default: hold out data.valid_fraction of --data)")
+    finetune.add_argument("--out", required=True, help="run directory; it becomes the fine-tuned model's directory")
+    finetune.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings such as optim.lr=3e-4")
+    finetune.add_argument("--resume", action="store_true", help="continue the fine-tuning saved in --out exactly")
+    finetune.add_argument("--max-steps", type=int, help="total optimizer steps (sets optim.max_steps; default 500)")
+    finetune.add_argument("--time-budget", type=parse_duration, help="training time, e.g. 10m (sets optim.time_budget)")
+    finetune.add_argument("--stop-after", type=int, metavar="STEP", help="stop at this step; continue later with --resume")
+    lora = finetune.add_argument_group("LoRA (default: full fine-tuning)")
+    lora.add_argument("--lora-rank", type=int, help="train rank-R adapters instead of every weight")
+    lora.add_argument("--lora-alpha", type=float, help="adapter scale alpha / R (default alpha: 2 R)")
+    lora.add_argument("--lora-dropout", type=float, help="dropout on the adapters' input (default: 0)")
+    lora.add_argument("--lora-targets", type=lambda text: [name for name in text.split(",") if name],
+                      help="linear layers to adapt, by name (default: ddlm's qkv,out,gate_up,down; Hugging Face "
+                           "models' attention and MLP projections)")
+    lora.add_argument("--lora-save", choices=("merged", "adapter"),
+                      help="merged: adapters folded into the exported weights (default); adapter: the adapters alone, "
+                           "with their base model named")
+    finetune.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                          help="recompute activations in the backward pass: less memory, ~30%% more time")
+    finetune.add_argument("--chat-template", type=lambda text: text.replace("\\n", "\n"),
+                          help="how ddlm tokenizers write messages turns, \\n for a newline (default: "
+                          "'{role}:\\n{content}\\n\\n'); Hugging Face models use their own chat template")
+    finetune.add_argument("--chat-roles", type=lambda text: text.split(","), metavar="USER,ASSISTANT",
+                          help="the roles `ddlm sample --chat` gives a prompt and its reply (default: user,assistant)")
+    finetune.add_argument("--trust-remote-code", action="store_true",
+                          help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
+    finetune.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_threads_flag(finetune)
+
+
 def add_sample_flags(sample: argparse.ArgumentParser) -> None:
     from ddlm.pipeline import DEFAULT_BATCH_SIZE
 
@@ -175,7 +209,8 @@ def add_sample_flags(sample: argparse.ArgumentParser) -> None:
     sample.add_argument("--format", choices=["text", "jsonl"], default="text",
                         help="plain text with separator lines, or one JSON object per sample (default: text)")
     sample.add_argument("--chat", action="store_true",
-                        help="wrap each prompt in the tokenizer's chat template (Hugging Face chat models)")
+                        help="wrap each prompt in the model's chat format: its tokenizer's chat template (Hugging "
+                             "Face chat models), or the turns a model was fine-tuned on (`ddlm finetune`)")
     sample.add_argument("--trust-remote-code", action="store_true",
                         help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
 
@@ -263,7 +298,6 @@ def run_train(args: argparse.Namespace) -> int:
     from ddlm.data import DEFAULT_CORPUS
     from ddlm.device import has_fast_bf16
     from ddlm.training import load_config, prepare_training, saved_config
-    from ddlm.training.signals import TrainingInterrupted
 
     check_minimums(args, {"max_steps": 1, "stop_after": 1})
     if args.time_budget is not None and args.time_budget <= 0:
@@ -295,18 +329,25 @@ def run_train(args: argparse.Namespace) -> int:
         if trainer.precision == "bf16" and not has_fast_bf16(trainer.device.type):
             print(f"warning: this {trainer.device.type} has no native bf16 matrix instructions, so bf16 is emulated "
                   "and much slower than fp32; use optim.precision=auto or fp32", file=sys.stderr)
+    return train_and_report(trainer, args, "train")
+
+
+def train_and_report(trainer, args: argparse.Namespace, command: str) -> int:
+    """Run a prepared trainer to its end (or to --stop-after, or a signal) and report the result on rank 0."""
+    from ddlm.training.signals import TrainingInterrupted
+
+    main_process = trainer.dist.is_main
+    again = f"continue with `ddlm {command} --out {args.out} --resume`"
     try:
         summary = trainer.train(stop_after=args.stop_after)
     except TrainingInterrupted as stop:
         if main_process:
-            print(f"stopped by {stop.signal_name} at step {stop.step}, checkpoint saved; "
-                  f"continue with `ddlm train --out {args.out} --resume`", file=sys.stderr)
+            print(f"stopped by {stop.signal_name} at step {stop.step}, checkpoint saved; {again}", file=sys.stderr)
         return EXIT_SIGTERM if stop.signal_name == "SIGTERM" else EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if main_process:
             saved = "no checkpoint yet" if trainer.saved_step is None else f"its checkpoint is at step {trainer.saved_step}"
-            print(f"stopped at once at step {trainer.state.step} ({saved}); "
-                  f"continue with `ddlm train --out {args.out} --resume`", file=sys.stderr)
+            print(f"stopped at once at step {trainer.state.step} ({saved}); {again}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not main_process:
         return 0
@@ -316,6 +357,34 @@ def run_train(args: argparse.Namespace) -> int:
               f"perplexity <= {math.exp(nats):.2f}")
     print(f"model saved to {args.out} ({summary['steps']} steps, {summary['train_seconds']:.0f} s)")
     return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from ddlm.training.finetune import FineTuneSettings, prepare_finetune
+
+    check_minimums(args, {"max_steps": 1, "stop_after": 1, "lora_rank": 0})
+    overrides = list(args.overrides)
+    if args.max_steps is not None:
+        overrides.append(f"optim.max_steps={args.max_steps}")
+    if args.time_budget is not None:
+        overrides += [f"optim.time_budget={args.time_budget}"] + ([] if args.max_steps else ["optim.max_steps=1000000000"])
+    given = {name: getattr(args, name) for name in ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+                                                     "lora_save", "gradient_checkpointing", "chat_template", "chat_roles")
+             if getattr(args, name) is not None}
+    settings = None if args.resume and not given else FineTuneSettings(**given)
+    trainer = prepare_finetune(args.model, args.data, args.out, valid=args.valid, overrides=overrides, settings=settings,
+                               resume=args.resume, device=args.device, show_progress=not args.no_progress,
+                               trust_remote_code=args.trust_remote_code)
+    if trainer.dist.is_main:
+        held_out = len(trainer.valid_loader.rows) if trainer.valid_loader is not None else 0
+        trained = (f"LoRA rank {trainer.settings.lora_rank}" if trainer.settings.lora_rank else "full fine-tuning")
+        print(f"fine-tuning {trainer.config.init.source}: {trainer.model.num_parameters():,} parameters ({trained}), "
+              f"{len(trainer.train_loader.rows)} examples, {held_out} held out, precision {trainer.precision} "
+              f"on {trainer.device.type}", file=sys.stderr)
+        if trainer.truncated_rows:
+            print(f"warning: {trainer.truncated_rows} examples were longer than the context "
+                  f"({trainer.config.data.context_length} tokens) and were cut", file=sys.stderr)
+    return train_and_report(trainer, args, "finetune")
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -508,6 +577,8 @@ def run_lm_eval(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     # name: (its line in `ddlm --help`, what adds its flags, what runs it)
     "train": ("train a model on a text corpus", add_train_flags, run_train),
+    "finetune": ("fine-tune a model on prompt/response or chat examples (.jsonl); LoRA with --lora-rank",
+                 add_finetune_flags, run_finetune),
     "sample": ("generate text from a model: a model directory, a bundled model or a Hub id", add_sample_flags, run_sample),
     "animate": ("a GIF (or WebP) of one sample being denoised, or of the forward process", add_animate_flags, run_animate),
     "plot": ("training curves of runs (needs the plot extra)", add_plot_flags, run_plot),
@@ -526,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(argparse.Namespace(command="lm-eval", debug=False, harness_arguments=argv[1:]))
     parser = build_parser(command_of(argv))
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "train" and all("=" in item and not item.startswith("-") for item in extra):
+    if extra and args.command in ("train", "finetune") and all("=" in item and not item.startswith("-") for item in extra):
         args.overrides += extra  # KEY=VALUE overrides may follow options: train ... --out X model.d_model=64
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,12 @@ from safetensors.torch import load_file, save_file
 
 from ddlm import __version__
 from ddlm.bundled import DESCRIPTIONS, bundled_model_path
+from ddlm.data.sft import ChatFormat
 from ddlm.device import autocast, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path, write_json_atomic
 from ddlm.hf import HFDiffusionModel, is_transformers_config, load_transformers_model
+from ddlm.lora import is_adapter_directory, load_adapted
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Process, Vocabulary, build_process
 from ddlm.samplers import Canvas, SampleOutput, SamplerOptions, SamplerStep, changes_only, last_steps, parse_template, sampler_steps
@@ -115,6 +118,9 @@ class DiffusionPipeline:
         """
         directory = resolve_model_directory(path)
         refuse_pickled_weights(directory)
+        if is_adapter_directory(directory):  # LoRA adapters alone (ddlm finetune --lora-save adapter)
+            return load_adapted(directory, device=device, precision=precision, trust_remote_code=trust_remote_code,
+                                compile_model=compile_model)
         config = read_json(directory / CONFIG_FILE, what="model config")
         if is_transformers_config(config):
             model, tokenizer, process, summary = load_transformers_model(
@@ -171,7 +177,8 @@ class DiffusionPipeline:
         """One row per sample (token ids, None to generate): ``num_samples`` of each prompt, or of the infill template.
 
         Samples of one prompt share one row object, so a million samples cost a million references.
-        With ``chat`` each prompt is a user turn in the tokenizer's chat template (Hugging Face chat models).
+        With ``chat`` each prompt is a user turn in the tokenizer's chat template (Hugging Face chat models) or
+        in the chat format a model was fine-tuned on (``ddlm finetune``).
         """
         check_integer("num_samples", num_samples, minimum=1)
         if infill is not None:
@@ -181,9 +188,11 @@ class DiffusionPipeline:
         prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
         if chat:
             chat_ids = getattr(self.tokenizer, "chat_ids", None)
+            if "chat" in self.summary:  # a ddlm model fine-tuned on chat turns (ddlm finetune): the format it learnt
+                chat_ids = partial(ChatFormat.from_dict(self.summary["chat"]).prompt_ids, self.tokenizer)
             if chat_ids is None:
-                raise DDLMError("chat needs a Hugging Face chat model (its tokenizer's chat template); "
-                                "drop --chat (chat=True) for this model")
+                raise DDLMError("chat needs a chat model (a Hugging Face chat model's template, or a model fine-tuned "
+                                "on chat turns by `ddlm finetune`); drop --chat (chat=True) for this model")
             encoded = [chat_ids(text or "") for text in prompts]
         else:
             encoded = [self.tokenizer.encode(text) if text else [] for text in prompts]

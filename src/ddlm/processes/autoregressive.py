@@ -41,11 +41,22 @@ class Autoregressive:
 
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
         """Exact NLL per real (non-pad) token of the batch; ``generator`` is unused (no noise)."""
+        return LossOutput.per_real_token(self.nll_rows(model, x0, x0 != self.pad_id).sum(), x0, self.pad_id)
+
+    def sft_loss(
+        self, model: torch.nn.Module, x0: torch.Tensor, response: torch.Tensor, generator: torch.Generator | None = None
+    ) -> LossOutput:
+        """Next-token NLL of the response positions only (the prompt is read, never scored), each row's
+        divided by its response length; ``generator`` is unused (no noise)."""
+        return LossOutput.per_response(self.nll_rows(model, x0, response), response)
+
+    def nll_rows(self, model: torch.nn.Module, x0: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+        """-sum of log p(x0_i | x0_<i) over the ``scored`` positions of each row (B,), in nats."""
         inputs = torch.cat((torch.full_like(x0[:, :1], self.eos_id), x0[:, :-1]), dim=1)  # [eos] + x0[:-1]
         logits = model(inputs, self.model_noise(x0.shape[0], x0.device))
-        real = x0 != self.pad_id
-        nll = -self.log_probs(logits[real]).gather(-1, x0[real][:, None]).sum()
-        return LossOutput.per_real_token(nll, x0, self.pad_id)
+        nll = torch.zeros(x0.shape, device=x0.device, dtype=torch.float32)
+        nll[scored] = -self.log_probs(logits[scored]).gather(-1, x0[scored][:, None]).squeeze(-1)
+        return nll.sum(dim=1)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name}

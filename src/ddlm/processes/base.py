@@ -8,6 +8,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from ddlm.errors import DDLMError
+
 
 @dataclass
 class LossOutput:
@@ -26,6 +28,17 @@ class LossOutput:
         """The loss of a batch ``x0`` whose NELBO, summed over the batch, is ``nelbo`` (nats)."""
         num_tokens = int((x0 != pad_id).sum())
         return cls(loss=nelbo / num_tokens, nelbo_sum=float(nelbo.detach()), num_tokens=num_tokens)
+
+    @classmethod
+    def per_response(cls, nelbo: torch.Tensor, response: torch.Tensor) -> LossOutput:
+        """The fine-tuning loss of rows whose response NELBOs (nats, one per row) are ``nelbo`` (B,):
+        each row's NELBO over its response length |r0| (``response`` (B, L) marks those positions),
+        averaged over the rows, as in LLaDA's SFT; ``nelbo_sum`` / ``num_tokens`` is the NELBO per
+        response token over the batch."""
+        lengths = response.sum(dim=1)
+        if not bool((lengths > 0).all()):
+            raise DDLMError("every fine-tuning row needs at least one response position (its end-of-text)")
+        return cls(loss=(nelbo / lengths).mean(), nelbo_sum=float(nelbo.detach().sum()), num_tokens=int(lengths.sum()))
 
 
 def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -93,6 +106,12 @@ class Process(Protocol):
 
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
         """One Monte-Carlo draw of the NELBO per real (non-pad) token of the batch ``x0``."""
+
+    def sft_loss(
+        self, model: torch.nn.Module, x0: torch.Tensor, response: torch.Tensor, generator: torch.Generator | None = None
+    ) -> LossOutput:
+        """One draw of the fine-tuning loss (:meth:`LossOutput.per_response`): the NELBO of the positions
+        ``response`` (B, L) marks given the others (the prompt), which are never corrupted nor scored."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON description that ``build_process`` turns back into the same process."""

@@ -112,15 +112,25 @@ class BlockDiffusion(MaskedDiffusion):
         In training mode with a clip range the times are clipped, and while ``training_block_size``
         is set the blocks have that size (see the module notes).
         """
+        nelbo = self.nelbo_draw(model, x0, x0 != self.pad_id, generator).sum()
+        return LossOutput.per_real_token(nelbo, x0, self.pad_id)
+
+    def nelbo_draw(
+        self, model: torch.nn.Module, x0: torch.Tensor, maskable: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """One NELBO draw per row (B,) in nats, of the ``maskable`` positions given the others, in one pass:
+        each block's maskable positions at the block's own time. In fine-tuning (``sft_loss``, inherited)
+        the prompt is clean context: whole earlier blocks, and the start of the block the response begins in."""
         batch, length = x0.shape
         size = self.training_block_size if model.training and self.training_block_size else self.block_size
         self.check_length(length, size)
         blocks = x0.reshape(-1, size)  # one row per block, in reading order
+        maskable = maskable.reshape(-1, size)
         if self.estimator == "count":
-            xt_blocks, weight = self.corrupt_by_count(blocks, generator)
+            xt_blocks, weight = self.corrupt_by_count(blocks, generator, maskable)
         else:
             t = self.block_times(blocks.shape[0], x0.device, generator, clipped=model.training)
-            xt_blocks = self.corrupt(blocks, t, generator)
+            xt_blocks = self.corrupt(blocks, t, generator, maskable)
         xt = xt_blocks.view(batch, length)
         positions = torch.arange(length, device=x0.device).repeat(2)
         attention = training_attention(length, size, x0.device)
@@ -129,11 +139,8 @@ class BlockDiffusion(MaskedDiffusion):
         inputs = {"inputs": self.shifted_inputs(unwrapped(model), xt, x0, size)} if shifted else {}
         logits = model(tokens, attention=attention, positions=positions, **inputs)[:, :length]
         nll = self.masked_nll(logits, x0, xt).view(-1, size)
-        if self.estimator == "count":
-            nelbo = (weight * nll.sum(dim=1)).sum()
-        else:
-            nelbo = self.nelbo_per_sequence(nll, t).sum()
-        return LossOutput.per_real_token(nelbo, x0, self.pad_id)
+        nelbo = weight * nll.sum(dim=1) if self.estimator == "count" else self.nelbo_per_sequence(nll, t)
+        return nelbo.view(batch, -1).sum(dim=1)
 
     def shifted_inputs(self, model: torch.nn.Module, xt: torch.Tensor, x0: torch.Tensor, block_size: int) -> torch.Tensor:
         """What a shifted model reads in the one-pass layout [x_t, x_0]: each position the token before it,

@@ -71,11 +71,11 @@ class MaskedDiffusion(ContinuousTime):
                    estimator=config.get("estimator", "time"), eos_id=vocab.eos_id)
 
     def corrupt_by_count(
-        self, x0: torch.Tensor, generator: torch.Generator | None = None
+        self, x0: torch.Tensor, generator: torch.Generator | None = None, maskable: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t with exactly k of the n real tokens of each row masked, k uniform in 1..n;
-        returns x_t and the NELBO weight n / k of each row."""
-        real = x0 != self.pad_id
+        """x_t with exactly k of the n real tokens (or ``maskable`` positions) of each row masked, k uniform
+        in 1..n; returns x_t and the NELBO weight n / k of each row (0 for a row with nothing to mask)."""
+        real = x0 != self.pad_id if maskable is None else maskable
         n = real.sum(dim=1)
         k = 1 + (self.uniforms(x0.shape[0], x0.device, generator) * n).long().clamp(max=n - 1)
         scores = torch.rand(x0.shape, generator=generator, device=x0.device).masked_fill(~real, 2.0)
@@ -87,10 +87,12 @@ class MaskedDiffusion(ContinuousTime):
         """1 - alpha(t): the fraction of masked tokens, also the model's noise input."""
         return 1 - self.schedule.alpha(t)
 
-    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x_t: each non-pad token of x0 (B, L) replaced by MASK with probability 1 - alpha(t)."""
+    def corrupt(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
+                maskable: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t: each non-pad token of x0 (B, L) (or each ``maskable`` position) replaced by MASK with
+        probability 1 - alpha(t)."""
         u = torch.rand(x0.shape, generator=generator, device=x0.device)
-        masked = (u < self.mask_probability(t)[:, None]) & (x0 != self.pad_id)
+        masked = (u < self.mask_probability(t)[:, None]) & (x0 != self.pad_id if maskable is None else maskable)
         return torch.where(masked, torch.full_like(x0, self.mask_id), x0)
 
     def log_probs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -123,21 +125,34 @@ class MaskedDiffusion(ContinuousTime):
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
         """One Monte-Carlo draw of the NELBO per real (non-pad) token of the batch (in training, under the
         look-ahead attention while one is set)."""
+        nelbo = self.nelbo_draw(model, x0, x0 != self.pad_id, generator).sum()
+        return LossOutput.per_real_token(nelbo, x0, self.pad_id)
+
+    def sft_loss(
+        self, model: torch.nn.Module, x0: torch.Tensor, response: torch.Tensor, generator: torch.Generator | None = None
+    ) -> LossOutput:
+        """LLaDA's SFT loss: the prompt stays clean, the response (with its end-of-text padding) is masked at
+        rate 1 - alpha(t) (t for the linear schedule), and each row's draw -sum_{masked i} w(t) log p(x0_i | x_t)
+        is divided by the row's response length (:meth:`LossOutput.per_response`)."""
+        return LossOutput.per_response(self.nelbo_draw(model, x0, response, generator), response)
+
+    def nelbo_draw(
+        self, model: torch.nn.Module, x0: torch.Tensor, maskable: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """One NELBO draw per row (B,) in nats, of the ``maskable`` positions given the others."""
         attention = self.training_attention(model, x0.shape[1], x0.device)
         if self.estimator == "count":
-            xt, weight = self.corrupt_by_count(x0, generator)
+            xt, weight = self.corrupt_by_count(x0, generator, maskable)
             try:
                 logits = model(xt, **attention)  # no noise level: this estimator integrates it out
             except NoiseLevelMissing:
                 raise DDLMError("the count estimator needs a model that does not see the noise level; "
                                 "set model.time_conditioning=false or use process.estimator=time") from None
-            nelbo = (weight * self.masked_nll(logits, x0, xt).sum(dim=1)).sum()
-        else:
-            t = self.sample_times(x0.shape[0], x0.device, generator)
-            xt = self.corrupt(x0, t, generator)
-            logits = model(xt, self.model_noise(t), **attention)
-            nelbo = self.nelbo_per_sequence(self.masked_nll(logits, x0, xt), t).sum()
-        return LossOutput.per_real_token(nelbo, x0, self.pad_id)
+            return weight * self.masked_nll(logits, x0, xt).sum(dim=1)
+        t = self.sample_times(x0.shape[0], x0.device, generator)
+        xt = self.corrupt(x0, t, generator, maskable)
+        logits = model(xt, self.model_noise(t), **attention)
+        return self.nelbo_per_sequence(self.masked_nll(logits, x0, xt), t)
 
     def reveal_probability(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """Probability that a position masked at time t is revealed by time s < t."""

@@ -59,10 +59,13 @@ class Graph(ABC):
     def draw_target(self, u: torch.Tensor) -> torch.Tensor:
         """Tokens drawn from the jump target (also the prior), one per float64 uniform in ``u``."""
 
-    def corrupt(self, x0: torch.Tensor, sigma_bar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """x_t for x0 (B, L) at total noise sigma_bar (B,): each non-pad token jumps w.p. 1 - e^-sigma_bar."""
+    def corrupt(self, x0: torch.Tensor, sigma_bar: torch.Tensor, generator: torch.Generator | None,
+                maskable: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t for x0 (B, L) at total noise sigma_bar (B,): each non-pad token (or each ``maskable``
+        position) jumps w.p. 1 - e^-sigma_bar."""
         u = torch.rand((2, *x0.shape), dtype=torch.float64, device=x0.device, generator=generator)
-        jump = (u[0] < -torch.expm1(-sigma_bar.double())[:, None]) & (x0 != self.vocab.pad_id)
+        movable = x0 != self.vocab.pad_id if maskable is None else maskable
+        jump = (u[0] < -torch.expm1(-sigma_bar.double())[:, None]) & movable
         return torch.where(jump, self.draw_target(u[1]), x0)
 
     @abstractmethod
@@ -319,26 +322,44 @@ class ScoreEntropyDiffusion(ContinuousTime):
         """KL(p(x_1 | x0) || prior) per token, in nats (the same for every x0)."""
         return self.graph.prior_kl(float(self.sigma_bar(torch.tensor(1.0, dtype=torch.float64))))
 
-    def nelbo_per_sequence(self, entropy: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def nelbo_per_sequence(
+        self, entropy: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, counted: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One NELBO draw per sequence (B,), in nats, from the per-position score entropy at times t.
 
         The integral of sigma(t) DSE over t in [eps, 1] is (1 - eps) times its mean under
         t ~ U[eps, 1]; the prior term is added per real token. The integral over [0, eps] is
         left out (as in SEDD and MDLM): it concerns the tokens still corrupted at t = eps, a
-        fraction 1 - e^-sigma_bar(eps) (about 1e-4 geometric, 1e-3 log-linear).
+        fraction 1 - e^-sigma_bar(eps) (about 1e-4 geometric, 1e-3 log-linear). ``counted`` (B, L):
+        the positions the prior term counts (default: the real tokens).
         """
         weight = ((1 - self.eps) * self.sigma(t.double())).float()
-        real = (x0 != self.pad_id).sum(dim=1)
+        real = (x0 != self.pad_id if counted is None else counted).sum(dim=1)
         return weight * entropy.sum(dim=1) + self.prior_kl() * real
 
     def loss(self, model: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
         """One Monte-Carlo draw of the NELBO per real (non-pad) token of the batch."""
+        nelbo = self.nelbo_draw(model, x0, x0 != self.pad_id, generator).sum()
+        return LossOutput.per_real_token(nelbo, x0, self.pad_id)
+
+    def sft_loss(
+        self, model: torch.nn.Module, x0: torch.Tensor, response: torch.Tensor, generator: torch.Generator | None = None
+    ) -> LossOutput:
+        """The NELBO of the response given the prompt: only response positions are corrupted, carry score
+        entropy and the prior term; each row's draw is divided by its response length."""
+        return LossOutput.per_response(self.nelbo_draw(model, x0, response, generator), response)
+
+    def nelbo_draw(
+        self, model: torch.nn.Module, x0: torch.Tensor, maskable: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """One NELBO draw per row (B,) in nats, of the ``maskable`` positions given the others (which stay
+        clean and carry no loss, also on the uniform graph, where clean positions could move)."""
         t = self.sample_times(x0.shape[0], x0.device, generator)
-        xt = self.corrupt(x0, t, generator)
+        xt = self.graph.corrupt(x0, self.sigma_bar(t), generator, maskable)
         sigma_bar = self.sigma_bar(t)[:, None]
         log_score = self.log_score(model(xt, self.model_noise(t)), xt, sigma_bar)
-        nelbo = self.nelbo_per_sequence(self.score_entropy(log_score, xt, x0, sigma_bar), t, x0).sum()
-        return LossOutput.per_real_token(nelbo, x0, self.pad_id)
+        entropy = self.score_entropy(log_score, xt, x0, sigma_bar) * maskable
+        return self.nelbo_per_sequence(entropy, t, x0, maskable)
 
     # reverse steps (rows of movable positions; probabilities before clipping and renormalising)
 

@@ -10,19 +10,21 @@ from ddlm.errors import DDLMError
 
 
 class EMA:
-    """EMA of a model's parameters with the usual warm-up decay min(decay, (1+n)/(10+n))."""
+    """EMA of a model's trainable parameters with the usual warm-up decay min(decay, (1+n)/(10+n)); frozen
+    ones (under LoRA) are the model's own."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
         self.updates = 0
-        self.shadow = {name: p.detach().clone().float() for name, p in model.named_parameters()}
+        self.shadow = {name: p.detach().clone().float() for name, p in model.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for name, p in model.named_parameters():
-            self.shadow[name].lerp_(p.detach().float(), 1 - decay)
+            if p.requires_grad:
+                self.shadow[name].lerp_(p.detach().float(), 1 - decay)
 
     def state_dict(self) -> dict[str, Any]:
         return {"shadow": dict(self.shadow), "updates": self.updates}
@@ -35,6 +37,7 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:
-        """Load the averaged weights into ``model`` (same architecture)."""
-        for name, p in model.named_parameters():
-            p.copy_(self.shadow[name])
+        """Load the averaged weights into ``model`` (same architecture and frozen weights)."""
+        parameters = dict(model.named_parameters())
+        for name, value in self.shadow.items():
+            parameters[name].copy_(value)

@@ -28,18 +28,23 @@ NEW_PARAMETER_PARTS = (".modulation.",)
 
 
 def weights_fingerprint(source: str) -> str:
-    """The first 16 hex digits of the SHA-256 of the source's weights file."""
+    """The first 16 hex digits of the SHA-256 of the source's weights: its weights file, or the shards
+    of a Hugging Face model in name order."""
+    directory = resolve_model_directory(source)
+    files = [directory / WEIGHTS_FILE] if (directory / WEIGHTS_FILE).is_file() else sorted(directory.glob("model*.safetensors"))
     digest = hashlib.sha256()
-    with open(resolve_model_directory(source) / WEIGHTS_FILE, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    for path in files:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
-def load_source(source: str) -> DiffusionPipeline:
-    """The model ``--init`` names (a model directory or a bundled name), in fp32 on the CPU."""
-    pipe = DiffusionPipeline.from_pretrained(source, device="cpu", precision="fp32")
-    if not isinstance(pipe.model, Transformer):
+def load_source(source: str, hugging_face: bool = False, trust_remote_code: bool = False) -> DiffusionPipeline:
+    """The model ``--init`` names (a model directory or a bundled name), in fp32 on the CPU; with
+    ``hugging_face`` (fine-tuning) also a Hugging Face diffusion LM."""
+    pipe = DiffusionPipeline.from_pretrained(source, device="cpu", precision="fp32", trust_remote_code=trust_remote_code)
+    if not isinstance(pipe.model, Transformer) and not hugging_face:
         raise DDLMError(f"--init {source}: only ddlm model directories can start a run; "
                         "Hugging Face models are sampled, not adapted, in this version")
     return pipe
@@ -59,7 +64,11 @@ def adapted_config(config: RunConfig, source: DiffusionPipeline, source_name: st
     kept = {key: getattr(config.model, key) for key in RUN_MODEL_KEYS}
     model = replace(source_model, **kept, shift=causal_source and config.process.name != "ar",
                     time_conditioning=config.model.time_conditioning, start_id=None)
-    config = replace(config, model=model)
+    return record_source(replace(config, model=model), source, source_name)
+
+
+def record_source(config: RunConfig, source: DiffusionPipeline, source_name: str) -> RunConfig:
+    """``config`` with its ``init`` section naming the source: its name, process and weights' fingerprint."""
     config.init.source = source_name
     config.init.fingerprint = weights_fingerprint(source_name)
     config.init.source_process = source.process.name

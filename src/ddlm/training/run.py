@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,14 +88,20 @@ def prepare_training(
     ``accept_data_change``: the run then continues on the new text from its first batch.
     """
     config.validate()
+    return locked(out_dir, lambda: build_trainer(config, out_dir, data, valid, resume, device, cache_dir, show_progress,
+                                                 init, accept_data_change))
+
+
+def locked(out_dir: str | Path, build: Callable[[], Trainer]) -> Trainer:
+    """The trainer ``build`` makes once the run directory ``out_dir`` exists and is locked (rank 0), holding
+    that lock; the lock is released if ``build`` fails."""
     lock = RunLock(out_dir)
     if Distributed.from_environment().is_main:
         prepare_directory(out_dir, "the run directory")
         lock.acquire()
         remove_stale_temporaries(out_dir)
     try:
-        trainer = build_trainer(config, out_dir, data, valid, resume, device, cache_dir, show_progress, init,
-                                accept_data_change)
+        trainer = build()
     except BaseException:
         lock.release()
         raise

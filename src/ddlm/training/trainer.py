@@ -24,7 +24,7 @@ from ddlm.errors import DDLMError
 from ddlm.fileio import error_reason
 from ddlm.model import Transformer
 from ddlm.pipeline import DiffusionPipeline
-from ddlm.processes import Process, Vocabulary, build_process
+from ddlm.processes import LossOutput, Process, Vocabulary, build_process
 from ddlm.tokenizers import Tokenizer
 from ddlm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from ddlm.training import curriculum
@@ -62,9 +62,10 @@ def build_model(config: RunConfig, tokenizer: Tokenizer, process: Process) -> Tr
 
 
 def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not norms, biases or embeddings)."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and not n.startswith("embed")]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n.startswith("embed")]
+    """AdamW over the trainable parameters, with weight decay on matrices only (not norms, biases or embeddings)."""
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # frozen ones (LoRA) left out
+    decay = [p for n, p in trained if p.ndim >= 2 and not n.startswith("embed")]
+    no_decay = [p for n, p in trained if p.ndim < 2 or n.startswith("embed")]
     settings = config.optim
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -100,25 +101,29 @@ class Trainer:
         self.show_progress = show_progress and self.dist.is_main
         torch.manual_seed(config.optim.seed)
         self.process = build_run_process(config, tokenizer)
-        self.model = build_model(config, tokenizer, self.process).to(self.device)
-        self.eval_model = build_model(config, tokenizer, self.process).to(self.device).eval()
+        self.model = self.new_model().to(self.device)
+        self.eval_model = self.new_model().to(self.device).eval()
         self.trained_model = self.wrap_for_data_parallel(self.model)
         self.optimizer = build_optimizer(self.model, config)
         self.ema = EMA(self.model, config.optim.ema)
         self.random = RandomStates(self.device, config.optim.seed, self.dist)
-        data = config.data
-        self.train_loader = BatchLoader(
-            train_corpus, config.optim.batch_size, data.context_length, layout=data.layout,
-            seed=config.optim.seed, pad_id=tokenizer.pad_id, rank=self.dist.rank, world_size=self.dist.world_size,
-        )
-        self.valid_loader = (
-            BatchLoader(valid_corpus, config.optim.batch_size, data.context_length,
-                        layout=data.layout, seed=0, pad_id=tokenizer.pad_id)
-            if valid_corpus is not None else None
-        )
+        self.train_loader, self.valid_loader = self.new_loaders(train_corpus, valid_corpus)
         self.state = TrainState()
         self.saved_step: int | None = None  # the step of the checkpoint on disk, when this trainer knows it
         self.log: MetricsLog | None = None
+
+    def new_model(self) -> torch.nn.Module:
+        """A freshly initialised backbone of the run's configuration (the trained model, then the evaluation copy)."""
+        return build_model(self.config, self.tokenizer, self.process)
+
+    def new_loaders(self, train_corpus: Any, valid_corpus: Any) -> tuple[Any, Any]:
+        """The training batches (this rank's share) and the validation batches (None without validation data)."""
+        data, optim = self.config.data, self.config.optim
+        train = BatchLoader(train_corpus, optim.batch_size, data.context_length, layout=data.layout, seed=optim.seed,
+                            pad_id=self.tokenizer.pad_id, rank=self.dist.rank, world_size=self.dist.world_size)
+        valid = (BatchLoader(valid_corpus, optim.batch_size, data.context_length, layout=data.layout, seed=0,
+                             pad_id=self.tokenizer.pad_id) if valid_corpus is not None else None)
+        return train, valid
 
     def start_from(self, source: Transformer) -> None:
         """Begin from ``source``'s weights (``--init``): the model and its EMA."""
@@ -241,12 +246,11 @@ class Trainer:
         self.model.train()
         nelbo_sum, token_count = 0.0, 0
         for micro_step in range(settings.grad_accum):
-            batch = next(self.train_loader).to(self.device)
             last = micro_step == settings.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.trained_model.no_sync()
             with sync:
                 with autocast(self.device, self.precision):
-                    output = self.process.loss(self.trained_model, batch, self.random.noise)
+                    output = self.batch_loss()
                 (output.loss / settings.grad_accum).backward()
             nelbo_sum += output.nelbo_sum
             token_count += output.num_tokens
@@ -263,6 +267,10 @@ class Trainer:
         self.ema.update(self.model)
         self.state.step += 1
         return nelbo_sum / token_count, lr
+
+    def batch_loss(self) -> LossOutput:
+        """The loss of the next training micro-batch."""
+        return self.process.loss(self.trained_model, next(self.train_loader).to(self.device), self.random.noise)
 
     def periodic(self, step: int, bar: tqdm) -> None:
         """Validation, sample previews and checkpoints at their intervals.
@@ -347,10 +355,8 @@ class Trainer:
             summary = {**self.summary(), "final_valid_nelbo": final, "final_valid_bits": final / math.log(2)}
         else:
             summary = self.summary()
-        pipe = self.pipeline()
-        pipe.summary = summary
         try:
-            pipe.save_pretrained(self.out_dir)
+            self.export(summary)
         except OSError as error:
             raise DDLMError(f"could not export the model to {self.out_dir} ({error_reason(error)}); the checkpoint "
                             "is intact: free disk space or raise the file-size limit, then continue with --resume") from None
@@ -358,6 +364,12 @@ class Trainer:
             self.log.close()
         self.dist.barrier()
         return summary
+
+    def export(self, summary: dict[str, Any]) -> None:
+        """Write the model directory: the pipeline of the EMA weights, with ``summary``."""
+        pipe = self.pipeline()
+        pipe.summary = summary
+        pipe.save_pretrained(self.out_dir)
 
     # ----- checkpoints -----
 
