@@ -14,11 +14,13 @@ import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from ddlm.app.limits import GenerationPool, Limits, QueueFull, RunStopped  # noqa: E402
-from ddlm.app.render import Frame, canvas_html  # noqa: E402
+from ddlm.app.render import Frame, canvas_html, status_html  # noqa: E402
 from ddlm.app.server import create_app, serve  # noqa: E402
-from ddlm.app.service import Models  # noqa: E402
+from ddlm.app.service import Models, planned_steps  # noqa: E402
+from ddlm.bundled import bundled_models  # noqa: E402
 from ddlm.cli import main  # noqa: E402
 from ddlm.errors import DDLMError  # noqa: E402
+from ddlm.samplers import SamplerOptions  # noqa: E402
 from ddlm.viz.tokens import TokenPieces  # noqa: E402
 from tests.servers import live_server, trained_models  # noqa: E402
 
@@ -113,6 +115,46 @@ def test_generate_takes_the_entropy_bound_and_the_dual_cache(client, models):
     assert answer.status_code == 422 and answer.json()["error"]["field"] == "entropy_bound"
 
 
+def test_a_length_past_the_context_says_how_much_room_the_prompt_leaves(client):
+    answer = client.post("/v1/generate", json={"prompt": "ROMEO: abcdefghij", "length": 20})
+    assert answer.json()["error"]["message"] == ("length 20 does not fit: the model's context of 32 tokens leaves 15 "
+                                                 "after the prompt; ask for 15 or fewer")
+    assert client.post("/v1/generate", json={"prompt": "ROMEO: abcdefghij", "length": 15, "steps": 4}).status_code == 200
+
+
+def test_planned_steps_count_tokens_for_a_left_to_right_model_and_the_budget_otherwise(models):
+    masked, ar = models.get("tiny-masked"), models.get("tiny-ar")
+    assert planned_steps(masked, SamplerOptions(steps=16), generated=26) == 16
+    assert planned_steps(masked, SamplerOptions(steps=16, policy="first-hitting"), generated=26) == 26
+    assert planned_steps(ar, SamplerOptions(steps=16), generated=26) == 26  # AR ignores the budget
+
+
+@pytest.mark.skipif(not bundled_models()[0].installed, reason="the bundled model's weights are not installed")
+def test_the_model_card_tab_and_v1_models_give_the_bundled_models_own_figures():
+    pytest.importorskip("gradio", reason="the app extra is not installed")
+    from ddlm.app.ui import card_markdown
+
+    bundled = Models.load([bundled_models()[0].name])
+    model = bundled.get(None)
+    readme = (bundled_models()[0].path / "README.md").read_text()
+    with TestClient(create_app(bundled, LIMITS, web_page=False)) as client:
+        card = client.get("/v1/models").json()["models"][0]
+    assert card["held_out_nelbo"] == model.pipe.summary["held_out_nelbo"] != model.pipe.summary["final_valid_nelbo"]
+    assert f"{card['held_out_nelbo']:.4f}" in readme  # the figure the model card reports
+    assert card_markdown(model) == readme.strip()  # the tab renders the model card itself
+
+
+def test_a_model_without_a_card_gets_one_in_words(models):
+    pytest.importorskip("gradio", reason="the app extra is not installed")
+    from ddlm.app.ui import card_markdown
+
+    model = models.get("tiny-masked")
+    summary = model.pipe.summary
+    card = card_markdown(model)
+    assert f"**{summary['final_valid_nelbo']:.4f} nats/token**" in card
+    assert f"{summary['tokens']:,} tokens" in card and f"{model.pipe.model.num_parameters():,} parameters" in card
+
+
 def test_generate_with_the_autoregressive_model_and_an_infill_template(client):
     ar = client.post("/v1/generate", json={"model": "tiny-ar", "prompt": "JULIET:", "length": 10, "seed": 1}).json()
     assert ar["model"] == "tiny-ar" and ar["model_calls"] == 10 and "policy" not in ar["options"]
@@ -164,6 +206,8 @@ def bad_requests() -> dict[str, tuple[dict | bytes, int, str | None]]:
         "too many samples": ({"num_samples": 3}, 413, "num_samples"),
         "too many steps": ({"steps": 65}, 413, "steps"),
         "too long": ({"length": 25}, 413, "length"),
+        "longer than the context leaves after the prompt": ({"prompt": "ROMEO: abcdefghij", "length": 20}, 422, "length"),
+        "an option the sampler options refuse": ({"entropy_bound": 1.0, "policy": "ancestral"}, 422, "entropy_bound"),
         "too many gaps": ({"infill": "[MASK*25]"}, 413, "infill"),
         "body too large": ({"prompt": "x" * (1 << 20)}, 413, None),
     }
@@ -181,6 +225,7 @@ def test_every_class_of_bad_input_gets_a_4xx_json_answer_and_the_server_keeps_se
         error = answer.json()["error"]
         assert error["field"] == field, f"{case}: {error}"
         assert error["message"] and "\n" not in error["message"], case
+        assert "--" not in error["message"], f"{case}: a command-line flag in an API answer: {error['message']}"
     assert client.get("/health").json()["queue"]["running"] == 0
     assert client.post(route, json={"length": 8, "steps": 4, "seed": 0}).status_code == 200
 
@@ -277,18 +322,32 @@ def test_pool_runs_workers_queues_some_refuses_the_rest_and_passes_errors_on():
         list(endless)
 
 
-def test_canvas_html_shows_masks_new_tokens_and_confidence(models):
-    pipe = models.get(None).pipe
-    tokenizer = pipe.tokenizer
-    ids = tokenizer.encode("ab<c")
-    frame = Frame(step=2, tokens=[[*ids[:2], tokenizer.mask_id, *ids[2:]]], generated=[[False, True, True, True, True]],
-                  new=[[3]], confidence=[[None, 0.95, None, 0.1, None]], model_calls=2, seconds=0.5, noise=0.25)
-    page = canvas_html(frame, TokenPieces(tokenizer), tokenizer.mask_id)
-    assert '<span class="t given">a</span>' in page  # the prompt
-    assert '<span class="t c4">b</span>' in page  # written earlier, sure
-    assert '<span class="t m"> </span>' in page  # still masked
-    assert '<span class="t c0 new">&lt;</span>' in page  # written this step, unsure, escaped
-    assert '<span class="t ">c</span>' in page  # a generated token without a recorded confidence
+def test_canvas_html_draws_a_grid_while_denoising_and_plain_text_when_finished(models):
+    tokenizer = models.get(None).pipe.tokenizer
+    pieces, mask, eos = TokenPieces(tokenizer), tokenizer.mask_id, tokenizer.eos_id
+    a, b, less, newline, c = tokenizer.encode("ab<\nc")
+    generated = [[False, True, True, True, True, True, True, True]]
+    frame = Frame(step=2, tokens=[[a, b, mask, less, newline, c, eos, b]], generated=generated, new=[[2, 3]],
+                  confidence=[[None, 0.95, None, 0.1, 0.5, None, None, None]], model_calls=2, seconds=0.5, noise=0.25)
+    grid = canvas_html(frame, pieces, mask)
+    assert '<span class="t given">a</span>' in grid  # the prompt
+    assert '<span class="t c4">b</span>' in grid  # written earlier, sure
+    assert '<span class="t m re">_</span>' in grid  # masked again by this step: a cell that wraps like text
+    assert '<span class="t c0 new">&lt;</span>' in grid  # written this step, unsure, escaped
+    assert '<span class="t c2">↵</span>' in grid and "\n" not in grid  # a line break in place: no line moves
+    assert '<span class="t ">c</span>' in grid and '<span class="t eos">¶</span>' in grid
+    frame.tokens[0][2], frame.noise = b, 0.0
+    text = canvas_html(frame, pieces, mask)
+    assert 'class="ddlm-canvas ddlm-text"' in text and 'class="t' not in text  # plain: no cells, no colours
+    assert text.endswith('><b class="given">a</b>bb&lt;\nc<span class="eos" title="end of text">¶</span></div>')
+
+
+def test_status_html_counts_the_steps_a_run_took_and_shows_its_seed():
+    frame = Frame(step=7, tokens=[[1, 2]], generated=[[True, True]], new=[[1]], confidence=[[0.5, 0.5]],
+                  model_calls=7, seconds=0.5, noise=0.5)
+    assert ">step <b>7 of 16</b><" in status_html(frame, "denoising", 16, seed=3)
+    done = status_html(frame, "done", 16, seed=3)
+    assert ">done<" in done and "<b>7</b> steps" in done and " of 16" not in done and '<b class="seed">3</b>' in done
 
 
 def test_serve_command_warns_when_exposed_and_explains_a_missing_extra(models, monkeypatch, capsys):

@@ -21,11 +21,14 @@ from ddlm.app.limits import Limits
 from ddlm.bundled import DEFAULT_MODEL, bundled_models
 from ddlm.errors import DDLMError
 from ddlm.eval.diversity import unigram_entropy
-from ddlm.pipeline import DiffusionPipeline
+from ddlm.pipeline import DiffusionPipeline, resolve_model_directory
 from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep
 
 SAMPLER_FIELDS = tuple(item.name for item in dataclasses.fields(SamplerOptions))
 CANVAS_FIELDS = ("model", "prompt", "suffix", "infill", "num_samples", "length", "stop_at_eos")
+CARD_FILE = "README.md"
+CLI_ASIDE = re.compile(r" \([^()]*(?<![\w-])--[a-z][^()]*\)")  # " (--policy confidence)"
+CLI_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z-]*)")
 
 
 class RequestError(Exception):
@@ -59,11 +62,12 @@ class GenerationRequest:
 
 @dataclass
 class Model:
-    """A loaded model and the name clients pick it by."""
+    """A loaded model, the name clients pick it by, and its model card (the directory's README.md, if any)."""
 
     name: str
     pipe: DiffusionPipeline
     source: str
+    model_card: str | None = None
 
     @property
     def process(self) -> str:
@@ -72,6 +76,12 @@ class Model:
     def default_options(self) -> dict[str, Any]:
         """The sampler options that apply to this model's process, with their defaults."""
         return SamplerOptions().applicable(self.process)
+
+    @property
+    def held_out_nelbo(self) -> float | None:
+        """The held-out NELBO the model card reports (its own evaluation), else the trainer's final validation."""
+        summary = self.pipe.summary
+        return summary.get("held_out_nelbo", summary.get("final_valid_nelbo"))
 
     def card(self) -> dict[str, Any]:
         """Process, schedule, size, tokenizer and the training summary (held-out NELBO included)."""
@@ -89,7 +99,7 @@ class Model:
             "tokenizer": {"kind": pipe.tokenizer.kind, "vocab_size": pipe.tokenizer.vocab_size,
                           "mask_id": pipe.tokenizer.mask_id, "eos_id": pipe.tokenizer.eos_id,
                           "pad_id": pipe.tokenizer.pad_id},
-            "held_out_nelbo": pipe.summary.get("final_valid_nelbo"),
+            "held_out_nelbo": self.held_out_nelbo,
             "training_summary": summary,
             "sampler_defaults": self.default_options(),
         }
@@ -114,9 +124,10 @@ class Models:
         for source in sources:
             name = unique_name(Path(source).name or source, names)
             names.add(name)
-            pipe = DiffusionPipeline.from_pretrained(source, device=device, precision=precision,
+            directory = resolve_model_directory(source)
+            pipe = DiffusionPipeline.from_pretrained(directory, device=device, precision=precision,
                                                      trust_remote_code=trust_remote_code, compile_model=compile_model)
-            models.append(Model(name, pipe, source))
+            models.append(Model(name, pipe, source, read_model_card(directory)))
         return cls(models)
 
     @property
@@ -129,6 +140,17 @@ class Models:
         if name not in self.by_name:
             raise RequestError(f"unknown model {name!r}; this server has {', '.join(map(repr, self.by_name))}", "model")
         return self.by_name[name]
+
+
+def read_model_card(directory: Path) -> str | None:
+    """The model card in ``directory`` (README.md), without the metadata block a Hub card starts with."""
+    path = directory / CARD_FILE
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text.startswith("---\n") and "\n---\n" in text[4:]:
+        text = text[4:].split("\n---\n", 1)[1]
+    return text.strip() or None
 
 
 def unique_name(name: str, taken: set[str]) -> str:
@@ -147,14 +169,21 @@ def field_of(message: str, candidates: tuple[str, ...] = CANVAS_FIELDS + SAMPLER
     return min(found)[1] if found else None
 
 
+def web_wording(message: str) -> str:
+    """A library message worded for the API and the web page: an aside naming a command-line flag dropped,
+    any other flag named as the request field it sets (``--dual-cache`` as ``dual_cache``)."""
+    message = CLI_ASIDE.sub("", message)
+    return CLI_FLAG.sub(lambda match: match.group(1).replace("-", "_"), message)
+
+
 def as_request_error(error: DDLMError) -> RequestError:
-    message = str(error)
+    message = web_wording(str(error))
     return RequestError(message, field_of(message))
 
 
-def over_limit(name: str, value: int, cap: int, flag: str) -> RequestError:
-    return RequestError(f"{name} {value} is over this server's limit of {cap}; ask for {cap} or fewer "
-                        f"(the server's operator can raise it with ddlm serve {flag})", name, 413, "over_limit")
+def over_limit(name: str, value: int, cap: int) -> RequestError:
+    return RequestError(f"{name} {value} is over this server's limit of {cap}; ask for {cap} or fewer",
+                        name, 413, "over_limit")
 
 
 def open_stream(model: Model, request: GenerationRequest, limits: Limits) -> tuple[SamplerOptions, Iterator[SamplerStep]]:
@@ -164,12 +193,12 @@ def open_stream(model: Model, request: GenerationRequest, limits: Limits) -> tup
         raise RequestError(f"unknown sampler option {unknown[0]!r}; the options are {', '.join(SAMPLER_FIELDS)}",
                            unknown[0])
     if isinstance(request.num_samples, int) and request.num_samples > limits.max_samples:
-        raise over_limit("num_samples", request.num_samples, limits.max_samples, "--max-samples")
+        raise over_limit("num_samples", request.num_samples, limits.max_samples)
     try:
         given = {key: value for key, value in request.options.items() if value is not None}
         options = SamplerOptions.build(**{"steps": min(SamplerOptions.steps, limits.max_steps), **given})
         if options.steps > limits.max_steps:
-            raise over_limit("steps", options.steps, limits.max_steps, "--max-steps")
+            raise over_limit("steps", options.steps, limits.max_steps)
         for name in ("prompt", "suffix"):  # a text the tokenizer refuses: name the field that holds it
             text = getattr(request, name)
             try:
@@ -185,23 +214,45 @@ def open_stream(model: Model, request: GenerationRequest, limits: Limits) -> tup
         raise as_request_error(error) from None
 
 
+def room_between(pipe: DiffusionPipeline, prompt: str | None, suffix: str | None) -> int:
+    """The positions the model's context leaves between ``prompt`` and ``suffix`` (DDLMError if they fill it)."""
+    row = pipe.canvas_rows(prompt or None, 1, None, None, suffix or None)[0]
+    return sum(token is None for token in row)
+
+
+def longest_length(pipe: DiffusionPipeline, prompt: str | None, suffix: str | None, limits: Limits) -> int:
+    """The longest ``length`` a request with ``prompt`` and ``suffix`` may ask for: the room the context leaves
+    (block diffusion slides past the context), within the server's cap."""
+    if getattr(pipe.process, "generates_past_context", False):
+        return limits.max_length
+    return min(room_between(pipe, prompt, suffix), limits.max_length)
+
+
 def generated_length(pipe: DiffusionPipeline, request: GenerationRequest, limits: Limits) -> int | None:
-    """The ``length`` to pass the pipeline: the request's, or what fills the context, within the server's cap."""
-    if request.length is not None and not request.infill:
-        if isinstance(request.length, int) and request.length > limits.max_length:
-            raise over_limit("length", request.length, limits.max_length, "--max-length")
+    """The ``length`` to pass the pipeline: the request's, or what fills the context, within the server's cap;
+    None for an infill template, whose gaps set it."""
+    if not request.infill:
+        if request.length is None:
+            return min(room_between(pipe, request.prompt, request.suffix), limits.max_length)
+        if isinstance(request.length, int):
+            if request.length > limits.max_length:
+                raise over_limit("length", request.length, limits.max_length)
+            longest = longest_length(pipe, request.prompt, request.suffix, limits)
+            if request.length > longest:
+                given = "prompt and fixed ending" if request.suffix else "prompt"
+                raise RequestError(f"length {request.length} does not fit: the model's context of "
+                                   f"{pipe.context_length} tokens leaves {longest} after the {given}; "
+                                   f"ask for {longest} or fewer", "length")
         return request.length
-    row = pipe.canvas_rows(request.prompt or None, 1, request.length, request.infill or None, request.suffix or None)[0]
+    row = pipe.canvas_rows(request.prompt or None, 1, request.length, request.infill, request.suffix or None)[0]
     gaps = sum(token is None for token in row)
-    if request.infill:
-        if gaps == 0:
-            raise RequestError("the infill template has no gap; put [MASK] or [MASK*n] where the model should write",
-                               "infill")
-        if gaps > limits.max_length:
-            raise RequestError(f"the infill template has {gaps} gaps to fill, over this server's limit of "
-                               f"{limits.max_length} tokens; use fewer [MASK]s", "infill", 413, "over_limit")
-        return None
-    return min(gaps, limits.max_length)
+    if gaps == 0:
+        raise RequestError("the infill template has no gap; put [MASK] or [MASK*n] where the model should write",
+                           "infill")
+    if gaps > limits.max_length:
+        raise RequestError(f"the infill template has {gaps} gaps to fill, over this server's limit of "
+                           f"{limits.max_length} tokens; use fewer [MASK]s", "infill", 413, "over_limit")
+    return None
 
 
 @dataclass
@@ -239,6 +290,16 @@ def run_result(model: Model, options: SamplerOptions, last_steps: list[SamplerSt
     used = dataclasses.replace(options, seed=output.seed).applicable(pipe.process.name)
     return RunResult(model.name, texts, token_ids, output.model_calls, round(seconds, 4), output.seed, used,
                      round(sum(map(unigram_entropy, generated)) / len(generated), 4))
+
+
+def planned_steps(model: Model, options: SamplerOptions, generated: int) -> int | None:
+    """The steps a run of ``options`` takes to write ``generated`` positions, where that is known before it
+    ends: one per token left to right and with the first-hitting policy, else the step budget (a threshold
+    or an entropy bound may finish sooner); None for block diffusion, whose blocks round their shares."""
+    process = model.pipe.process
+    if process.causal or ("policy" in model.default_options() and options.policy == "first-hitting"):
+        return generated
+    return None if process.name == "block" else options.steps
 
 
 def step_event(step: SamplerStep, seconds: float) -> dict[str, Any]:

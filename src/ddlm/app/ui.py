@@ -1,16 +1,17 @@
 """The web page (Gradio, mounted at /): watch the masks resolve, scrub back, compare two settings, see the noise.
 
 Every generation goes through the server's :class:`~ddlm.app.limits.GenerationPool`, as
-the API's do; the page only turns steps into HTML (:mod:`ddlm.app.render`).
+the API's do; the page only turns steps into HTML (:mod:`ddlm.app.render`). :class:`Page`
+builds the tabs and holds their event handlers.
 """
 
 from __future__ import annotations
 
-import html
-import math
+import secrets
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,20 @@ import torch
 
 from ddlm.app.api import QUEUE_FULL_MESSAGE, STOPPED_MESSAGE, Server, time_limit_message
 from ddlm.app.limits import Limits, QueueFull, Run, RunStopped, TimeLimitExceeded
-from ddlm.app.render import CSS, LEGEND, Frame, FrameMaker, canvas_html, status_html
-from ddlm.app.service import GenerationRequest, Model, RequestError, as_request_error, open_stream, run_result, timed
+from ddlm.app.render import CSS, EMPTY_CANVAS, LEGEND, Frame, FrameMaker, canvas_html, status_html
+from ddlm.app.service import (
+    GenerationRequest,
+    Model,
+    RequestError,
+    as_request_error,
+    longest_length,
+    open_stream,
+    planned_steps,
+    run_result,
+    timed,
+)
 from ddlm.errors import DDLMError
-from ddlm.samplers import SamplerOptions
+from ddlm.samplers import SamplerOptions, SamplerStep
 from ddlm.samplers.options import SEDD_METHODS
 from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
 from ddlm.viz.animation import denoising_frames, legend_for, save_animation
@@ -31,7 +42,12 @@ from ddlm.viz.tokens import TokenPieces
 __all__ = ["CSS", "build_page"]
 
 FRAME_SECONDS = 0.04  # at most 25 redraws a second, so a fast model's run can still be watched
-DEFAULT_TEMPLATE = "To be, or [MASK*12], that is"
+SEED_RANGE = 2**32  # the seeds the page draws: a browser's number box holds them exactly
+DEFAULT_PROMPT, DEFAULT_TEMPLATE = "ROMEO:", "To be, or [MASK*12], that is"
+EXAMPLE_PROMPTS = [DEFAULT_PROMPT, "JULIET:\nO Romeo, Romeo!", "First Citizen:\nBefore we proceed any further,",
+                   "KING RICHARD III:\nNow is the winter of"]
+EXAMPLE_TEMPLATES = [DEFAULT_TEMPLATE, "ROMEO:\nBut soft, what light through [MASK*16] breaks?",
+                     "HAMLET:\n[MASK*40]\nOPHELIA:\nGood my lord,"]
 
 INTRO = """
 # ddlm: watch a diffusion language model write
@@ -54,7 +70,7 @@ The full schema is at [/docs](/docs).
 """
 
 OPTION_HELP = {
-    "steps": "denoising steps (the autoregressive model takes one per token)",
+    "steps": "denoising steps",
     "temperature": "0: always the most likely token",
     "top_k": "0: off",
     "top_p": "1: off",
@@ -70,14 +86,17 @@ OPTION_HELP = {
     "min_length": "no end of text among the first N tokens",
     "method": "SEDD step",
 }
+OFF_VALUES = {"top_k": 0, "top_p": 1, "block_length": 0, "threshold": 0, "entropy_bound": 0, "remask": "off"}
+INTEGER_OPTIONS = ("steps", "top_k", "block_length", "min_length")
 
 
-def option_inputs(limits_steps: int) -> dict[str, gr.components.Component]:
-    """One input per sampler option, with its default; values of 0 (or 1 for top-p) mean 'off'."""
+def option_inputs(limits_steps: int, offered: set[str]) -> dict[str, gr.components.Component]:
+    """One input per sampler option, with its default, shown if ``offered``; values of 0 (or 1 for top-p) mean 'off'."""
     defaults = SamplerOptions()
 
     def label(name: str) -> dict[str, Any]:
-        return {"label": name.replace("_", " "), "info": OPTION_HELP[name], "elem_id": f"option-{name}"}
+        return {"label": name.replace("_", " "), "info": OPTION_HELP[name], "elem_id": f"option-{name}",
+                "visible": name in offered}
 
     return {
         "steps": gr.Slider(1, limits_steps, value=min(defaults.steps, limits_steps), step=1, **label("steps")),
@@ -98,35 +117,85 @@ def option_inputs(limits_steps: int) -> dict[str, gr.components.Component]:
     }
 
 
-def options_from_inputs(process: str, values: dict[str, Any]) -> dict[str, Any]:
-    """The sampler options the page's inputs set, 'off' values dropped, those of other processes left out."""
-    off = {"top_k": 0, "top_p": 1, "block_length": 0, "threshold": 0, "entropy_bound": 0, "remask": "off"}
-    applicable = SamplerOptions().applicable(process)
-    options = {}
-    for name, value in values.items():
-        if name not in applicable or value is None or off.get(name, object()) == value:
-            continue
-        options[name] = int(value) if name in ("steps", "top_k", "block_length", "min_length") else value
-    return options
+def controls_for(model: Model) -> set[str]:
+    """The sampler options the page offers for ``model``: those of its process, less the step budget for a
+    model that writes one token per step."""
+    names = set(model.default_options())
+    if model.pipe.process.causal:
+        names.discard("steps")
+    return names
 
 
-def applies(name: str, process: str) -> bool:
-    return name in SamplerOptions().applicable(process)
+def options_from_inputs(model: Model, values: dict[str, Any]) -> dict[str, Any]:
+    """The sampler options the page's inputs set, 'off' values dropped, those the model does not take left out."""
+    offered = controls_for(model) | {"seed"}
+    return {name: int(value) if name in INTEGER_OPTIONS else value for name, value in values.items()
+            if name in offered and value is not None and OFF_VALUES.get(name, object()) != value}
 
 
-def submit(server: Server, model: Model, request: GenerationRequest) -> tuple[SamplerOptions, Run]:
-    """Check and queue a run; a refusal becomes the page's error toast."""
+def seed_of(value: float | None) -> int:
+    """The seed a run uses: the one typed, or a fresh one (shown, so that the run can be repeated)."""
+    return secrets.randbelow(SEED_RANGE) if value is None else int(value)
+
+
+def room_left(models: list[Model], prompt: str | None, suffix: str | None, limits: Limits) -> int | None:
+    """The longest length every model's context leaves around ``prompt`` and ``suffix`` (None when they fill
+    it or do not encode: the run then says why)."""
     try:
-        options, steps = open_stream(model, request, server.limits)
-        return options, server.pool.submit(lambda: timed(steps))
-    except RequestError as error:
-        raise gr.Error(error.message) from None
-    except QueueFull:
-        raise gr.Error(QUEUE_FULL_MESSAGE) from None
+        return min(longest_length(model.pipe, prompt, suffix, limits) for model in models)
+    except DDLMError:
+        return None
 
 
-def steps_of(run: Run, limits: Limits) -> Iterator[Any]:
-    """The run's items; its errors become the page's error toast."""
+def fitted_length(model: Model, prompt: str | None, suffix: str | None, length: float, limits: Limits) -> int:
+    """``length``, no longer than the room the prompt and ending leave."""
+    room = room_left([model], prompt, suffix, limits)
+    return int(length) if room is None else min(int(length), room)
+
+
+def length_slider(models: list[Model], prompt: str | None, suffix: str | None, length: float, limits: Limits) -> Any:
+    """The length slider bounded by the room the prompt and ending leave in every model's context."""
+    room = room_left(models, prompt, suffix, limits)
+    if room is None:
+        return gr.skip()
+    return gr.Slider(maximum=max(2, room), value=min(int(length), room))  # a slider needs two values
+
+
+def initial_length_slider(model: Model, value: int, limits: Limits, **keywords: Any) -> gr.Slider:
+    """A length slider for ``model`` and the page's first prompt, so that nothing changes when the page loads."""
+    room = room_left([model], DEFAULT_PROMPT, None, limits) or longest_length(model.pipe, None, None, limits)
+    return gr.Slider(1, max(2, room), value=min(value, room), step=1, **keywords)
+
+
+@dataclass
+class RunControl:
+    """A browser tab's handle on its current generation, so that Stop can end it."""
+
+    run: Run | None = None
+    stop_requested: bool = False
+
+    def start(self, run: Run) -> None:
+        self.run, self.stop_requested = run, False
+
+    def stop(self) -> None:
+        self.stop_requested = True
+        if self.run is not None:
+            self.run.cancel()
+
+
+@dataclass
+class LastRun:
+    """What the page keeps of a tab's last run (finished or stopped): its frames to scrub, its steps for the GIF."""
+
+    model: str
+    seed: int
+    total_steps: int | None = None
+    frames: list[Frame] = field(default_factory=list)
+    steps: list[SamplerStep] = field(default_factory=list)
+
+
+def steps_of(run: Run, limits: Limits, control: RunControl | None = None) -> Iterator[Any]:
+    """The run's items until it ends or the tab stops it; its errors become the page's error toast."""
     try:
         yield from run
     except DDLMError as error:
@@ -134,7 +203,8 @@ def steps_of(run: Run, limits: Limits) -> Iterator[Any]:
     except TimeLimitExceeded:
         raise gr.Error(time_limit_message(limits)) from None
     except RunStopped:
-        raise gr.Error(STOPPED_MESSAGE) from None
+        if control is None or not control.stop_requested:
+            raise gr.Error(STOPPED_MESSAGE) from None
 
 
 class Pacer:
@@ -169,261 +239,41 @@ def forward_frame(model: Model, text: str, t: float, seed: int) -> tuple[Frame |
 
 
 def card_markdown(model: Model) -> str:
-    """The model card: process, schedule, size, tokenizer, training summary, held-out NELBO."""
+    """The model card: the model directory's README.md, else one written from its configuration and summary."""
+    if model.model_card:
+        return model.model_card
     card = model.card()
-    process = card["process"]
-    schedule = process.get("schedule")
-    summary = card["training_summary"]
-    nelbo = card["held_out_nelbo"]
-    rows = [
-        ("process", process["name"]),
-        ("noise schedule", ", ".join(f"{k}={v}" for k, v in schedule.items()) if isinstance(schedule, dict) else schedule),
-        ("parameters", f"{card['parameters']:,}"),
-        ("layers / width / heads", f"{card['layers']} / {card['d_model']} / {card['heads']}"),
-        ("context", f"{card['context_length']} tokens"),
-        ("tokenizer", f"{card['tokenizer']['kind']}, vocabulary {card['tokenizer']['vocab_size']}"),
-        ("held-out NELBO", f"{nelbo:.4f} nats/token ({nelbo / math.log(2):.4f} bits)" if nelbo else "not recorded"),
-        ("training", ", ".join(f"{key} {summary[key]}" for key in ("steps", "tokens", "train_seconds", "precision")
-                               if key in summary) or "no training summary"),
-        ("trained on", summary.get("machine", "unknown")),
-        ("loaded from", card["source"]),
-    ]
-    table = "\n".join(f"| {name} | {html.escape(str(value))} |" for name, value in rows)
-    return f"### {card['name']}\n\n| property | value |\n|---|---|\n{table}\n"
+    summary, nelbo, tokenizer = card["training_summary"], card["held_out_nelbo"], card["tokenizer"]
+    schedule = card["process"].get("schedule")
+    if isinstance(schedule, dict):
+        schedule = schedule.get("name")
+    rows = {
+        "process": card["process"]["name"] + (f", {schedule} noise schedule" if schedule else ""),
+        "backbone": f"{card['parameters']:,} parameters: {card['layers']} layers, width {card['d_model']}, "
+                    f"{card['heads']} heads, context {card['context_length']} tokens",
+        "tokenizer": f"{tokenizer['kind']}, {tokenizer['vocab_size']:,} ids",
+        "held-out NELBO": f"**{nelbo:.4f} nats/token**" if nelbo is not None else "not recorded",
+        "training": training_line(summary),
+        "machine": summary.get("machine", "not recorded"),
+        "loaded from": f"`{card['source']}`",
+    }
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows.items())
+    return f"# {card['name']}\n\nThis model directory has no model card (README.md).\n\n| | |\n|---|---|\n{table}\n"
 
 
-def build_page(server: Server) -> gr.Blocks:
-    """The Gradio page for ``server``'s models."""
-    models, limits = server.models, server.limits
-    first = models.get(None)
-    step_cap = min(limits.max_steps, 512)
-
-    def pieces_of(model: Model) -> TokenPieces:
-        return piece_tables.setdefault(model.name, TokenPieces(model.pipe.tokenizer))
-
-    piece_tables: dict[str, TokenPieces] = {}
-    gif_folder = tempfile.TemporaryDirectory(prefix="ddlm-gifs-")  # removed when the server exits
-
-    def length_cap(model: Model) -> int:
-        return min(model.pipe.context_length, limits.max_length)
-
-    with gr.Blocks(title="ddlm: watch a diffusion language model write", delete_cache=(3600, 3600)) as page:
-        gr.Markdown(INTRO)
-        model_name = gr.Dropdown(models.names, value=first.name, label="Model", visible=len(models.names) > 1,
-                                 elem_id="model")
-
-        with gr.Tab("Generate"):
-            with gr.Row():
-                with gr.Column(scale=2, min_width=320):
-                    mode = gr.Radio(["prompt", "infill template"], value="prompt", label="Write from",
-                                    elem_id="mode")
-                    prompt = gr.Textbox("ROMEO:", label="Prompt (kept fixed; the model writes after it)", lines=2,
-                                        elem_id="prompt")
-                    suffix = gr.Textbox("", label="Fixed ending (optional; the model writes towards it)",
-                                        elem_id="suffix")
-                    template = gr.Textbox(DEFAULT_TEMPLATE, label="Template", lines=2, visible=False,
-                                          info="[MASK] is one token to fill, [MASK*n] is n of them", elem_id="template")
-                    length = gr.Slider(1, length_cap(first), value=min(128, length_cap(first) // 2), step=1,
-                                       label="length (tokens to write)", elem_id="length")
-                    with gr.Row():
-                        samples = gr.Slider(1, min(limits.max_samples, 4), value=1, step=1, label="samples",
-                                            elem_id="samples")
-                        seed = gr.Number(0, precision=0, label="seed (same seed, same text)", elem_id="seed")
-                    with gr.Row():
-                        generate = gr.Button("Generate", variant="primary", elem_id="generate")
-                        stop = gr.Button("Stop", elem_id="stop")
-                    with gr.Accordion("Sampler options (defaults of the model's process)", open=False):
-                        inputs = option_inputs(step_cap)
-                with gr.Column(scale=3, min_width=420):
-                    status = gr.HTML(status_html(None, note="Press Generate to start."), elem_id="status")
-                    canvas = gr.HTML(canvas_html(None, pieces_of(first), first.pipe.tokenizer.mask_id),
-                                     elem_id="canvas")
-                    gr.HTML(LEGEND)
-                    scrub = gr.Slider(1, 2, value=1, step=1, label="scrub through the steps of the last run",
-                                      visible=False, elem_id="scrub")
-                    with gr.Row():
-                        make_gif = gr.Button("Make a GIF of this run (sample 1)", visible=False, elem_id="make-gif")
-                        gif = gr.File(label="GIF", visible=False, elem_id="gif")
-            frames = gr.State([])
-            steps_kept = gr.State([])
-
-        with gr.Tab("Compare"):
-            gr.Markdown("Two settings (or two models) on the same prompt and seed, run together.")
-            with gr.Row():
-                compare_prompt = gr.Textbox("ROMEO:", label="Prompt", scale=3, elem_id="compare-prompt")
-                compare_length = gr.Slider(1, length_cap(first), value=min(64, length_cap(first) // 2), step=1,
-                                           label="length", scale=2)
-                compare_seed = gr.Number(0, precision=0, label="seed", scale=1)
-            run_both = gr.Button("Run both", variant="primary", elem_id="compare")
-            sides = []
-            with gr.Row():
-                for side, policy, steps in (("A", "ancestral", 64), ("B", "confidence", 16)):
-                    with gr.Column():
-                        gr.Markdown(f"#### Setting {side}")
-                        with gr.Row():
-                            side_model = gr.Dropdown(models.names, value=first.name, label="model",
-                                                     visible=len(models.names) > 1)
-                            side_policy = gr.Dropdown(list(POLICIES), value=policy, label="policy")
-                            side_steps = gr.Slider(1, step_cap, value=min(steps, step_cap), step=1, label="steps")
-                            side_temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="temperature")
-                        side_status = gr.HTML(status_html(None, note=""))
-                        side_canvas = gr.HTML(canvas_html(None, pieces_of(first), first.pipe.tokenizer.mask_id,
-                                                          empty="Press Run both."))
-                        sides.append((side_model, side_policy, side_steps, side_temperature, side_status, side_canvas))
-            gr.HTML(LEGEND)
-
-        with gr.Tab("Forward process"):
-            gr.Markdown("Training corrupts text with the model's own forward process; generation runs it backwards. "
-                        "Move the slider from clean (0) to pure noise (1).")
-            forward_text = gr.Textbox("To be, or not to be, that is the question", label="Text", elem_id="forward-text")
-            with gr.Row():
-                noise_level = gr.Slider(0, 1, value=0.5, step=0.01, label="noise level t", elem_id="noise")
-                forward_seed = gr.Number(0, precision=0, label="seed")
-            forward_status = gr.HTML()
-            forward_canvas = gr.HTML(elem_id="forward-canvas")
-
-        with gr.Tab("Model card"):
-            card = gr.Markdown(card_markdown(first), elem_id="card")
-
-        with gr.Tab("API"):
-            gr.Markdown(API_HELP)
-
-        # ----- generate -----
-
-        def run_generate(name, write_mode, prompt_text, suffix_text, template_text, length_value, sample_count,
-                         seed_value, *option_values):
-            model = models.get(name)
-            infill = write_mode == "infill template"
-            request = GenerationRequest(
-                model=model.name, prompt=None if infill else prompt_text, suffix=None if infill else suffix_text,
-                infill=template_text if infill else None, num_samples=int(sample_count),
-                length=None if infill else int(length_value),
-                options=options_from_inputs(model.process, {**dict(zip(inputs, option_values)),
-                                                             "seed": None if seed_value is None else int(seed_value)}),
-            )
-            options, run = submit(server, model, request)
-            make_frame, pacer, kept, every_step, frame = FrameMaker(), Pacer(), [], [], None
-            pieces, mask_id = pieces_of(model), model.pipe.tokenizer.mask_id
-            hidden = (gr.Slider(visible=False), gr.Button(visible=False), gr.File(visible=False))
-            yield (canvas_html(None, pieces, mask_id, empty="Waiting for a free worker..."),
-                   status_html(None, note="queued"), *hidden, [], [])
-            for step, seconds in steps_of(run, limits):
-                frame = make_frame(step, seconds)
-                every_step.append(step)
-                if any(frame.new):  # steps that change nothing are not drawn
-                    kept.append(frame)
-                    pacer.wait()
-                    yield (canvas_html(frame, pieces, mask_id), status_html(frame, options.steps),
-                           *[gr.skip()] * 5)
-            if frame is not None:
-                yield (canvas_html(kept[-1] if kept else frame, pieces, mask_id),
-                       status_html(frame, options.steps, state="done"),
-                       gr.Slider(1, len(kept), value=len(kept), step=1, visible=len(kept) > 1),
-                       gr.Button(visible=True), gr.skip(), kept, every_step)
-
-        generation = generate.click(run_generate, [model_name, mode, prompt, suffix, template, length, samples, seed,
-                                                   *inputs.values()],
-                                    [canvas, status, scrub, make_gif, gif, frames, steps_kept], concurrency_limit=None,
-                                    show_progress="hidden")
-        stop.click(None, cancels=[generation])
-
-        def write_gif(steps, name):
-            if not steps:
-                raise gr.Error("generate something first")
-            tokenizer = models.get(name).pipe.tokenizer
-            with tempfile.NamedTemporaryFile(dir=gif_folder.name, prefix="ddlm-denoising-", suffix=".gif") as named:
-                path = Path(named.name)  # a fresh name; the file itself is written atomically below
-            save_animation(denoising_frames(steps, tokenizer, "confidence"), path, legend_for("confidence"))
-            return gr.File(value=str(path), visible=True)
-
-        make_gif.click(write_gif, [steps_kept, model_name], gif, concurrency_limit=1)
-
-        def show_step(index, kept, name):
-            if not kept:
-                return gr.skip(), gr.skip()
-            model = models.get(name)
-            frame = kept[int(index) - 1]
-            return (canvas_html(frame, pieces_of(model), model.pipe.tokenizer.mask_id),
-                    status_html(frame, state="replay", note=f"frame {int(index)} of {len(kept)}"))
-
-        scrub.input(show_step, [scrub, frames, model_name], [canvas, status], show_progress="hidden")
-
-        def switch_mode(write_mode):
-            infill = write_mode == "infill template"
-            return (gr.Textbox(visible=not infill), gr.Textbox(visible=not infill), gr.Slider(visible=not infill),
-                    gr.Textbox(visible=infill))
-
-        mode.change(switch_mode, mode, [prompt, suffix, length, template])
-
-        # ----- compare -----
-
-        def run_compare(prompt_text, length_value, seed_value, *side_values):
-            settings = [side_values[:4], side_values[4:]]
-            runs = []
-            for name, policy, steps_value, temperature in settings:
-                model = models.get(name)
-                request = GenerationRequest(
-                    model=model.name, prompt=prompt_text, length=int(length_value),
-                    options=options_from_inputs(model.process, {"policy": policy, "steps": int(steps_value),
-                                                                "temperature": temperature, "seed": int(seed_value or 0)}),
-                )
-                try:
-                    options, steps = open_stream(model, request, limits)
-                except RequestError as error:
-                    raise gr.Error(error.message) from None
-                runs.append((model, options, timed(steps)))
-            try:
-                run = server.pool.submit(lambda: interleave([steps for _, _, steps in runs]))
-            except QueueFull:
-                raise gr.Error(QUEUE_FULL_MESSAGE) from None
-            makers, latest, lasts, pacer = [FrameMaker(), FrameMaker()], [None, None], [None, None], Pacer()
-            views = [(pieces_of(model), model.pipe.tokenizer.mask_id) for model, _, _ in runs]
-
-            def outputs(done: list[str] | None = None) -> list[str]:
-                shown = []
-                for side, frame in enumerate(latest):
-                    note = done[side] if done else ""
-                    shown += [status_html(frame, runs[side][1].steps, state="done" if done else "denoising", note=note),
-                              canvas_html(frame, *views[side], empty="waiting...")]
-                return shown
-
-            for side, (step, seconds) in steps_of(run, limits):
-                latest[side], lasts[side] = makers[side](step, seconds), step
-                if any(latest[side].new):
-                    pacer.wait()
-                    yield outputs()
-            summaries = []
-            for side, (model, options, _) in enumerate(runs):
-                result = run_result(model, options, [lasts[side]], latest[side].seconds)
-                summaries.append(f"entropy {result.entropy:.2f} nats")
-            yield outputs(summaries)
-
-        run_both.click(run_compare, [compare_prompt, compare_length, compare_seed,
-                                     *[component for side in sides for component in side[:4]]],
-                       [component for side in sides for component in side[4:]], concurrency_limit=None,
-                       show_progress="hidden")
-
-        # ----- forward process, model card, model choice -----
-
-        def show_forward(name, text, t, seed_value):
-            model = models.get(name)
-            frame, note = forward_frame(model, text, t, seed_value)
-            body = canvas_html(frame, pieces_of(model), model.pipe.tokenizer.mask_id, empty="")
-            return status_html(None, note=note), body
-
-        forward_inputs = [model_name, forward_text, noise_level, forward_seed]
-        for trigger in (forward_text.change, noise_level.change, forward_seed.change, page.load):
-            trigger(show_forward, forward_inputs, [forward_status, forward_canvas], show_progress="hidden")
-
-        def switch_model(name):
-            model = models.get(name)
-            cap = length_cap(model)
-            updates = [gr.update(visible=applies(option, model.process)) for option in inputs]
-            return [card_markdown(model), gr.Slider(1, cap, value=min(128, cap // 2)), *updates]
-
-        model_name.change(switch_model, model_name, [card, length, *inputs.values()])
-        page.load(switch_model, model_name, [card, length, *inputs.values()])
-    return page
+def training_line(summary: dict[str, Any]) -> str:
+    """The training summary in words: steps, tokens, time and precision."""
+    parts = []
+    if "steps" in summary:
+        parts.append(f"{summary['steps']:,} steps")
+    if "tokens" in summary:
+        parts.append(f"{summary['tokens']:,} tokens")
+    if "train_seconds" in summary:
+        seconds = summary["train_seconds"]
+        parts.append(f"{seconds / 60:,.0f} minutes" if seconds >= 120 else f"{seconds:.0f} seconds")
+    if "precision" in summary:
+        parts.append(f"{summary['precision']} precision")
+    return ", ".join(parts) or "no training summary"
 
 
 def interleave(streams: list[Iterator[Any]]) -> Iterator[tuple[int, Any]]:
@@ -437,3 +287,300 @@ def interleave(streams: list[Iterator[Any]]) -> Iterator[tuple[int, Any]]:
                 active.remove(entry)
             else:
                 yield which, item
+
+
+class Page:
+    """The page's tabs and their event handlers, for one server's models."""
+
+    def __init__(self, server: Server):
+        self.server, self.models, self.limits = server, server.models, server.limits
+        self.step_cap = min(self.limits.max_steps, 512)
+        self.piece_tables: dict[str, TokenPieces] = {}
+        self.option_names: list[str] = []  # the sampler option inputs, in their order on the page
+        self.gif_folder = tempfile.TemporaryDirectory(prefix="ddlm-gifs-")  # removed when the server exits
+
+    def pieces(self, model: Model) -> TokenPieces:
+        return self.piece_tables.setdefault(model.name, TokenPieces(model.pipe.tokenizer))
+
+    def canvas(self, frame: Frame | None, model: Model, empty: str = EMPTY_CANVAS) -> str:
+        return canvas_html(frame, self.pieces(model), model.pipe.tokenizer.mask_id, empty)
+
+    def submit(self, model: Model, request: GenerationRequest) -> tuple[SamplerOptions, Run]:
+        """Check and queue a run; a refusal becomes the page's error toast."""
+        try:
+            options, steps = open_stream(model, request, self.limits)
+            return options, self.server.pool.submit(lambda: timed(steps))
+        except RequestError as error:
+            raise gr.Error(error.message) from None
+        except QueueFull:
+            raise gr.Error(QUEUE_FULL_MESSAGE) from None
+
+    # ----- the page -----
+
+    def build(self) -> gr.Blocks:
+        first = self.models.get(None)
+        with gr.Blocks(title="ddlm: watch a diffusion language model write", delete_cache=(3600, 3600)) as page:
+            gr.Markdown(INTRO)
+            model_name = gr.Dropdown(self.models.names, value=first.name, label="Model",
+                                     visible=len(self.models.names) > 1, elem_id="model")
+            with gr.Tab("Generate"):
+                prompt, suffix, length, options = self.generate_tab(model_name)
+            with gr.Tab("Compare"):
+                self.compare_tab()
+            with gr.Tab("Forward process"):
+                self.forward_tab(page, model_name)
+            with gr.Tab("Model card"):
+                card = gr.Markdown(card_markdown(first), elem_id="card")
+            with gr.Tab("API"):
+                gr.Markdown(API_HELP)
+            switched = [card, length, *options.values()]
+            model_name.change(self.switch_model, [model_name, prompt, suffix, length], switched, show_progress="hidden")
+        return page
+
+    def switch_model(self, name: str, prompt: str, suffix: str, length: float) -> list[Any]:
+        """A model chosen: its card, the room its context leaves, and the sampler options it takes."""
+        model = self.models.get(name)
+        offered = controls_for(model)
+        return [card_markdown(model), length_slider([model], prompt, suffix, length, self.limits),
+                *[gr.update(visible=option in offered) for option in self.option_names]]
+
+    # ----- generate -----
+
+    def generate_tab(self, model_name: gr.Dropdown) -> tuple[Any, Any, Any, dict[str, Any]]:
+        first = self.models.get(None)
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                mode = gr.Radio(["prompt", "infill template"], value="prompt", label="Write from", elem_id="mode")
+                with gr.Column(elem_id="prompt-fields") as prompt_fields:
+                    prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt (kept fixed; the model writes after it)", lines=2,
+                                        elem_id="prompt")
+                    gr.Examples([[text] for text in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
+                    suffix = gr.Textbox("", label="Fixed ending (optional; the model writes towards it)",
+                                        elem_id="suffix")
+                    length = initial_length_slider(first, 128, self.limits, label="length (tokens to write)",
+                                                   info="at most what the model's context leaves after the prompt",
+                                                   elem_id="length")
+                with gr.Column(visible=False, elem_id="template-fields") as template_fields:
+                    template = gr.Textbox(DEFAULT_TEMPLATE, label="Template", lines=2, elem_id="template",
+                                          info="[MASK] is one token to fill, [MASK*n] is n of them")
+                    gr.Examples([[text] for text in EXAMPLE_TEMPLATES], [template], label="Example templates")
+                with gr.Row():
+                    samples = gr.Slider(1, min(self.limits.max_samples, 4), value=1, step=1, label="samples",
+                                        elem_id="samples")
+                    seed = gr.Number(0, precision=0, minimum=0, label="seed (blank: a fresh one, shown above the text)",
+                                     elem_id="seed")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Stop", elem_id="stop")
+                with gr.Accordion("Sampler options (defaults of the model's process)", open=False, elem_id="options"):
+                    options = option_inputs(self.step_cap, controls_for(first))
+                    self.option_names = list(options)
+            with gr.Column(scale=3, min_width=300):
+                status = gr.HTML(status_html(None, note="Press Generate to start."), elem_id="status")
+                canvas = gr.HTML(self.canvas(None, first), elem_id="canvas")
+                gr.HTML(LEGEND)
+                scrub = gr.Slider(1, 2, value=1, step=1, label="scrub through the steps of the last run",
+                                  visible=False, elem_id="scrub")
+                make_gif = gr.Button("Make a GIF of this run (sample 1)", visible=False, elem_id="make-gif")
+                gif = gr.Image(type="filepath", format="gif", label="GIF of the run", visible=False,
+                               buttons=["download"], elem_id="gif")
+        control, last_run = gr.State(RunControl()), gr.State(None)
+
+        generate.click(
+            self.generate, [control, model_name, mode, prompt, suffix, template, length, samples, seed,
+                            *options.values()],
+            [canvas, status, scrub, make_gif, gif, last_run], concurrency_limit=None, show_progress="hidden")
+        stop.click(RunControl.stop, control, None, concurrency_limit=None)
+        make_gif.click(self.write_gif, last_run, gif, concurrency_limit=1)
+        scrub.input(self.show_frame, [scrub, last_run], [canvas, status], show_progress="hidden")
+        mode.change(lambda chosen: (gr.update(visible=chosen == "prompt"), gr.update(visible=chosen != "prompt")),
+                    mode, [prompt_fields, template_fields])
+        for text in (prompt, suffix):
+            text.change(self.bound_length, [model_name, prompt, suffix, length], length, show_progress="hidden")
+        return prompt, suffix, length, options
+
+    def bound_length(self, name: str, prompt: str, suffix: str, length: float) -> Any:
+        return length_slider([self.models.get(name)], prompt, suffix, length, self.limits)
+
+    def generate(self, control: RunControl, name: str, mode: str, prompt: str, suffix: str, template: str,
+                 length: float, samples: float, seed_value: float | None, *option_values: Any) -> Iterator[tuple]:
+        """Run a generation, drawing each step that changes the canvas, then its end: done, stopped or failed."""
+        model = self.models.get(name)
+        seed = seed_of(seed_value)
+        values = {**dict(zip(self.option_names, option_values)), "seed": seed}
+        canvas_fields = ({"infill": template} if mode != "prompt" else
+                         {"prompt": prompt, "suffix": suffix,
+                          "length": fitted_length(model, prompt, suffix, length, self.limits)})
+        request = GenerationRequest(model=model.name, num_samples=int(samples),
+                                    options=options_from_inputs(model, values), **canvas_fields)
+        options, run = self.submit(model, request)
+        control.start(run)
+        last = LastRun(model.name, seed)
+        yield (self.canvas(None, model, "Waiting for a free worker..."), status_html(None, "queued", seed=seed),
+               gr.Slider(visible=False), gr.Button(visible=False), gr.Image(visible=False), None)
+        make_frame, pacer = FrameMaker(), Pacer()
+        try:
+            for step, seconds in steps_of(run, self.limits, control):
+                if control.stop_requested:
+                    break
+                frame = make_frame(step, seconds)
+                last.total_steps = planned_steps(model, options, frame.longest)
+                last.frames.append(frame)
+                last.steps.append(step)
+                if any(frame.new):  # steps that change nothing are not drawn
+                    pacer.wait()
+                    yield (self.canvas(frame, model), status_html(frame, "denoising", last.total_steps, seed),
+                           *[gr.skip()] * 4)
+        except gr.Error as error:
+            yield self.run_end(model, last, "failed", note=error.message)
+            raise
+        yield self.run_end(model, last, "stopped" if control.stop_requested else "done")
+
+    def run_end(self, model: Model, last: LastRun, state: str, note: str = "") -> tuple:
+        """The page at a run's end: its last frame, its status, the scrub slider and the GIF button."""
+        frame = last.frames[-1] if last.frames else None
+        count = len(last.frames)
+        scrub = (gr.Slider(1, count, value=count, step=1, visible=True) if count > 1 else gr.Slider(visible=False))
+        return (self.canvas(frame, model, "Stopped before the first step."),
+                status_html(frame, state, last.total_steps, last.seed, note),
+                scrub, gr.Button(visible=count > 0), gr.Image(visible=False), last)
+
+    def show_frame(self, index: float, last: LastRun | None) -> tuple[Any, Any]:
+        """One frame of the last run, chosen with the scrub slider."""
+        if not last or not last.frames:
+            return gr.skip(), gr.skip()
+        position = min(max(int(index), 1), len(last.frames))
+        frame = last.frames[position - 1]
+        return (self.canvas(frame, self.models.get(last.model)),
+                status_html(frame, "replay", last.total_steps, last.seed, f"frame {position} of {len(last.frames)}"))
+
+    def write_gif(self, last: LastRun | None) -> Any:
+        """The last run (its first sample) as an animated GIF, shown on the page and offered for download."""
+        if not last or not last.steps:
+            raise gr.Error("generate something first")
+        tokenizer = self.models.get(last.model).pipe.tokenizer
+        with tempfile.NamedTemporaryFile(dir=self.gif_folder.name, prefix="ddlm-denoising-", suffix=".gif") as named:
+            path = Path(named.name)  # a fresh name; the file itself is written atomically below
+        frames = denoising_frames(last.steps, tokenizer, "confidence", total_steps=last.total_steps)
+        save_animation(frames, path, legend_for("confidence"))
+        return gr.Image(value=str(path), visible=True)
+
+    # ----- forward process -----
+
+    def forward_tab(self, page: gr.Blocks, model_name: gr.Dropdown) -> None:
+        gr.Markdown("Training corrupts text with the model's own forward process; generation runs it backwards. "
+                    "Move the slider from clean (0) to pure noise (1).")
+        text = gr.Textbox("To be, or not to be, that is the question", label="Text", elem_id="forward-text")
+        with gr.Row():
+            noise_level = gr.Slider(0, 1, value=0.5, step=0.01, label="noise level t", elem_id="noise")
+            seed = gr.Number(0, precision=0, minimum=0, label="seed")
+        status = gr.HTML()
+        canvas = gr.HTML(elem_id="forward-canvas")
+        inputs = [model_name, text, noise_level, seed]
+        for trigger in (text.change, noise_level.change, seed.change, model_name.change, page.load):
+            trigger(self.show_forward, inputs, [status, canvas], show_progress="hidden")
+
+    def show_forward(self, name: str, text: str, t: float, seed: float | None) -> tuple[str, str]:
+        model = self.models.get(name)
+        frame, note = forward_frame(model, text, t, seed)
+        return status_html(None, note=note), self.canvas(frame, model, "")
+
+    # ----- compare -----
+
+    def compare_tab(self) -> None:
+        first = self.models.get(None)
+        gr.Markdown("Two settings (or two models) on the same prompt and seed, run together.")
+        with gr.Row():
+            prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", scale=3, elem_id="compare-prompt")
+            length = initial_length_slider(first, 64, self.limits, label="length", scale=2, elem_id="compare-length")
+            seed = gr.Number(0, precision=0, minimum=0, label="seed (blank: a fresh one)", scale=1,
+                             elem_id="compare-seed")
+        run_both = gr.Button("Run both", variant="primary", elem_id="compare")
+        settings, views, offered = [], [], controls_for(first)
+        with gr.Row():
+            for side, policy, steps in (("a", "ancestral", 64), ("b", "confidence", 16)):
+                with gr.Column(min_width=280):
+                    gr.Markdown(f"#### Setting {side.upper()}")
+                    with gr.Row():
+                        side_model = gr.Dropdown(self.models.names, value=first.name, label="model",
+                                                 visible=len(self.models.names) > 1, elem_id=f"compare-model-{side}")
+                        side_policy = gr.Dropdown(list(POLICIES), value=policy, label="policy",
+                                                  visible="policy" in offered, elem_id=f"compare-policy-{side}")
+                        side_steps = gr.Slider(1, self.step_cap, value=min(steps, self.step_cap), step=1, label="steps",
+                                               visible="steps" in offered, elem_id=f"compare-steps-{side}")
+                        side_temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="temperature")
+                    views += [gr.HTML(status_html(None), elem_id=f"compare-status-{side}"),
+                              gr.HTML(self.canvas(None, first, "Press Run both."), elem_id=f"compare-canvas-{side}")]
+                    settings += [side_model, side_policy, side_steps, side_temperature]
+                    side_model.change(self.switch_side, side_model, [side_policy, side_steps], show_progress="hidden")
+        gr.HTML(LEGEND)
+        run_both.click(self.compare, [prompt, length, seed, *settings], views, concurrency_limit=None,
+                       show_progress="hidden")
+        side_models = settings[0::4]
+        for trigger in (prompt.change, *[model.change for model in side_models]):
+            trigger(self.bound_compare_length, [prompt, length, *side_models], length, show_progress="hidden")
+
+    def switch_side(self, name: str) -> tuple[Any, Any]:
+        """Show a side's policy and steps only for a model that takes them."""
+        offered = controls_for(self.models.get(name))
+        return gr.update(visible="policy" in offered), gr.update(visible="steps" in offered)
+
+    def bound_compare_length(self, prompt: str, length: float, *names: str) -> Any:
+        return length_slider([self.models.get(name) for name in names], prompt, None, length, self.limits)
+
+    def compare(self, prompt: str, length: float, seed_value: float | None, *side_values: Any) -> Iterator[list[str]]:
+        """Run both settings on one seed, a step of each in turn; each side's status counts its own steps."""
+        seed = seed_of(seed_value)
+        sides = []
+        for name, policy, steps, temperature in (side_values[:4], side_values[4:]):
+            model = self.models.get(name)
+            request = GenerationRequest(
+                model=model.name, prompt=prompt, length=fitted_length(model, prompt, None, length, self.limits),
+                options=options_from_inputs(model, {"policy": policy, "steps": steps, "temperature": temperature,
+                                                    "seed": seed}))
+            try:
+                options, stream = open_stream(model, request, self.limits)
+            except RequestError as error:
+                raise gr.Error(error.message) from None
+            sides.append(CompareSide(model, options, self.pieces(model), timed(stream)))
+        try:
+            run = self.server.pool.submit(lambda: interleave([side.stream for side in sides]))
+        except QueueFull:
+            raise gr.Error(QUEUE_FULL_MESSAGE) from None
+        pacer = Pacer()
+        for which, (step, seconds) in steps_of(run, self.limits):
+            if sides[which].advance(step, seconds):
+                pacer.wait()
+                yield [html for side in sides for html in side.views(seed)]
+        yield [html for side in sides for html in side.views(seed, done=True)]
+
+
+class CompareSide:
+    """One side of a comparison: its model, options and latest frame."""
+
+    def __init__(self, model: Model, options: SamplerOptions, pieces: TokenPieces, stream: Iterator[Any]):
+        self.model, self.options, self.pieces, self.stream = model, options, pieces, stream
+        self.make_frame, self.frame, self.last_step = FrameMaker(), None, None
+
+    def advance(self, step: SamplerStep, seconds: float) -> bool:
+        """Take a step; whether it changed the canvas."""
+        self.frame, self.last_step = self.make_frame(step, seconds), step
+        return any(self.frame.new)
+
+    def views(self, seed: int, done: bool = False) -> list[str]:
+        """The side's status line and canvas."""
+        mask_id = self.model.pipe.tokenizer.mask_id
+        if self.frame is None:
+            return [status_html(None, "waiting"), canvas_html(None, self.pieces, mask_id, "waiting...")]
+        total = planned_steps(self.model, self.options, self.frame.longest)
+        note = ""
+        if done:
+            result = run_result(self.model, self.options, [self.last_step], self.frame.seconds)
+            note = f"entropy {result.entropy:.2f} nats"
+        return [status_html(self.frame, "done" if done else "denoising", total, seed, note),
+                canvas_html(self.frame, self.pieces, mask_id)]
+
+
+def build_page(server: Server) -> gr.Blocks:
+    """The Gradio page for ``server``'s models."""
+    return Page(server).build()
