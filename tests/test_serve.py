@@ -375,3 +375,18 @@ def test_serve_command_refuses_bad_limits_and_missing_models_in_one_line(tmp_pat
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["serve", "--model", str(tmp_path), "--workers", "0"]) == 2
     assert "workers must be at least 1" in capsys.readouterr().err
+
+
+def test_an_idle_page_queue_polls_at_most_twenty_times_a_second():
+    """Gradio's Linux default polls every 1 ms (5% of a core for an idle server); the server slows it down."""
+    import gradio as gr
+
+    from ddlm.app.server import QUEUE_POLL_SECONDS, calm_queue
+
+    with gr.Blocks() as page:
+        gr.Markdown("idle")
+    page.queue()
+    assert page._queue.sleep_when_free < QUEUE_POLL_SECONDS  # the default this guards against
+    calm_queue(page)
+    assert page._queue.sleep_when_free >= QUEUE_POLL_SECONDS
+    assert page._queue.progress_update_sleep_when_free >= 0.1
