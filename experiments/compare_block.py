@@ -77,7 +77,7 @@ def train_all(runs: dict[str, Path], args: argparse.Namespace) -> None:
             if runs[method].exists():
                 shutil.rmtree(runs[method])  # an unfinished run: start it again
             command = [sys.executable, "-m", "ddlm.cli", "train", "--preset", args.preset, "--data", args.data,
-                       "--time-budget", str(args.budget), "--max-steps", str(10**9), "--out", str(runs[method]),
+                       "--time-budget", str(args.budget), "--out", str(runs[method]),
                        *METHODS[method], *args.overrides]
             log = (Path(args.out) / f"{folder(method)}.log").open("w")
             print(f"training {method}: {' '.join(command[2:])}", flush=True)

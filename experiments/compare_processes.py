@@ -34,7 +34,6 @@ def train_or_reuse(out: Path, overrides: list[str], args: argparse.Namespace) ->
     if not summary_path.is_file():
         config = load_config(args.preset, overrides=[*overrides, *args.overrides])
         config.optim.time_budget = args.budget
-        config.optim.max_steps = 10**9
         trainer = prepare_training(config, out, data=args.data, valid=args.valid, show_progress=not args.quiet)
         trainer.train()
     return json.loads(summary_path.read_text())

@@ -354,3 +354,14 @@ def test_the_progress_shows_every_step_and_the_final_validation_is_logged(tmp_pa
     assert [int(row["step"]) for row in rows if row["train_nelbo"]] == [1, 7]  # the first and the last step
     assert [(int(row["step"]), float(row["valid_nelbo"])) for row in rows if row["valid_nelbo"]] == \
         [(7, round(summary["final_valid_nelbo"], 4))]
+
+
+def test_the_time_budget_flag_and_key_are_one_setting():
+    """--time-budget and optim.time_budget both let the time decide (no step cap unless one is given)."""
+    from ddlm.training.config import DEFAULT_MAX_STEPS
+
+    by_key = load_config("char-small", None, ["optim.time_budget=1m"])
+    assert by_key.optim.step_limit() is None
+    assert load_config("char-small", None, []).optim.step_limit() == DEFAULT_MAX_STEPS
+    capped = load_config("char-small", None, ["optim.time_budget=1m", "optim.max_steps=7"])
+    assert capped.optim.step_limit() == 7

@@ -312,8 +312,6 @@ def run_train(args: argparse.Namespace) -> int:
         config.optim.max_steps = args.max_steps
     if args.time_budget is not None:
         config.optim.time_budget = args.time_budget
-        if args.max_steps is None:
-            config.optim.max_steps = 10**9  # the time budget decides
     trainer = prepare_training(
         config, args.out, data=args.data, valid=args.valid, resume=args.resume, device=args.device,
         cache_dir=args.cache_dir, show_progress=not args.no_progress, init=args.init,
@@ -367,7 +365,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     if args.max_steps is not None:
         overrides.append(f"optim.max_steps={args.max_steps}")
     if args.time_budget is not None:
-        overrides += [f"optim.time_budget={args.time_budget}"] + ([] if args.max_steps else ["optim.max_steps=1000000000"])
+        overrides += [f"optim.time_budget={args.time_budget}"] + ([] if args.max_steps else ["optim.max_steps=null"])
     given = {name: getattr(args, name) for name in ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
                                                      "lora_save", "gradient_checkpointing", "chat_template", "chat_roles")
              if getattr(args, name) is not None}

@@ -59,6 +59,9 @@ class ProcessSettings:
     clip_max: float | None = None
 
 
+DEFAULT_MAX_STEPS = 5000
+
+
 @dataclass
 class OptimSettings:
     batch_size: int = 32
@@ -72,8 +75,15 @@ class OptimSettings:
     beta2: float = 0.99
     grad_clip: float = 1.0
     ema: float = 0.999
-    max_steps: int = 5000
+    max_steps: int | None = None  # default: DEFAULT_MAX_STEPS, or no cap when a time budget is set
     time_budget: float | None = None  # seconds (or "10m", "1.5h"); the LR schedule then follows elapsed time
+
+    def step_limit(self) -> int | None:
+        """The last step: ``max_steps`` when set; otherwise none under a time budget (the time decides),
+        else DEFAULT_MAX_STEPS. ``--max-steps``/``--time-budget`` and these keys are the same settings."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return None if self.time_budget is not None else DEFAULT_MAX_STEPS
     precision: str = "auto"  # auto (bf16 where the device has native bf16) | bf16 | fp32
     seed: int = 0
 

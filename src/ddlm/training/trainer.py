@@ -202,7 +202,7 @@ class Trainer:
         """Counts steps, or seconds of the time budget when one is set."""
         budget = self.config.optim.time_budget
         if budget is None:
-            return tqdm(total=self.config.optim.max_steps, initial=self.state.step, unit="step",
+            return tqdm(total=self.config.optim.step_limit(), initial=self.state.step, unit="step",
                         disable=not self.show_progress, dynamic_ncols=True, desc="train")
         return tqdm(total=round(budget), initial=round(self.state.elapsed), unit="s",
                     disable=not self.show_progress, dynamic_ncols=True, desc="train",
@@ -221,14 +221,15 @@ class Trainer:
             return True
         if settings.time_budget is not None and self.state.elapsed >= settings.time_budget:
             return True
-        return self.state.step >= settings.max_steps
+        limit = settings.step_limit()
+        return limit is not None and self.state.step >= limit
 
     def progress(self) -> float:
         """Fraction of the run done: by time when a time budget is set, else by steps."""
         settings = self.config.optim
         if settings.time_budget is not None:
             return self.state.elapsed / settings.time_budget
-        return self.state.step / settings.max_steps
+        return self.state.step / settings.step_limit()
 
     def warmup(self) -> float:
         """How far the warm-up is: by steps, and under a time budget also by elapsed time."""
