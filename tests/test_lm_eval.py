@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 
 import lm_eval
@@ -313,6 +314,37 @@ def test_ddlm_lm_eval_implies_the_model_and_the_bundled_tasks():
     with pytest.raises(DDLMError, match="drop --model hf"):
         harness_arguments(["--model", "hf", "--tasks", "x"])
     assert (TASKS_DIR / "shakespeare_next_line" / "shakespeare_next_line.yaml").is_file()
+
+
+def test_ddlm_lm_eval_runs_the_harness_command_line(model_dirs, task_dir, monkeypatch, capsys):
+    monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)  # torch's collect_env: slow
+    assert main(["lm-eval", "--model_args", f"pretrained={model_dirs['ar']}", "--tasks", "tiny_mc",
+                 "--include_path", str(task_dir), "--batch_size", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "tiny_mc" in table and "acc" in table and "batch_size: 2" in table
+
+
+def test_the_bundled_task_asks_for_the_true_next_line_of_the_held_out_text():
+    from ddlm.bundled import bundled_model_path
+    from ddlm.data import builtin_text
+    from ddlm.tokenizers import load_tokenizer
+
+    sys.path.insert(0, str(TASKS_DIR / "shakespeare_next_line"))
+    try:
+        import next_line
+    finally:
+        sys.path.pop(0)
+    questions = next_line.questions()
+    assert questions == next_line.questions() and len(questions) == next_line.QUESTIONS
+    text = builtin_text("shakespeare")
+    held_out = text[round(len(text) * 0.9) :]
+    vocabulary = set(load_tokenizer(bundled_model_path("shakespeare")).chars)
+    for question in questions:
+        choices, true = question["choices"], question["choices"][question["label"]]
+        assert len(set(choices)) == 4 and (question["context"] + true + "\n") in held_out
+        assert all(abs(len(choice) - len(true)) <= 0.2 * len(true) for choice in choices)
+        assert set(question["context"] + "".join(choices)) <= vocabulary
+    assert 0.2 < sum(question["label"] == 0 for question in questions) / len(questions) < 0.3
 
 
 def test_ddlm_lm_eval_refuses_another_model_in_one_line(capsys):
