@@ -38,12 +38,14 @@ DOCS = [
 ]
 
 
-def tiny_pipe(kind: str, time_conditioning: bool = False) -> DiffusionPipeline:
-    """A random model over CHARS with peaked predictions (so that masks change the scores)."""
+def tiny_pipe(kind: str, time_conditioning: bool = False, shift: bool = False) -> DiffusionPipeline:
+    """A random model over CHARS with peaked predictions (so that masks change the scores); ``shift``: position i
+    reads token i - 1."""
     tokenizer = CharTokenizer(list(CHARS))
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=tokenizer.vocab_size, context_length=CONTEXT, d_model=16, n_layers=1, n_heads=2,
-                         causal=kind == "ar", time_conditioning=time_conditioning)
+                         causal=kind == "ar", time_conditioning=time_conditioning, shift=shift,
+                         start_id=tokenizer.eos_id if shift else None)
     model = Transformer(config)
     with torch.no_grad():
         model.embed.weight.mul_(20)
@@ -194,8 +196,10 @@ def block_value(pipe: DiffusionPipeline, tokens: list[int], block: list[int], su
     masked = [block[i] for i in subset]
     xt[0, masked] = pipe.process.mask_id
     positions = torch.arange(end)
+    inputs = {"inputs": pipe.model.shifted_inputs(xt)} if pipe.model.shifted else {}  # earlier blocks are clean
     with torch.no_grad():
-        logits = pipe.model(xt, attention=block_causal_attention(positions, positions, BLOCK))
+        logits = pipe.model(xt, attention=block_causal_attention(positions, positions, BLOCK), positions=positions,
+                            **inputs)
     log_probs = pipe.process.log_probs(logits)[0]
     return len(block) / len(subset) * sum(float(log_probs[p, tokens[p]]) for p in masked)
 
@@ -242,9 +246,10 @@ def test_masked_estimate_converges_to_the_brute_force_expectation(n):
     assert errors[-1] < 0.1 * spread
 
 
-def test_block_estimate_converges_to_the_block_wise_brute_force_bound():
+@pytest.mark.parametrize("shift", [False, True], ids=["plain", "shifted"])
+def test_block_estimate_converges_to_the_block_wise_brute_force_bound(shift):
     """A continuation over parts of two blocks: the sum over blocks of each block's expectation."""
-    pipe = tiny_pipe("block")
+    pipe = tiny_pipe("block", shift=shift)
     context, continuation = pipe.tokenizer.encode("ab c\n"), pipe.tokenizer.encode("cbaab")  # at positions 5-9
     tokens = [*context, *continuation]
     blocks = [[5, 6, 7], [8, 9]]  # in blocks 4-7 and 8-11

@@ -186,7 +186,8 @@ class Scorer:
             noise = masked.sum(dim=1) / span  # l / |c|: the masked fraction of the continuation
             return self.model(xt, noise.float(), key_mask=key_mask)
         length = x0.shape[1]  # block diffusion's one-pass layout [x_t, x_0], as in its training
-        inputs = {"inputs": self.process.shifted_inputs(self.model, xt, x0)} if getattr(self.model, "shifted", False) else {}
+        shifted = getattr(self.model, "shifted", False)  # position i reads token i - 1
+        inputs = {"inputs": self.process.shifted_inputs(self.model, xt, x0, self.process.block_size)} if shifted else {}
         logits = self.model(torch.cat((xt, x0), dim=1), attention=training_attention(length, self.process.block_size,
                                                                                       x0.device),
                             positions=torch.arange(length, device=x0.device).repeat(2),
