@@ -14,6 +14,11 @@ tinystories (preset bpe-small): an AR model for half the minutes, then each adap
 half, against masked and block 4 from scratch and an AR model for all the minutes; held-out bits per
 byte, and samples judged by the full-length AR model with their unigram entropy.
 
+attention (TinyStories too): the attention path's effect. From the same half-time AR model, each
+adaptation for the other half twice: masked with full attention at once against annealed from causal
+(``--anneal-steps``), block 4 block-causal from the start against grown from block size 1
+(``--grow-steps``); held-out bits per byte.
+
 Every training runs in its own process with one thread (``OMP_NUM_THREADS=1``), ``--parallel`` at a
 time; finished runs are reused (``--retrain`` starts over). Extra KEY=VALUE settings go to every run.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -132,9 +138,39 @@ def tinystories(args: argparse.Namespace, out: Path) -> None:
               f"| {result['samples']['unigram_entropy']:.3f} |")
 
 
+def attention(args: argparse.Namespace, out: Path) -> None:
+    if not args.data:
+        raise SystemExit("attention needs --data (and --valid): the TinyStories text files")
+    data = ["--preset", "bpe-small", "--data", args.data, *(["--valid", args.valid] if args.valid else [])]
+    half = ["--time-budget", f"{args.minutes / 2:g}m"]
+    extra = [*LOGS, *args.overrides]
+    run_all([("ar-half", [*data, *half, "process.name=ar", *extra])], out, args.parallel)
+    adapted = [*data, *half, "--init", str(out / "ar-half"), *ADAPT, *extra]
+    paths = {"masked, full attention at once": [*MASKED],
+             f"masked, annealed over {args.anneal_steps} steps": [*MASKED, f"adapt.anneal_steps={args.anneal_steps}"],
+             "block 4, block-causal from the start": [*BLOCK4],
+             f"block 4, grown over {args.grow_steps} steps": [*BLOCK4, f"adapt.grow_steps={args.grow_steps}"]}
+    jobs = [(f"path{index}", [*adapted, *settings]) for index, settings in enumerate(paths.values())]
+    run_all(jobs, out, args.parallel)
+    valid = args.valid or args.data
+    print(f"\nmachine: {describe_machine()}; {args.minutes / 2:g} AR minutes, then {args.minutes / 2:g} minutes "
+          f"of each adaptation, one thread each, {args.parallel} at a time\n")
+    print("| attention path | steps | held-out bits/byte |")
+    print("|---|---|---|")
+    results = {}
+    for (name, _), label in zip(jobs, paths):
+        like = likelihood(DiffusionPipeline.from_pretrained(out / name), valid, args)
+        steps = json.loads((out / name / "training_summary.json").read_text()).get("steps")
+        results[label] = {"steps": steps, "likelihood": like}
+        stderr = like["standard_error"] * like["tokens"] / like["bytes"] / math.log(2)
+        print(f"| {label} | {steps} | {like['bits_per_byte']:.4f} ± {stderr:.4f} |", flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    plot_runs([out / name for name, _ in jobs], out / "curves.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", choices=["shakespeare", "tinystories"])
+    parser.add_argument("corpus", choices=["shakespeare", "tinystories", "attention"])
     parser.add_argument("--data", help="tinystories: the training text")
     parser.add_argument("--valid", help="tinystories: the held-out text")
     parser.add_argument("--minutes", type=float, default=45, help="adaptation minutes (tinystories: in all, per model)")
@@ -144,13 +180,15 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=16, help="NELBO time draws per held-out sequence")
     parser.add_argument("--max-sequences", type=int, default=64)
     parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--anneal-steps", type=int, default=100, help="attention: the masked run's annealing steps")
+    parser.add_argument("--grow-steps", type=int, default=120, help="attention: the block run's growth steps")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
     out = Path(args.out)
     if args.retrain:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    (shakespeare if args.corpus == "shakespeare" else tinystories)(args, out)
+    {"shakespeare": shakespeare, "tinystories": tinystories, "attention": attention}[args.corpus](args, out)
 
 
 if __name__ == "__main__":
