@@ -35,7 +35,7 @@ from ddlm.model import Transformer
 from ddlm.pipeline import CONFIG_FILE, SUMMARY_FILE, DiffusionPipeline, read_json, resolve_model_directory
 from ddlm.processes import LossOutput
 from ddlm.training.checkpoint import CHECKPOINT_FILE
-from ddlm.training.config import RunConfig, set_value
+from ddlm.training.config import RunConfig
 from ddlm.training.init import adapted_config, load_initial_weights, load_source, record_source, weights_fingerprint
 from ddlm.training.run import RUN_FILE, corpus_changes, locked, read_run_file, record_changes, resume_changes
 from ddlm.training.trainer import VALIDATION_SEED, Trainer
@@ -107,7 +107,7 @@ def finetune_config(source: DiffusionPipeline, source_name: str, overrides: list
         raise DDLMError(f"fine-tuning keeps the source model's tokenizer, process and backbone: drop {refused[0]}")
     config = RunConfig().with_overrides(DEFAULTS)
     for key, value in source.process.to_dict().items():
-        set_value(config, f"process.{key}", value)
+        config.set(f"process.{key}", value)
     config.data.context_length = source.context_length
     native = isinstance(source.model, Transformer)
     if native:
