@@ -22,7 +22,8 @@ from lm_eval.tasks import TaskManager
 from ddlm import DiffusionPipeline
 from ddlm.cli import main
 from ddlm.errors import DDLMError
-from ddlm.eval.harness import TASKS_DIR, DDLMHarnessModel, Scorer, context_seed, cut_at_stops, draw_masks, harness_arguments
+from ddlm.eval.harness import (TASKS_DIR, DDLMHarnessModel, Scorer, context_seed, cut_at_stops, draw_masks,
+                               harness_arguments, order_masks)
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Autoregressive, BlockDiffusion, MaskedDiffusion, Vocabulary, build_process, build_schedule
 from ddlm.processes.block import block_causal_attention
@@ -222,7 +223,7 @@ def test_masked_estimate_is_the_mean_of_its_draws_computed_one_by_one():
     masked, weight = draw_masks(torch.zeros(3, dtype=torch.long), 6,
                                 torch.Generator().manual_seed(context_seed(3, context)))
     assert sorted(masked.sum(dim=1).tolist()) == [1, 1, 2, 2, 3, 3]  # l stratified: each value equally often
-    assert torch.equal(weight[masked], (3 / masked.sum(dim=1, keepdim=True).expand(-1, 3))[masked].float())
+    assert torch.equal(weight[masked], (3 / masked.sum(dim=1, keepdim=True).double().expand(-1, 3))[masked])
     expected = sum(masked_value(pipe, context, continuation, tuple(row.nonzero().flatten().tolist()))
                    for row in masked) / 6
     alone = scorer.score([(context, continuation)], batch_size=1)[0][0]
@@ -268,7 +269,67 @@ def test_draw_masks_per_block_masks_l_of_each_group():
         counts = masked[:, groups == group].sum(dim=1)
         assert sorted(counts.tolist()) == sorted([1 + i * int(sizes[group]) // 12 for i in range(12)])
         picked = weight[:, groups == group][masked[:, groups == group]]
-        assert torch.allclose(picked, (sizes[group] / counts.repeat_interleave(counts)).float())
+        assert torch.allclose(picked, sizes[group] / counts.repeat_interleave(counts).double())
+
+
+# ----- the fixed-order and random-order estimators against brute force -----
+
+def order_value(pipe: DiffusionPipeline, context: list[int], continuation: list[int], order: tuple[int, ...]) -> float:
+    """log p of the continuation unmasked one token per step along ``order``, one direct model call per step:
+    step k hides order[k:], gives the model the masked fraction and scores the token at order[k]."""
+    n, total = len(continuation), 0.0
+    for k, position in enumerate(order):
+        xt = torch.tensor([[*context, *continuation]])
+        xt[0, [len(context) + i for i in order[k:]]] = pipe.process.mask_id
+        with torch.no_grad():
+            log_probs = pipe.process.log_probs(pipe.model(xt, torch.tensor([(n - k) / n])))[0]
+        total += float(log_probs[len(context) + position, continuation[position]])
+    return total
+
+
+@pytest.mark.parametrize("time_conditioning", [False, True], ids=["plain", "noise-conditioned"])
+def test_left_to_right_is_the_one_token_per_step_log_likelihood_and_deterministic(time_conditioning):
+    pipe = tiny_pipe("masked", time_conditioning=time_conditioning)
+    context, continuation = pipe.tokenizer.encode("ab c\na"), pipe.tokenizer.encode("cba b")
+    expected = order_value(pipe, context, continuation, tuple(range(len(continuation))))
+    scores = [Scorer(pipe, draws=draws, seed=seed, estimator="left_to_right").score(
+        [(context * 2, continuation[:2]), (context, continuation)], batch_size=2)[1][0]
+        for draws, seed in ((1, 0), (7, 5))]  # padded beside a longer context; the draws and the seed change nothing
+    assert scores[0] == scores[1] and scores[0] == pytest.approx(expected, rel=1e-5)
+    assert Scorer(pipe, estimator="left_to_right").score([([], continuation)], batch_size=1)[0][0] == pytest.approx(
+        order_value(pipe, [], continuation, tuple(range(len(continuation)))), rel=1e-5)
+
+
+def test_order_masks_hide_the_positions_not_yet_unmasked():
+    order = (2, 0, 3, 1)
+    masked, weight = order_masks(torch.tensor([order]))
+    for k in range(4):
+        assert masked[k].nonzero().flatten().tolist() == sorted(order[k:])
+        assert weight[k].nonzero().flatten().tolist() == [order[k]] and weight[k, order[k]] == 1
+
+
+def test_random_orders_converge_to_the_monte_carlo_bound():
+    """Averaged over every order, the order log-likelihood is the LLaDA expectation over every mask (the token
+    unmasked with l hidden is uniform among them); the random-order estimate converges to it."""
+    pipe = tiny_pipe("masked", time_conditioning=True)
+    context, continuation = pipe.tokenizer.encode("c ab"), pipe.tokenizer.encode("abca")
+    n = len(continuation)
+    by_order = [order_value(pipe, context, continuation, order) for order in itertools.permutations(range(n))]
+    exact = exact_expectation({s: masked_value(pipe, context, continuation, s) for s in subsets(n)}, n)
+    assert sum(by_order) / len(by_order) == pytest.approx(exact, rel=1e-5)
+    spread = float(torch.tensor(by_order).std(correction=0))
+    for draws in (4, 400):
+        estimate = Scorer(pipe, draws=draws, estimator="random_order").score([(context, continuation)], 1)[0][0]
+        assert abs(estimate - exact) <= 4 * spread / math.sqrt(draws) + 1e-5
+
+
+@pytest.mark.parametrize("kind", ["ar", "block"])
+def test_the_estimator_changes_nothing_for_autoregressive_and_block_models(kind):
+    pipe = tiny_pipe(kind)
+    pairs = [(pipe.tokenizer.encode("ab c\n"), pipe.tokenizer.encode("cbaab")), ([], pipe.tokenizer.encode("ab"))]
+    reference = Scorer(pipe, draws=6).score(pairs, batch_size=2)
+    for estimator in ("left_to_right", "random_order"):
+        assert Scorer(pipe, draws=6, estimator=estimator).score(pairs, batch_size=2) == reference
 
 
 # ----- generation, arguments and errors -----
@@ -290,6 +351,8 @@ def test_the_model_arguments_are_checked_in_one_line():
         DDLMHarnessModel(pipe, batch_size="auto")
     with pytest.raises(DDLMError, match="steps must be at least 1"):
         DDLMHarnessModel(pipe, steps=0)
+    with pytest.raises(DDLMError, match="estimator must be one of monte_carlo, left_to_right, random_order"):
+        DDLMHarnessModel(pipe, estimator="exact")
     model = DDLMHarnessModel.create_from_arg_string("batch_size=3,steps=5", {"batch_size": 1, "device": None})
     assert model.batch_size == 3 and model.options.steps == 5  # model_args win over the harness's --batch_size
     sedd = DiffusionPipeline(pipe.model, pipe.tokenizer, build_process({"name": "sedd-absorb"}, Vocabulary.of(pipe.tokenizer)))

@@ -15,6 +15,18 @@ the continuation's, cut from the left to the model's context:
 - block diffusion: the same estimator inside each block the continuation reaches, the
   earlier blocks clean (blocks start at the canvas's first position): the block-wise bound.
 
+``estimator`` picks how a masked model's log-likelihood is computed (block and autoregressive
+models ignore it):
+
+- ``monte_carlo`` (the default): LLaDA's estimator above, ``mc_draws`` draws.
+- ``left_to_right``: the continuation unmasked one token per step from the left, the log p of
+  each true token summed: the exact log-likelihood of the one-token-per-step sampler with that
+  order (the model given the masked fraction, as the sampler gives it). Deterministic, |c| rows
+  per request; the documented choice for multiple choice.
+- ``random_order``: the same along ``mc_draws`` uniformly random orders (seeded by the context),
+  averaged: unbiased for the same bound as ``monte_carlo`` (over a random order, the token
+  unmasked at the step with l masked is uniform among them), each draw using every token.
+
 ``is_greedy`` of a diffusion model: ddlm's greedy sampler (temperature 0, confidence policy,
 one token per step) writes the continuation. ``greedy_check=false`` skips that check and
 reports False; multiple-choice tasks, which ignore it, run faster so.
@@ -59,7 +71,9 @@ SCORED_PROCESSES = ("ar", "masked", "block")
 DEFAULT_MAX_GEN_TOKS = 256
 HARNESS_DEVICE = "cuda:0"  # the device the harness's command line passes when given no --device
 GREEDY = SamplerOptions(temperature=0.0, policy="confidence", seed=0)  # the sampler that decides is_greedy
-MODEL_ARGS = ("pretrained", "mc_draws", "batch_size", "device", "precision", "greedy_check", "trust_remote_code")
+ESTIMATORS = ("monte_carlo", "left_to_right", "random_order")  # of a masked model's log-likelihood
+MODEL_ARGS = ("pretrained", "estimator", "mc_draws", "batch_size", "device", "precision", "greedy_check",
+              "trust_remote_code")
 SAMPLER_FIELDS = tuple(item.name for item in dataclasses.fields(SamplerOptions))
 
 Pair = tuple[list[int], list[int]]  # (context, continuation) token ids
@@ -71,7 +85,7 @@ def draw_masks(groups: torch.Tensor, draws: int, generator: torch.Generator) -> 
     ``groups`` (n,): the group (block) of each continuation position, 0, 1, ... in order; the
     masked process has one. In a group of n_g positions a draw masks l of them uniformly at
     random, l uniform in 1..n_g (stratified over the draws), each with weight n_g / l.
-    Returns ``masked`` (draws, n) bool and ``weight`` (draws, n), 0 where not masked.
+    Returns ``masked`` (draws, n) bool and ``weight`` (draws, n) float64, 0 where not masked.
     """
     sizes = torch.bincount(groups)
     offsets = torch.rand(len(sizes), generator=generator, dtype=torch.float64)
@@ -81,7 +95,21 @@ def draw_masks(groups: torch.Tensor, draws: int, generator: torch.Generator) -> 
     rank = (groups * 2 + scores).argsort(dim=1).argsort(dim=1)  # groups in order, a random order within each
     rank = rank - (torch.cumsum(sizes, 0) - sizes)[groups]  # the rank within the group
     masked = rank < counts
-    return masked, torch.where(masked, sizes[groups] / counts, 0.0).float()
+    return masked, torch.where(masked, sizes[groups].double() / counts, 0.0)
+
+
+def order_masks(orders: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows that unmask a continuation one token per step along each of ``orders``.
+
+    ``orders`` (K, n): permutations of the n positions, in the order they are unmasked. Row k of
+    order j hides ``orders[j, k:]`` and scores position ``orders[j, k]`` with weight 1.
+    Returns ``masked`` and ``weight``, both (K * n, n).
+    """
+    count, n = orders.shape
+    unmasked_at = orders.argsort(dim=1)[:, None, :]  # (K, 1, n): the step at which each position is unmasked
+    steps = torch.arange(n)[None, :, None]
+    masked = (unmasked_at >= steps).reshape(count * n, n)
+    return masked, (unmasked_at == steps).reshape(count * n, n).double()
 
 
 def context_seed(seed: int, context: Sequence[int]) -> int:
@@ -93,12 +121,14 @@ def context_seed(seed: int, context: Sequence[int]) -> int:
 class Scorer:
     """log p(continuation | context) under a pipeline's model, as the module notes say, in batches."""
 
-    def __init__(self, pipe: DiffusionPipeline, draws: int = 32, seed: int = 0):
+    def __init__(self, pipe: DiffusionPipeline, draws: int = 32, seed: int = 0, estimator: str = "monte_carlo"):
         if pipe.process.name not in SCORED_PROCESSES:
             raise DDLMError(f"log-likelihoods need an autoregressive, masked or block model, not {pipe.process.name!r}; "
                             "score SEDD models with `ddlm eval` (their NELBO)")
         check_integer("mc_draws", draws, minimum=1)
+        check_estimator(estimator)
         self.pipe, self.draws, self.seed = pipe, draws, seed
+        self.estimator = estimator if pipe.process.name == "masked" else "monte_carlo"  # the others have one
         self.model, self.process, self.tokenizer = pipe.model, pipe.process, pipe.tokenizer
         self.exact = self.process.name == "ar"
         # text one canvas holds: the autoregressive model also reads one token it does not predict
@@ -137,37 +167,52 @@ class Scorer:
         return results
 
     def score_batch(self, pairs: list[Pair]) -> list[tuple[float, bool | None]]:
-        """One model call for ``pairs``, ``draws`` rows each for a diffusion model."""
-        draws = 1 if self.exact else self.draws
+        """One model call for ``pairs``, the rows of each as :meth:`plan` lays them out."""
         canvases = [self.canvas(*pair) for pair in pairs]
-        rows, width = len(pairs) * draws, max(len(tokens) for tokens, _ in canvases)
+        plans = [self.plan(context, start, len(tokens)) for (context, _), (tokens, start) in zip(pairs, canvases)]
+        rows, width = sum(len(hidden) for hidden, _ in plans), max(len(tokens) for tokens, _ in canvases)
         x0 = torch.full((rows, width), self.tokenizer.pad_id, dtype=torch.long)
-        weight = torch.zeros((rows, width))
+        masked = torch.zeros((rows, width), dtype=torch.bool)
+        weight = torch.zeros((rows, width), dtype=torch.float64)
         span = torch.zeros(rows)  # continuation tokens of each row
-        for index, ((context, continuation), (tokens, start)) in enumerate(zip(pairs, canvases)):
-            own = slice(index * draws, (index + 1) * draws)
+        owner = torch.zeros(rows, dtype=torch.long)  # the pair of each row
+        first = 0
+        for index, ((tokens, start), (hidden, weights)) in enumerate(zip(canvases, plans)):
+            own = slice(first, first + len(hidden))
             x0[own, : len(tokens)] = torch.tensor(tokens)
-            span[own] = len(continuation)
-            if self.exact:
-                weight[own, start : len(tokens)] = 1.0
-            else:
-                generator = torch.Generator().manual_seed(context_seed(self.seed, context))
-                weight[own, start : len(tokens)] = draw_masks(self.groups(start, len(tokens)), draws, generator)[1]
+            masked[own, start : len(tokens)], weight[own, start : len(tokens)] = hidden, weights
+            span[own], owner[own], first = len(tokens) - start, index, first + len(hidden)
         device = self.pipe.device
-        x0, weight, span = x0.to(device), weight.to(device), span.to(device)
+        x0, masked, weight, span = x0.to(device), masked.to(device), weight.to(device), span.to(device)
         with autocast(device, self.pipe.precision):
             if self.exact:  # position i predicts token i + 1
                 logits = self.model(x0[:, :-1], self.process.model_noise(rows, device))
                 x0, weight = x0[:, 1:], weight[:, 1:]
             else:
-                logits = self.diffusion_logits(x0, weight > 0, span)
+                logits = self.diffusion_logits(x0, masked, span)
         log_probs = self.process.log_probs(logits)
-        picked = torch.where(weight > 0, log_probs.gather(-1, x0[..., None]).squeeze(-1), 0.0)
-        values = (picked.double() * weight).sum(dim=1).view(len(pairs), draws).mean(dim=1).tolist()
+        picked = torch.where(weight != 0, log_probs.gather(-1, x0[..., None]).squeeze(-1), 0.0)
+        per_row = (picked.double() * weight).sum(dim=1)
+        values = torch.zeros(len(pairs), dtype=torch.float64, device=device).index_add_(0, owner.to(device), per_row)
         if not self.exact:
-            return [(value, None) for value in values]
+            return [(value, None) for value in values.tolist()]
         greedy = ((log_probs.argmax(dim=-1) == x0) | (weight == 0)).all(dim=1).tolist()
-        return list(zip(values, greedy))
+        return list(zip(values.tolist(), greedy))
+
+    def plan(self, context: list[int], start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows that score the continuation at canvas positions ``start:end``: which of its positions each
+        row hides (R, n) and the weight of each position's log p (R, n), summed over rows to the estimate."""
+        n = end - start
+        if self.exact:
+            return torch.zeros((1, n), dtype=torch.bool), torch.ones((1, n), dtype=torch.float64)
+        if self.estimator == "left_to_right":
+            return order_masks(torch.arange(n)[None])
+        generator = torch.Generator().manual_seed(context_seed(self.seed, context))
+        if self.estimator == "random_order":
+            masked, weight = order_masks(torch.stack([torch.randperm(n, generator=generator) for _ in range(self.draws)]))
+        else:
+            masked, weight = draw_masks(self.groups(start, end), self.draws, generator)
+        return masked, weight / self.draws
 
     def groups(self, start: int, end: int) -> torch.Tensor:
         """The estimator's group of each continuation position: its block, or one group for masked diffusion."""
@@ -215,6 +260,12 @@ def generated_ids(step: SamplerStep, row: int) -> list[int]:
     return step.tokens[row][step.canvas.generated[row]].tolist()
 
 
+def check_estimator(estimator: str) -> None:
+    """A one-line error unless ``estimator`` is one of ESTIMATORS."""
+    if estimator not in ESTIMATORS:
+        raise DDLMError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+
+
 def batch_size_of(value: int | str) -> int:
     """Requests per model call from model_args or --batch_size (a number; the harness's ``auto`` is refused)."""
     if isinstance(value, str) and value.strip().isdigit():
@@ -236,8 +287,9 @@ class DDLMHarnessModel(LM):
     """A ddlm model in lm-evaluation-harness: ``lm_eval --model ddlm --model_args pretrained=NAME_OR_DIR,...``.
 
     ``pretrained``: a model directory, a bundled model name or a local Hugging Face diffusion LM
-    (or a :class:`DiffusionPipeline`, from Python). ``mc_draws``: Monte Carlo draws per
-    diffusion log-likelihood. ``batch_size``: requests per model call (each ``mc_draws`` rows
+    (or a :class:`DiffusionPipeline`, from Python). ``estimator``: how a masked model's
+    log-likelihood is computed (``monte_carlo``, ``left_to_right`` or ``random_order``, see the
+    module notes). ``mc_draws``: Monte Carlo draws (masks or orders) per diffusion log-likelihood. ``batch_size``: requests per model call (each ``mc_draws`` rows
     for a diffusion model). ``greedy_check``: decide a diffusion model's ``is_greedy`` with the
     greedy sampler (see the module notes). Every other argument is a :class:`SamplerOptions`
     field (``steps``, ``policy``, ``block_length``, ``seed``, ...), the defaults of
@@ -247,18 +299,21 @@ class DDLMHarnessModel(LM):
 
     def __init__(self, pretrained: str | DiffusionPipeline = DEFAULT_MODEL, mc_draws: int = 32,
                  batch_size: int | str = 1, device: str = "auto", precision: str = "auto",
-                 greedy_check: bool = True, trust_remote_code: bool = False, **sampler_options: Any):
+                 greedy_check: bool = True, trust_remote_code: bool = False, estimator: str = "monte_carlo",
+                 **sampler_options: Any):
         super().__init__()
         unknown = sorted(set(sampler_options) - set(SAMPLER_FIELDS))
         if unknown:
             raise DDLMError(f"the ddlm model has no argument {', '.join(unknown)}; it takes {', '.join(MODEL_ARGS)} "
                             f"and the sampler options {', '.join(SAMPLER_FIELDS)}")
         check_integer("mc_draws", mc_draws, minimum=1)
+        check_estimator(estimator)
         self.pipe = pretrained if isinstance(pretrained, DiffusionPipeline) else DiffusionPipeline.from_pretrained(
             str(pretrained), device=device, precision=precision, trust_remote_code=trust_remote_code)
         self.options = SamplerOptions.build(SamplerOptions(seed=0), **sampler_options)
         self.options.check_process(self.pipe.process.name)
         self.mc_draws, self.batch_size, self.greedy_check = mc_draws, batch_size_of(batch_size), bool(greedy_check)
+        self.estimator = estimator
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None):
@@ -281,7 +336,7 @@ class DDLMHarnessModel(LM):
 
     @functools.cached_property
     def scorer(self) -> Scorer:
-        return Scorer(self.pipe, self.mc_draws, self.options.seed)
+        return Scorer(self.pipe, self.mc_draws, self.options.seed, self.estimator)
 
     def encode_pair(self, context: str, continuation: str) -> Pair:
         """Token ids of both parts, split where the context's own tokens end (as the whole text tokenises)."""
