@@ -24,6 +24,7 @@ from ddlm.cli import main
 from ddlm.errors import DDLMError
 from ddlm.eval.likelihood import evaluate_likelihood
 from ddlm.model import ModelConfig, Transformer
+from ddlm.samplers import Canvas
 from ddlm.samplers.policies import POLICIES
 
 WORDS = ("the cat sat on a mat dog ran far and away to big small red house tree sun moon it was "
@@ -331,7 +332,8 @@ def test_one_sampler_two_backends_same_tokens(tmp_path, shifted):
     pipe = DiffusionPipeline.from_pretrained(directory, device="cpu", precision="fp32", trust_remote_code=True)
     assert pipe.model.shift_logits == shifted
     assert pipe.tokenizer.mask_id == pipe.tokenizer.hf.convert_tokens_to_ids("<|mdm_mask|>")
-    canvas = pipe.build_canvas(["the cat sat on", "a dog"], 1, 12)  # padded second row
+    rows = pipe.canvas_rows(["the cat sat on", "a dog"], 1, 12)  # padded second row
+    canvas = Canvas.from_rows(rows, pipe.tokenizer.mask_id, pipe.tokenizer.pad_id, pipe.device)
     cached = [] if shifted else [dict(policy="confidence", block_length=4, prefix_cache=True),
                                   dict(policy="threshold", block_length=6, prefix_cache=True, threshold=0.3)]
     for options in (dict(policy="confidence"), dict(policy="confidence", block_length=4),

@@ -1,0 +1,162 @@
+"""A model directory on disk: where it is (a folder, a bundled name, a Hub id), and writing and reading it.
+
+A model directory holds ``config.json``, ``model.safetensors`` (EMA weights by default), the tokenizer
+files and ``training_summary.json``: the layout the Hugging Face Hub hosts. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ddlm import __version__
+from ddlm.bundled import DESCRIPTIONS, bundled_model_path
+from ddlm.device import resolve_device
+from ddlm.errors import DDLMError
+from ddlm.families import build_process
+from ddlm.fileio import atomic_path, write_json_atomic
+from ddlm.hf import HFDiffusionModel, is_transformers_config, load_transformers_model
+from ddlm.model import ModelConfig, Transformer
+from ddlm.processes import Process, Vocabulary
+from ddlm.tokenizers import Tokenizer, load_tokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # refused: loading a pickle can run code
+SUMMARY_FILE = "training_summary.json"
+
+LoadedModel = tuple[Transformer | HFDiffusionModel, Tokenizer, Process, dict[str, Any]]
+
+
+def write_model_directory(directory: Path, model: Transformer | HFDiffusionModel, tokenizer: Tokenizer,
+                          process: Process, summary: dict[str, Any], weights: dict[str, torch.Tensor] | None) -> None:
+    """Write ``directory``; ``weights`` (e.g. the EMA) replace the model's own. A Hugging Face model
+    (:mod:`ddlm.hf`) is written in its own ``transformers`` format."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, HFDiffusionModel):
+        model.save_pretrained(directory)
+        tokenizer.save(directory)
+        return
+    state = weights if weights is not None else model.state_dict()
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+    write_json_atomic(directory / CONFIG_FILE, {
+        "library": "ddlm",
+        "ddlm_version": __version__,
+        "model": model.config.to_dict(),
+        "process": process.to_dict(),
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+    })
+    tokenizer.save(directory)
+    if summary:
+        write_json_atomic(directory / SUMMARY_FILE, summary)
+
+
+def read_model_directory(directory: Path, device: str, precision: str, trust_remote_code: bool) -> LoadedModel:
+    """The model (on ``device``: auto, cpu, cuda, ...), tokenizer, process and training summary stored in ``directory``: a ddlm
+    model directory, or a ``transformers`` one (a config.json ddlm did not write) through :mod:`ddlm.hf`."""
+    config = read_json(directory / CONFIG_FILE, what="model config")
+    if is_transformers_config(config):
+        return load_transformers_model(directory, config, trust_remote_code, resolve_device(device), precision)
+    tokenizer = load_tokenizer(directory)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+        process = build_process(config["process"], Vocabulary.of(tokenizer))
+    except (KeyError, TypeError) as error:
+        raise DDLMError(f"{directory / CONFIG_FILE} is incomplete ({error}); re-export the model") from None
+    except DDLMError as error:
+        raise DDLMError(f"{directory / CONFIG_FILE}: {error}") from None
+    fingerprint = config.get("tokenizer_fingerprint")
+    if fingerprint is not None and fingerprint != tokenizer.fingerprint():
+        raise DDLMError(
+            f"the tokenizer files in {directory} are not the ones this model was trained with "
+            "(their vocabulary fingerprint differs); restore the model's own tokenizer files"
+        )
+    if model_config.vocab_size != tokenizer.vocab_size:
+        raise DDLMError(
+            f"model vocabulary ({model_config.vocab_size}) and tokenizer ({tokenizer.vocab_size}) disagree "
+            f"in {directory}; the tokenizer files belong to another model"
+        )
+    model = Transformer(model_config)
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise DDLMError(f"no {WEIGHTS_FILE} in {directory}; is it a finished ddlm model directory?")
+    try:
+        weights = load_file(str(weights_path))
+        model.load_state_dict(weights)
+    except (SafetensorError, RuntimeError, OSError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise DDLMError(f"{weights_path} is corrupt or does not match config.json ({first})") from None
+    broken = sorted(name for name, tensor in weights.items() if not torch.isfinite(tensor).all())
+    if broken:
+        raise DDLMError(f"{weights_path} holds NaN or infinite weights ({', '.join(broken[:3])}"
+                        f"{', ...' if len(broken) > 3 else ''}); re-export the model from a healthy checkpoint")
+    summary_path = directory / SUMMARY_FILE
+    summary = read_json(summary_path, what="training summary") if summary_path.is_file() else {}
+    return model.to(resolve_device(device)), tokenizer, process, summary
+
+
+def resolve_model_directory(path: str | Path) -> Path:
+    """A local model directory, else a bundled model's name, else a Hub repository id (fetched once)."""
+    directory = Path(path)
+    if directory.is_dir():
+        return directory
+    text = str(path)
+    bundled = bundled_model_path(text)
+    if bundled is not None:
+        if not (bundled / WEIGHTS_FILE).is_file():
+            raise DDLMError(f"the bundled model {text!r} is not installed (no weights in {bundled}); "
+                            "reinstall ddlm or run experiments/train_bundled.py")
+        return bundled
+    if directory.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise DDLMError(f"model directory {path} does not exist; pass the --out folder of a `ddlm train` run "
+                        f"or a bundled model ({', '.join(DESCRIPTIONS)})")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id=text))
+    except LocalEntryNotFoundError:
+        raise DDLMError(f"model directory {path} does not exist, and the Hub repository {text} is not cached "
+                        "and could not be downloaded (no network?)") from None
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        raise DDLMError(f"model directory {path} does not exist, and the Hub has no model {text} "
+                        f"({type(error).__name__})") from None
+
+
+def refuse_pickled_weights(directory: Path) -> None:
+    """A one-line refusal for a model directory whose weights exist only as pickles: ddlm never unpickles."""
+    if any(directory.glob("*.safetensors")):
+        return
+    pickled = sorted(path.name for pattern in PICKLED_WEIGHTS for path in directory.glob(pattern))
+    if pickled:
+        raise DDLMError(
+            f"{directory} holds its weights only as pickles ({', '.join(pickled[:3])}), which ddlm refuses to load "
+            "(unpickling can run any code); if you trust the file, convert it once in your own code, e.g. "
+            "transformers' from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True), or "
+            "safetensors.torch.save_file(torch.load(FILE, weights_only=True), DIR + '/model.safetensors')"
+        )
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        directory = path.parent
+        if (directory / "checkpoint.safetensors").is_file():  # a training run (ddlm.training) not yet exported
+            raise DDLMError(f"{directory} holds a training run that was interrupted before its first export; "
+                            f"continue it with `ddlm train --out {directory} --resume`")
+        if (directory / "run.json").is_file():
+            raise DDLMError(f"{directory} holds a training run that was interrupted before its first checkpoint; "
+                            f"start it again with `ddlm train --out {directory}` and its data and settings")
+        raise DDLMError(f"no {path.name} in {path.parent}; is it a ddlm model directory?")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        raise DDLMError(f"{what} {path} is not valid JSON ({error}); re-export the model") from None
+    if not isinstance(data, dict):
+        raise DDLMError(f"{what} {path} must hold a JSON object; re-export the model")
+    return data
