@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from ddlm.model import ModelConfig, Transformer
-from ddlm.samplers import Canvas, SamplerOptions, SamplerStep, sampler_steps
+from ddlm.families import sampler_steps
+from ddlm.samplers import Canvas, SamplerOptions, SamplerStep
 
 
 class IIDOracle(nn.Module):

@@ -13,7 +13,8 @@ from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Autoregressive, MaskedDiffusion, build_schedule
 from ddlm.processes.masked import lookahead_attention
-from ddlm.samplers import Canvas, SamplerOptions, sampler_steps
+from ddlm.families import sampler_steps
+from ddlm.samplers import Canvas, SamplerOptions
 from ddlm.training import curriculum, load_config, prepare_training, saved_config
 from ddlm.training.config import AdaptSettings
 from tests.test_block import EOS, MASK, PAD, VOCAB, block_process, data

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from ddlm import DiffusionPipeline
-from ddlm.processes import Vocabulary, build_process
+from ddlm.families import build_process
+from ddlm.processes import Vocabulary
 from ddlm.tokenizers import CharTokenizer
 from tests.helpers import float64_model
 

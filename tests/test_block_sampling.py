@@ -10,7 +10,8 @@ import torch
 from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
 from ddlm.model import Transformer
-from ddlm.samplers import Canvas, SamplerOptions, sampler_steps
+from ddlm.families import sampler_steps
+from ddlm.samplers import Canvas, SamplerOptions
 from ddlm.training import load_config, prepare_training
 from tests.test_block import EOS, MASK, PAD, block_process, tiny_model
 

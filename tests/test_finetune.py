@@ -294,7 +294,7 @@ def test_loader_resumes_exactly_splits_ranks_and_scores_every_row_once():
 @pytest.fixture(scope="module")
 def ddlm_models(tmp_path_factory) -> Path:
     """A tiny masked model and a tiny autoregressive one over CHARS, and a file of examples for them."""
-    from ddlm.processes import build_process
+    from ddlm.families import build_process
 
     root = tmp_path_factory.mktemp("ddlm")
     tokenizer = CharTokenizer(CHARS)

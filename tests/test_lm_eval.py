@@ -25,7 +25,8 @@ from ddlm.errors import DDLMError
 from ddlm.eval.harness import (TASKS_DIR, DDLMHarnessModel, Scorer, context_seed, cut_at_stops, draw_masks,
                                harness_arguments, order_masks)
 from ddlm.model import ModelConfig, Transformer
-from ddlm.processes import Autoregressive, BlockDiffusion, MaskedDiffusion, Vocabulary, build_process, build_schedule
+from ddlm.families import build_process
+from ddlm.processes import Autoregressive, BlockDiffusion, MaskedDiffusion, Vocabulary, build_schedule
 from ddlm.processes.block import block_causal_attention
 from ddlm.tokenizers import CharTokenizer
 

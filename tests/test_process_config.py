@@ -11,7 +11,8 @@ import torch
 
 from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
-from ddlm.processes import SCHEDULES, Vocabulary, build_process, build_schedule
+from ddlm.families import build_process
+from ddlm.processes import SCHEDULES, Vocabulary, build_schedule
 from ddlm.tokenizers import build_tokenizer
 from ddlm.training import RunConfig, load_config
 from ddlm.training.trainer import build_model, build_run_process

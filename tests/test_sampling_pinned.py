@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from ddlm.model import Transformer
-from ddlm.processes import Vocabulary, build_process
-from ddlm.samplers import Canvas, SamplerOptions, run_sampler
+from ddlm.families import build_process, sampler_steps
+from ddlm.processes import Vocabulary
+from ddlm.samplers import Canvas, SamplerOptions
 from tests.helpers import float64_model
 
 FIXTURE = Path(__file__).parent / "data" / "pinned_samples.json"
@@ -82,8 +83,8 @@ def run_case(case: dict[str, Any], seed: int) -> dict[str, Any]:
     process = build_process({"name": options.pop("process")}, VOCAB)
     model = tiny_model(process.name, options.pop("time_conditioning", False))
     canvas = case_canvas(options.pop("canvas", "prompt"))
-    output = run_sampler(model, process, canvas, SamplerOptions(steps=8, seed=seed, **options))
-    return {"tokens": output.tokens.tolist(), "model_calls": output.model_calls}
+    *_, last = sampler_steps(model, process, canvas, SamplerOptions(steps=8, seed=seed, **options))
+    return {"tokens": last.tokens.tolist(), "model_calls": last.model_calls}
 
 
 @pytest.mark.parametrize("seed", SEEDS)

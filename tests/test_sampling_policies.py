@@ -292,7 +292,7 @@ def test_generate_ends_each_gap_at_end_of_text_and_keeps_the_given_text():
 # ----- bad input -----
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"policy": "greedy"}, "unknown sampling policy"),
+    ({"policy": "greedy"}, "unknown policy"),
     ({"block_length": 5}, "does not divide"),
     ({"remask": "cap", "policy": "confidence"}, "remasking works with the ancestral policy"),
     ({"threshold": 0.5}, "a threshold needs a ranked policy"),

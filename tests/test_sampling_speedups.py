@@ -107,7 +107,7 @@ def test_the_entropy_bound_also_drives_block_diffusion():
 
 
 def test_an_entropy_bound_needs_a_ranked_policy_and_a_finite_bound():
-    with pytest.raises(DDLMError, match="needs a ranked policy.*policy=confidence"):
+    with pytest.raises(DDLMError, match="needs a ranked policy.*set policy to confidence"):
         SamplerOptions(entropy_bound=0.5)
     with pytest.raises(DDLMError, match="entropy_bound must be"):
         SamplerOptions(policy="confidence", entropy_bound=float("nan"))

@@ -11,7 +11,8 @@ from torch import nn
 from ddlm.device import autocast
 from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
-from ddlm.processes import Vocabulary, build_process
+from ddlm.families import build_process
+from ddlm.processes import Vocabulary
 from ddlm.processes.sedd import ScoreEntropyDiffusion
 from ddlm.samplers import Canvas
 from tests.helpers import entropy, prefix_canvas, run_steps

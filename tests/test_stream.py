@@ -9,7 +9,8 @@ import torch
 
 from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
-from ddlm.processes import Vocabulary, build_process
+from ddlm.families import build_process, get_family
+from ddlm.processes import Vocabulary
 from ddlm.samplers import SamplerOptions
 from ddlm.samplers.step import MASK_GLYPH
 from ddlm.tokenizers import CharTokenizer
@@ -123,12 +124,12 @@ def test_an_options_object_and_keywords_are_the_same_request():
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"temperature": math.inf}, "temperature must be a finite number >= 0"),
-    ({"temperature": math.nan}, "temperature must be a finite number >= 0"),
-    ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
+    ({"temperature": math.inf}, "temperature must be a finite number at least 0"),
+    ({"temperature": math.nan}, "temperature must be a finite number at least 0"),
+    ({"temperature": -0.5}, "temperature must be at least 0"),
     ({"threshold": 2.0, "policy": "threshold"}, "threshold must be in (0, 1]"),
     ({"threshold": -1.0, "policy": "threshold"}, "threshold must be in (0, 1]"),
-    ({"threshold": math.nan, "policy": "threshold"}, "threshold must be in (0, 1]"),
+    ({"threshold": math.nan, "policy": "threshold"}, "threshold must be a finite number in (0, 1]"),
     ({"steps": 0}, "steps must be at least 1"),
     ({"steps": 2.5}, "steps must be an integer"),
     ({"top_k": 0}, "top_k must be at least 1"),
@@ -139,7 +140,7 @@ def test_an_options_object_and_keywords_are_the_same_request():
     ({"remask_eta": 1.5}, "remask_eta must be in [0, 1]"),
     ({"block_length": 0}, "block_length must be at least 1"),
     ({"min_length": -1}, "min_length must be at least 0"),
-    ({"policy": "greedy"}, "unknown sampling policy"),
+    ({"policy": "greedy"}, "unknown policy 'greedy'"),
     ({"method": "heun"}, "unknown method"),
     ({"remask": "cap", "policy": "confidence"}, "remasking works with the ancestral policy"),
     ({"threshold": 0.5}, "a threshold needs a ranked policy"),
@@ -149,6 +150,7 @@ def test_bad_options_are_one_line_errors_naming_the_option(options, message):
                        .replace("]", r"\]").replace("*", r"\*").replace("+", r"\+")) as error:
         SamplerOptions(**options)
     assert "\n" not in str(error.value)
+    assert error.value.field == next(name for name in ("remask", "threshold", *options) if name in options)
 
 
 def test_pipeline_refuses_unknown_and_foreign_options_and_oversized_templates():
@@ -173,9 +175,10 @@ def test_a_canvas_the_options_do_not_fit_raises_before_the_first_step():
 
 def test_eval_options_drop_what_does_not_apply_to_the_process():
     options = SamplerOptions(policy="confidence", method="euler", steps=9)
-    assert options.for_process("ar") == SamplerOptions(steps=9)
-    assert options.applicable("masked")["policy"] == "confidence" and "method" not in options.applicable("masked")
-    assert options.applicable("sedd-uniform")["method"] == "euler"
+    assert get_family("ar").restrict(options) == SamplerOptions(steps=9)
+    masked = get_family("masked").applicable(options)
+    assert masked["policy"] == "confidence" and "method" not in masked
+    assert get_family("sedd-uniform").applicable(options)["method"] == "euler"
 
 
 @pytest.mark.parametrize("process", ["masked", "ar"])

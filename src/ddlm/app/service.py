@@ -21,6 +21,7 @@ from ddlm.app.limits import Limits
 from ddlm.bundled import DEFAULT_MODEL, bundled_models
 from ddlm.errors import DDLMError
 from ddlm.eval.diversity import unigram_entropy
+from ddlm.families import get_family
 from ddlm.pipeline import DiffusionPipeline, resolve_model_directory
 from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep
 
@@ -75,7 +76,7 @@ class Model:
 
     def default_options(self) -> dict[str, Any]:
         """The sampler options that apply to this model's process, with their defaults."""
-        return SamplerOptions().applicable(self.process)
+        return get_family(self.process).applicable(SamplerOptions())
 
     @property
     def held_out_nelbo(self) -> float | None:
@@ -287,7 +288,7 @@ def run_result(model: Model, options: SamplerOptions, last_steps: list[SamplerSt
     rows = range(output.tokens.shape[0])
     token_ids = [output.tokens[row][output.canvas.active[row]].tolist() for row in rows]
     generated = [output.tokens[row][output.canvas.generated[row]].tolist() for row in rows]
-    used = dataclasses.replace(options, seed=output.seed).applicable(pipe.process.name)
+    used = get_family(pipe.process.name).applicable(dataclasses.replace(options, seed=output.seed))
     return RunResult(model.name, texts, token_ids, output.model_calls, round(seconds, 4), output.seed, used,
                      round(sum(map(unigram_entropy, generated)) / len(generated), 4))
 

@@ -54,10 +54,11 @@ from tqdm.auto import tqdm
 from ddlm.bundled import DEFAULT_MODEL
 from ddlm.device import autocast
 from ddlm.errors import DDLMError
+from ddlm.families import get_family
 from ddlm.pipeline import DiffusionPipeline
 from ddlm.processes.block import training_attention
 from ddlm.samplers import SamplerOptions, SamplerStep, last_steps
-from ddlm.samplers.options import check_integer
+from ddlm.schema import check_integer
 
 try:
     import lm_eval.models  # noqa: F401  (the harness's own models, registered lazily, stay findable beside ddlm)
@@ -311,7 +312,7 @@ class DDLMHarnessModel(LM):
         self.pipe = pretrained if isinstance(pretrained, DiffusionPipeline) else DiffusionPipeline.from_pretrained(
             str(pretrained), device=device, precision=precision, trust_remote_code=trust_remote_code)
         self.options = SamplerOptions.build(SamplerOptions(seed=0), **sampler_options)
-        self.options.check_process(self.pipe.process.name)
+        get_family(self.pipe.process.name).check(self.options)
         self.mc_draws, self.batch_size, self.greedy_check = mc_draws, batch_size_of(batch_size), bool(greedy_check)
         self.estimator = estimator
 
@@ -421,7 +422,7 @@ class DDLMHarnessModel(LM):
         if gen_kwargs.pop("do_sample", True) is False:
             gen_kwargs["temperature"] = 0.0
         options = SamplerOptions.build(self.options, **gen_kwargs)
-        options.check_process(self.pipe.process.name)
+        get_family(self.pipe.process.name).check(options)
         return options, stops, length
 
 

@@ -17,6 +17,7 @@ from ddlm.errors import DDLMError
 from ddlm.eval.diversity import distinct_n, repetition_rate, unigram_entropy
 from ddlm.eval.judge import Judge
 from ddlm.eval.likelihood import evaluate_likelihood
+from ddlm.families import get_family
 from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep, last_steps
 
 METRICS = ("likelihood", "samples")
@@ -85,7 +86,7 @@ def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings,
                    tick: Callable[[float], Any] | None = None) -> dict:
     """Speed, diversity and (with a judge) generative perplexity of unconditional samples; ``tick`` with the
     samples' progress at each step (see :func:`counted`)."""
-    options = settings.sampler.for_process(pipe.process.name)  # one command may compare models of several processes
+    options = get_family(pipe.process.name).restrict(settings.sampler)  # one command may compare models of several processes
     start = time.perf_counter()
     steps = pipe.stream(options=options, num_samples=settings.num_samples, texts=False)
     outputs = [SampleOutput.of_step(step) for step in last_steps(counted(steps, tick))]
@@ -95,7 +96,7 @@ def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings,
     ids = [pipe.tokenizer.encode(text) for text in texts]
     generated = int(output.canvas.generated.sum())
     metrics = {
-        "sampler": options.applicable(pipe.process.name),  # the options that apply to this model's sampler
+        "sampler": get_family(pipe.process.name).applicable(options),  # the options that apply to this model's sampler
         "model_calls": output.model_calls,
         "seconds": seconds,
         "tokens_per_second": generated / seconds,

@@ -20,7 +20,8 @@ from ddlm.device import resolve_precision
 from ddlm.errors import DDLMError
 from ddlm.hf.model import SHIFTED_MODEL_TYPES, HFBackboneConfig, HFDiffusionModel
 from ddlm.hf.tokenizer import HFTokenizer
-from ddlm.processes import Process, Vocabulary, build_process
+from ddlm.families import build_process
+from ddlm.processes import Process, Vocabulary
 
 __all__ = ["HFBackboneConfig", "HFDiffusionModel", "HFTokenizer", "is_transformers_config", "load_transformers_model"]
 

@@ -36,6 +36,9 @@ from ddlm.samplers.options import SamplerOptions
 from ddlm.samplers.randomness import block_seed
 from ddlm.samplers.step import SamplerStep, masked_fraction
 
+# The SamplerOptions fields this sampler reads besides the common ones: the masked policies inside each block.
+BLOCK_OPTIONS = ("policy", "threshold", "entropy_bound", "remask", "remask_eta", "min_length")
+
 
 class BlockContext:
     """Calls the model for the current block, which sees the clean blocks before it in a window

@@ -51,6 +51,10 @@ from ddlm.samplers.policies import (
 from ddlm.samplers.randomness import RowRandom, block_seed
 from ddlm.samplers.step import SamplerStep, masked_fraction
 
+# The SamplerOptions fields this sampler reads besides the common ones (see ddlm.families).
+MASKED_OPTIONS = ("policy", "block_length", "threshold", "entropy_bound", "remask", "remask_eta", "prefix_cache",
+                  "dual_cache", "min_length")
+
 
 @dataclass
 class RowGroup:

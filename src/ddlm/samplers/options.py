@@ -1,156 +1,100 @@
-"""SamplerOptions: every setting of one sampling run, validated here and nowhere else.
+"""SamplerOptions: every setting of one sampling run, declared and validated here and nowhere else.
 
-The CLI, ``ddlm eval``, the benchmarks, the pipeline and the web app build one
-:class:`SamplerOptions` and pass it whole down to the sampler. Options that belong to one
-family of processes (the masked-diffusion policies, SEDD's step method) say so in their
-field's metadata; :meth:`SamplerOptions.check_process` refuses them for another family.
+The CLI, ``ddlm eval``, the benchmarks, the pipeline, the API and the web app build one
+:class:`SamplerOptions` and pass it whole down to the sampler. Each option is declared once with
+:func:`ddlm.schema.option` (help text, range, choices): the command-line flags, the API's request
+body and the web page's controls are generated from these declarations. Which options a model
+takes follows from its method family (:mod:`ddlm.families`): a family names the options its
+sampler reads, and options of families registered outside ddlm travel in ``extra``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 from ddlm.errors import DDLMError
 from ddlm.samplers.policies import POLICIES, RANKED_POLICIES, REMASK_SCHEDULES
+from ddlm.schema import check_fields, option
 
-MASKED_PROCESSES = ("masked",)
-MASK_POLICY_PROCESSES = ("masked", "block")  # block diffusion runs the masked policies inside each block
-SEDD_PROCESSES = ("sedd-absorb", "sedd-uniform")
 SEDD_METHODS = ("euler", "analytic")
 SEED_LIMIT = 2**63
 
 
-def only_for(processes: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """Field metadata: the option applies to these processes only."""
-    return {"processes": processes}
-
-
 @dataclass(frozen=True)
 class SamplerOptions:
-    """How to sample: the step budget, how each token is drawn, the seed, and the process's own options.
+    """How to sample: the step budget, how each token is drawn, the seed, and the families' own options.
 
-    ``steps``: the step budget (masked: split over blocks; first-hitting ignores it; the
-    autoregressive model takes one step per token). ``temperature`` 0 is argmax; ``top_k`` /
-    ``top_p`` filter each token's distribution. ``seed``: samples depend only on (seed,
-    sample index); None draws a fresh one (see :meth:`with_seed`). ``use_cache``: skip model
-    calls that would repeat the last one. Masked diffusion: ``policy`` (see
-    ``ddlm.samplers.masked``), ``block_length`` (semi-autoregressive blocks), ``threshold``
-    (Fast-dLLM; 0.9 for the threshold policy), ``entropy_bound`` (EB-sampler: each step also
-    reveals the best-ranked positions whose summed entropy, less the largest, stays within the
-    bound), ``remask`` / ``remask_eta`` (ReMDM, ancestral policy), ``prefix_cache`` (reuse
-    keys/values left of the current block), ``dual_cache`` (also those right of it, Fast-dLLM),
-    ``min_length`` (no end-of-text among the first generated positions). SEDD: ``method``
-    (euler, analytic).
+    ``seed``: samples depend only on (seed, sample index); None draws a fresh one (see
+    :meth:`with_seed`). The masked policies are described in ``ddlm.samplers.masked``.
+    ``extra``: values of options declared by families registered outside ddlm (by name).
     """
 
-    steps: int = 128
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    use_cache: bool = True
-    policy: str = field(default="ancestral", metadata=only_for(MASK_POLICY_PROCESSES))
-    block_length: int | None = field(default=None, metadata=only_for(MASKED_PROCESSES))
-    threshold: float | None = field(default=None, metadata=only_for(MASK_POLICY_PROCESSES))
-    entropy_bound: float | None = field(default=None, metadata=only_for(MASK_POLICY_PROCESSES))
-    remask: str | None = field(default=None, metadata=only_for(MASK_POLICY_PROCESSES))
-    remask_eta: float = field(default=0.05, metadata=only_for(MASK_POLICY_PROCESSES))
-    prefix_cache: bool = field(default=False, metadata=only_for(MASKED_PROCESSES))
-    dual_cache: bool = field(default=False, metadata=only_for(MASKED_PROCESSES))
-    min_length: int = field(default=0, metadata=only_for(MASK_POLICY_PROCESSES))
-    method: str = field(default="analytic", metadata=only_for(SEDD_PROCESSES))
+    steps: int = option(128, "denoising steps (masked: split over blocks; first-hitting ignores it; the "
+                             "autoregressive model takes one per token)", low=1)
+    temperature: float = option(1.0, "0 always draws the most likely token", low=0, slider_max=2, slider_step=0.05)
+    top_k: int | None = option(None, "draw among the k most likely tokens", low=1, off=0)
+    top_p: float | None = option(None, "draw among the most likely tokens holding this much probability", low=0,
+                                 high=1, low_open=True, off=1, slider_step=0.05)
+    seed: int | None = option(None, "samples depend only on the seed and their index (default: a fresh one, "
+                                    "reported with the samples; below 2**63)", low=0)
+    use_cache: bool = option(True, "skip model calls that would repeat the last one", flag="--no-cache")
+    policy: str = option("ancestral", "which masked positions each step reveals", choices=POLICIES)
+    block_length: int | None = option(None, "write semi-autoregressive blocks of this many positions, left to right",
+                                      low=1, off=0)
+    threshold: float | None = option(None, "also reveal every position the model is this sure of (a ranked "
+                                           "policy; the threshold policy: 0.9)", low=0, high=1, low_open=True, off=0,
+                                     slider_step=0.05)
+    entropy_bound: float | None = option(None, "EB-sampler (a ranked policy): also reveal the best-ranked positions "
+                                               "whose entropies, summed less the largest, stay within this many nats",
+                                         low=0, off=0, slider_max=20, slider_step=0.5)
+    remask: str | None = option(None, "ReMDM: let the model mask written tokens again, on this schedule "
+                                      "(ancestral policy)", choices=REMASK_SCHEDULES, off="off")
+    remask_eta: float = option(0.05, "ReMDM remasking strength", low=0, high=1, slider_step=0.01)
+    prefix_cache: bool = option(False, "reuse keys and values left of the current block")
+    dual_cache: bool = option(False, "reuse keys and values left and right of the current block (needs block_length)")
+    min_length: int = option(0, "no end-of-text among the first this many generated tokens", low=0)
+    method: str = option("analytic", "SEDD's reverse step", choices=SEDD_METHODS)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_integer("steps", self.steps, minimum=1)
-        check_number("temperature", self.temperature, "a finite number >= 0 (0 samples greedily)", lambda t: t >= 0)
-        if self.top_k is not None:
-            check_integer("top_k", self.top_k, minimum=1)
-        if self.top_p is not None:
-            check_number("top_p", self.top_p, "in (0, 1]", lambda p: 0 < p <= 1)
-        if self.seed is not None:
-            check_integer("seed", self.seed, minimum=0)
-            if self.seed >= SEED_LIMIT:
-                raise DDLMError(f"seed must be below 2**63, got {self.seed}; pick a smaller seed")
-        check_choice("policy", self.policy, POLICIES)
-        if self.block_length is not None:
-            check_integer("block_length", self.block_length, minimum=1)
-        if self.threshold is not None:
-            check_number("threshold", self.threshold, "in (0, 1] (a probability)", lambda p: 0 < p <= 1)
-            if self.policy not in (*RANKED_POLICIES, "threshold"):
-                raise DDLMError(f"a threshold needs a ranked policy (threshold, confidence, ...), not {self.policy!r}")
-        if self.entropy_bound is not None:
-            check_number("entropy_bound", self.entropy_bound, "a finite number >= 0 (nats)", lambda g: g >= 0)
-            if self.policy not in (*RANKED_POLICIES, "threshold"):
-                raise DDLMError(
-                    f"an entropy bound ranks positions, so it needs a ranked policy, not {self.policy!r}; "
-                    "add policy=confidence (--policy confidence)"
-                )
+        check_fields(self)
+        if self.seed is not None and self.seed >= SEED_LIMIT:
+            raise DDLMError(f"seed must be below 2**63, got {self.seed}; pick a smaller seed", field="seed")
+        ranked = (*RANKED_POLICIES, "threshold")
+        if self.threshold is not None and self.policy not in ranked:
+            raise DDLMError(f"a threshold needs a ranked policy (threshold, confidence, ...), not {self.policy!r}",
+                            field="threshold")
+        if self.entropy_bound is not None and self.policy not in ranked:
+            raise DDLMError(f"an entropy bound ranks positions, so it needs a ranked policy, not {self.policy!r}; "
+                            "set policy to confidence", field="entropy_bound")
         if self.dual_cache and self.block_length is None:
-            raise DDLMError("the dual cache keeps the positions right of the current block: set block_length too")
-        if self.remask is not None:
-            check_choice("remask", self.remask, REMASK_SCHEDULES)
-            if self.policy != "ancestral":
-                raise DDLMError(
-                    f"remasking works with the ancestral policy, not {self.policy!r}; drop remask or use policy=ancestral"
-                )
-        check_number("remask_eta", self.remask_eta, "in [0, 1]", lambda eta: 0 <= eta <= 1)
-        check_integer("min_length", self.min_length, minimum=0)
-        check_choice("method", self.method, SEDD_METHODS)
+            raise DDLMError("the dual cache keeps the positions right of the current block: set block_length too",
+                            field="dual_cache")
+        if self.remask is not None and self.policy != "ancestral":
+            raise DDLMError(f"remasking works with the ancestral policy, not {self.policy!r}; drop remask or set "
+                            "policy to ancestral", field="remask")
 
     @classmethod
     def build(cls, options: SamplerOptions | None = None, **keywords: Any) -> SamplerOptions:
-        """``options`` (or the defaults) with ``keywords`` replacing fields; an unknown name is a DDLMError."""
-        known = {item.name for item in dataclasses.fields(cls)}
-        unknown = sorted(set(keywords) - known)
-        if unknown:
-            raise DDLMError(f"unknown sampler option {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
-        return dataclasses.replace(options or cls(), **keywords)
+        """``options`` (or the defaults) with ``keywords`` replacing fields.
+
+        A name that is no field goes to ``extra``: whether the model's family takes it is checked
+        where the family is known (:meth:`ddlm.families.Family.check`).
+        """
+        base = options or cls()
+        known = {item.name for item in dataclasses.fields(cls)} - {"extra"}
+        extra = {name: value for name, value in keywords.items() if name not in known}
+        fields = {name: value for name, value in keywords.items() if name in known}
+        return dataclasses.replace(base, **fields, extra={**base.extra, **extra})
 
     def with_seed(self) -> SamplerOptions:
         """These options with a seed: the given one, or one drawn from the OS (the global RNG is not touched)."""
         return self if self.seed is not None else dataclasses.replace(self, seed=secrets.randbelow(SEED_LIMIT))
 
-    def check_process(self, process_name: str) -> None:
-        """Refuse an option that was changed from its default but does not apply to ``process_name``."""
-        foreign = [item.name for item in self.foreign_fields(process_name) if getattr(self, item.name) != item.default]
-        if foreign:
-            raise DDLMError(
-                f"the {process_name} sampler has no option {', '.join(foreign)}; drop it for this model"
-            )
-
-    def for_process(self, process_name: str) -> SamplerOptions:
-        """These options with those that do not apply to ``process_name`` reset to their defaults."""
-        return dataclasses.replace(self, **{item.name: item.default for item in self.foreign_fields(process_name)})
-
-    def applicable(self, process_name: str) -> dict[str, Any]:
-        """The options that apply to ``process_name``, as a JSON-ready dict (for reports)."""
-        foreign = {item.name for item in self.foreign_fields(process_name)}
-        return {name: value for name, value in dataclasses.asdict(self).items() if name not in foreign}
-
-    def foreign_fields(self, process_name: str) -> list[dataclasses.Field]:
-        return [item for item in dataclasses.fields(self)
-                if process_name not in item.metadata.get("processes", (process_name,))]
-
-
-def check_integer(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DDLMError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise DDLMError(f"{name} must be at least {minimum}, got {value}")
-
-
-def check_number(name: str, value: Any, rule: str, valid) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DDLMError(f"{name} must be a number {rule}, got {value!r}")
-    if not math.isfinite(value) or not valid(value):
-        raise DDLMError(f"{name} must be {rule}, got {value}")
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        what = "sampling policy" if name == "policy" else name
-        raise DDLMError(f"unknown {what} {value!r}; choose one of {list(choices)}")
+    def to_dict(self) -> dict[str, Any]:
+        """Every option by name (the families' own ones included), JSON-ready."""
+        values = {item.name: getattr(self, item.name) for item in dataclasses.fields(self) if item.name != "extra"}
+        return {**values, **self.extra}

@@ -13,6 +13,9 @@ from ddlm.samplers.options import SamplerOptions
 from ddlm.samplers.randomness import RowRandom
 from ddlm.samplers.step import SamplerStep, masked_fraction
 
+# The SamplerOptions fields this sampler reads besides the common ones (see ddlm.families).
+SEDD_OPTIONS = ("method",)
+
 
 def step_log_probs(probs: torch.Tensor) -> torch.Tensor:
     """float64 log-probabilities of a reverse step: negative entries clipped to 0, rows renormalised."""

@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 from ddlm.data import BatchLoader, TokenizedCorpus
 from ddlm.device import autocast, describe_machine, resolve_device, resolve_precision
 from ddlm.errors import DDLMError
+from ddlm.families import build_process
 from ddlm.fileio import error_reason
 from ddlm.model import Transformer
 from ddlm.pipeline import DiffusionPipeline
-from ddlm.processes import LossOutput, Process, Vocabulary, build_process
+from ddlm.processes import LossOutput, Process, Vocabulary
 from ddlm.tokenizers import Tokenizer
 from ddlm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from ddlm.training import curriculum

@@ -42,7 +42,7 @@ FILLED_KEYS = {"model.vocab_size": "the tokenizer", "model.context_length": "dat
 
 @dataclass
 class ProcessSettings:
-    name: str = "masked"  # see ddlm.processes.PROCESS_BUILDERS
+    name: str = "masked"  # a family registered in ddlm.families
     # {name: linear | cosine | polynomial | geometric, parameter: value, ...} (or just the name);
     # null: the process's default (masked: linear; sedd-absorb: log-linear; sedd-uniform: geometric)
     schedule: dict[str, Any] | None = None
@@ -73,6 +73,7 @@ class OptimSettings:
     max_steps: int | None = None  # default: DEFAULT_MAX_STEPS, or no cap when a time budget is set
     time_budget: float | None = None  # seconds (or "10m", "1.5h"); the LR schedule then follows elapsed time
     precision: str = "auto"  # auto (bf16 where the device has native bf16) | bf16 | fp32
+    parallel: str = "ddp"  # under torchrun: ddp (a full copy per process) | fsdp (sharded, FSDP2)
     seed: int = 0
 
     def step_limit(self) -> int | None:

@@ -1,0 +1,153 @@
+"""Method families: a process, its sampler and the sampler options it reads, registered once by name.
+
+A family is what ``process.name`` names: masked diffusion, block diffusion, SEDD (absorbing and
+uniform) and the autoregressive baseline are registered here. Everything that depends on the
+family reads it from :func:`get_family`: the trainer and the model directories build the process
+(:func:`build_process`), the pipeline runs the sampler (:func:`sampler_steps`), and the CLI, the
+API and the web page offer the options the family takes (:func:`offered_options`).
+
+Adding a family is one :func:`register_family` call (see docs/design.md): a process class with
+``from_config(config, vocab)``, a step generator, the :class:`SamplerOptions` fields it reads and,
+optionally, a dataclass of options of its own declared with :func:`ddlm.schema.option`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ddlm.errors import DDLMError
+from ddlm.processes import Autoregressive, BlockDiffusion, MaskedDiffusion, Process, ScoreEntropyDiffusion, Vocabulary
+from ddlm.samplers.autoregressive import ar_steps
+from ddlm.samplers.block import BLOCK_OPTIONS, block_steps
+from ddlm.samplers.canvas import Canvas
+from ddlm.samplers.masked import MASKED_OPTIONS, masked_steps
+from ddlm.samplers.options import SamplerOptions
+from ddlm.samplers.sedd import SEDD_OPTIONS, sedd_steps
+from ddlm.samplers.step import SamplerStep
+from ddlm.schema import DeclaredOption, check_value, declared_options
+
+Sampler = Callable[..., Iterator[SamplerStep]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One method family under the name users type (``process.name=...``).
+
+    ``build``: the process from its configuration dict and vocabulary. ``sampler``: the step
+    generator ``(model, process, canvas, options, first_row)``. ``options``: the fields of
+    :class:`SamplerOptions` beyond the common ones that the sampler reads. ``own_options``: a
+    dataclass of options no built-in family has; their values travel in ``SamplerOptions.extra``.
+    """
+
+    name: str
+    build: Callable[[dict[str, Any], Vocabulary], Process]
+    sampler: Sampler
+    options: tuple[str, ...] = ()
+    own_options: type | None = None
+
+    def own(self) -> list[DeclaredOption]:
+        return declared_options(self.own_options) if self.own_options is not None else []
+
+    def offered(self) -> list[str]:
+        """The names of every option this family takes, common ones first."""
+        return [*common_options(), *self.options, *(declared.name for declared in self.own())]
+
+    def check(self, options: SamplerOptions) -> None:
+        """Refuse an option this family does not take (set away from its default), or an invalid own option."""
+        own = {declared.name: declared for declared in self.own()}
+        for declared in declared_options(SamplerOptions):
+            if declared.name in family_options() and declared.name not in self.options \
+                    and getattr(options, declared.name) != declared.default:
+                raise self.no_option(declared.name)
+        for name, value in options.extra.items():
+            if name not in own:
+                raise self.no_option(name) if name in option_table() else DDLMError(
+                    f"unknown sampler option {name}; the {self.name} sampler's options are {', '.join(self.offered())}",
+                    field=name)
+            check_value(own[name], value)
+
+    def no_option(self, name: str) -> DDLMError:
+        return DDLMError(f"the {self.name} sampler has no option {name}; drop it for this model", field=name)
+
+    def restrict(self, options: SamplerOptions) -> SamplerOptions:
+        """``options`` with those this family does not take reset to their defaults (and foreign extras dropped)."""
+        foreign = {declared.name: declared.default for declared in declared_options(SamplerOptions)
+                   if declared.name in family_options() and declared.name not in self.options}
+        own = {declared.name for declared in self.own()}
+        extra = {name: value for name, value in options.extra.items() if name in own}
+        return dataclasses.replace(options, **foreign, extra=extra)
+
+    def applicable(self, options: SamplerOptions) -> dict[str, Any]:
+        """The options this family takes, with their values (defaults for own options not given): for reports."""
+        values = options.to_dict()
+        own_defaults = {declared.name: declared.default for declared in self.own()}
+        return {name: values.get(name, own_defaults.get(name)) for name in self.offered()}
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Make ``family`` known under its name; its own options may not reuse another option's name."""
+    taken = option_table()
+    clash = [declared.name for declared in family.own() if declared.name in taken]
+    if clash:
+        raise DDLMError(f"family {family.name!r} declares option {clash[0]!r}, which exists already; rename it")
+    FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise DDLMError(f"unknown process {name!r}; choose one of {sorted(FAMILIES)}", field="process")
+    return FAMILIES[name]
+
+
+def family_options() -> set[str]:
+    """The SamplerOptions fields some family reads: the rest are common to every family."""
+    return {name for family in FAMILIES.values() for name in family.options}
+
+
+def common_options() -> list[str]:
+    return [declared.name for declared in declared_options(SamplerOptions) if declared.name not in family_options()]
+
+
+def option_table() -> dict[str, DeclaredOption]:
+    """Every sampler option by name: SamplerOptions' fields, then the registered families' own options."""
+    table = {declared.name: declared for declared in declared_options(SamplerOptions)}
+    for family in FAMILIES.values():
+        table.update({declared.name: declared for declared in family.own()})
+    return table
+
+
+def offered_options() -> list[DeclaredOption]:
+    """Every sampler option, in the order the front ends list them."""
+    return list(option_table().values())
+
+
+def build_process(config: dict[str, Any], vocab: Vocabulary) -> Process:
+    """The process described by ``config`` (as written by ``process.to_dict()``)."""
+    return get_family(config.get("name", "masked")).build(config, vocab)
+
+
+def sampler_steps(model: torch.nn.Module, process: Process, canvas: Canvas, options: SamplerOptions,
+                  first_row: int = 0) -> Iterator[SamplerStep]:
+    """The steps of the sampler of ``process``'s family (a seed is drawn when ``options`` has none)."""
+    family = get_family(process.name)
+    family.check(options)
+    return family.sampler(model, process, canvas, options.with_seed(), first_row)
+
+
+for builtin in (
+    Family("masked", MaskedDiffusion.from_config, masked_steps, MASKED_OPTIONS),
+    Family("block", BlockDiffusion.from_config, block_steps, BLOCK_OPTIONS),
+    Family("sedd-absorb", ScoreEntropyDiffusion.from_config, sedd_steps, SEDD_OPTIONS),
+    Family("sedd-uniform", ScoreEntropyDiffusion.from_config, sedd_steps, SEDD_OPTIONS),
+    Family("ar", Autoregressive.from_config, ar_steps),
+):
+    register_family(builtin)
