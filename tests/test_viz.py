@@ -18,7 +18,7 @@ from ddlm.viz.animation import denoising_frames, forward_frames
 from ddlm.viz.plots import plot_tradeoff, pyplot, read_log
 from ddlm.viz.style import HIGHLIGHT, MASK, REMASK, hex_color
 from ddlm.viz.terminal import LiveView, SamplingProgress
-from ddlm.viz.tokens import MASK_GLYPH, Kind, position_kinds
+from ddlm.viz.tokens import MASK_GLYPH, DrawMemory, Kind, step_views
 from tests.test_stream import TOKENIZER, pipeline
 
 
@@ -33,7 +33,7 @@ def test_live_view_animates_from_masks_to_the_final_text():
     with LiveView(pipe.tokenizer, total_samples=2, console=console, transient=False) as view:
         for step in view.watch(pipe.stream("ab", num_samples=2, length=10, steps=5, seed=0, texts=False)):
             steps.append(step)
-    first = view.render_row(steps[0], 0).plain
+    first = view.render_row(step_views(steps[0])[0]).plain
     assert first.startswith("ab") and first.count(MASK_GLYPH) == 10 - int(steps[0].revealed[0].sum())
     lines = console.export_text().rstrip().splitlines()  # frames follow each other without a line break
     final = [pipe.decode(steps[-1], row, stop_at_eos=False) for row in range(2)]
@@ -46,12 +46,36 @@ def test_live_view_styles_this_steps_tokens_and_remasked_positions():
     steps = list(pipe.stream(length=12, steps=6, seed=4, remask="cap", remask_eta=0.5, texts=False))
     view = LiveView(pipe.tokenizer, total_samples=1, console=recording_console())
     remasking = next(step for step in steps if step.remasked.any())
-    kinds = position_kinds(remasking, 0, TOKENIZER.mask_id)
+    row = step_views(remasking)[0]
+    kinds = row.kinds(TOKENIZER.mask_id)
     assert kinds.count(Kind.REMASKED) == int(remasking.remasked.sum())
     assert kinds.count(Kind.REVEALED) == int(remasking.revealed.sum())
-    rendered = view.render_row(remasking, 0)
+    rendered = view.render_row(row)
     styles = {str(span.style) for span in rendered.spans}
     assert f"bold {hex_color(REMASK)}" in styles and f"bold black on {hex_color(HIGHLIGHT)}" in styles
+
+
+def test_step_views_remember_each_positions_last_draw_within_a_batch():
+    """Views leave padding out, and remember each position's last draw until its batch ends."""
+    pipe = pipeline("masked")
+    steps = list(pipe.stream(["ab", "abcd", "a"], length=6, steps=6, seed=2, batch_size=2, policy="confidence",
+                             texts=False))
+    memory, drawn, batch = DrawMemory(), {}, None
+    for step in steps:
+        if step.first_sample != batch:  # a new batch starts from nothing drawn
+            drawn, batch = {}, step.first_sample
+        for row, (view, alone) in enumerate(zip(step_views(step, memory), step_views(step))):
+            active = step.canvas.active[row]
+            assert view.tokens == step.tokens[row][active].tolist() and len(view.confidence) == int(active.sum())
+            assert view.where(view.revealed) == step.revealed[row].nonzero().flatten().tolist()
+            for position in view.where(view.revealed):
+                drawn[row, position] = (float(step.confidence[row, position]), step.index)
+            remembered = {(row, p): (view.confidence[p], view.revealed_at[p])
+                          for p in range(len(view.tokens)) if view.revealed_at[p] >= 0}
+            assert remembered == {key: value for key, value in drawn.items() if key[0] == row}
+            # without memory: this step's draws only
+            assert {p for p, value in enumerate(alone.confidence) if value is not None} == set(view.where(view.revealed))
+    assert {step.first_sample for step in steps} == {0, 2} and not bool(steps[0].canvas.active.all())
 
 
 def test_progress_bar_is_hidden_when_stderr_is_not_a_terminal():

@@ -14,12 +14,11 @@ model's probability of the token drawn there (reset when a position is masked ag
 from __future__ import annotations
 
 import html
-import math
 from dataclasses import dataclass
 
 from ddlm.samplers import SamplerStep
 from ddlm.viz.style import EOS_GLYPH, FAINT, HIGHLIGHT, INK, MASK, REMASK, confidence_color, display_piece, hex_color
-from ddlm.viz.tokens import TokenPieces
+from ddlm.viz.tokens import DrawMemory, TokenPieces, step_views
 
 CONFIDENCE_LEVELS = 5  # ink buckets c0 (unsure) .. c4 (sure)
 MASK_TEXT = "_"  # a masked cell holds a character (drawn as a box), so that a run of them wraps like text
@@ -86,30 +85,19 @@ class Frame:
 
 
 class FrameMaker:
-    """Turns the steps of one batch into :class:`Frame` s, remembering each position's confidence."""
+    """Turns the steps of a run into :class:`Frame` s, remembering each position's confidence."""
 
     def __init__(self) -> None:
-        self.confidence: list[list[float | None]] | None = None
+        self.memory = DrawMemory()
 
     def __call__(self, step: SamplerStep, seconds: float) -> Frame:
-        active, generated = step.canvas.active, step.canvas.generated
-        rows = range(step.tokens.shape[0])
-        if self.confidence is None:
-            self.confidence = [[None] * int(active[row].sum()) for row in rows]
-        new = []
-        for row in rows:
-            changed = step.changed[row].nonzero().flatten().tolist()
-            for position in changed:
-                value = float(step.confidence[row, position]) if step.confidence is not None else math.nan
-                drawn = bool(step.revealed[row, position]) and math.isfinite(value)
-                self.confidence[row][position] = value if drawn else None
-            new.append(changed)
+        views = step_views(step, self.memory)
         return Frame(
             step=step.index + 1,
-            tokens=[step.tokens[row][active[row]].tolist() for row in rows],
-            generated=[generated[row][active[row]].tolist() for row in rows],
-            new=new,
-            confidence=[list(row) for row in self.confidence],
+            tokens=[view.tokens for view in views],
+            generated=[view.generated for view in views],
+            new=[view.changed for view in views],
+            confidence=[view.confidence for view in views],
             model_calls=step.model_calls,
             seconds=seconds,
             noise=float(step.noise),

@@ -9,7 +9,6 @@ names the request field at fault and the HTTP status that says why.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from ddlm.eval.diversity import unigram_entropy
 from ddlm.families import get_family
 from ddlm.pipeline import DiffusionPipeline, resolve_model_directory
 from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep
+from ddlm.viz.tokens import step_views
 
 SAMPLER_FIELDS = tuple(item.name for item in dataclasses.fields(SamplerOptions))
 CANVAS_FIELDS = ("model", "prompt", "suffix", "infill", "num_samples", "length", "stop_at_eos")
@@ -283,7 +283,7 @@ def timed(steps: Iterator[SamplerStep]) -> Iterator[tuple[SamplerStep, float]]:
 def run_result(model: Model, options: SamplerOptions, last_steps: list[SamplerStep], seconds: float) -> RunResult:
     """The result of a run of ``options`` from the last step of each of its batches."""
     pipe = model.pipe
-    output = SampleOutput.concatenate([SampleOutput.of_step(step) for step in last_steps], pipe.tokenizer.pad_id)
+    output = SampleOutput.of_stream(last_steps, pipe.tokenizer.pad_id)
     texts = [text for step in last_steps for text in step.texts]
     rows = range(output.tokens.shape[0])
     token_ids = [output.tokens[row][output.canvas.active[row]].tolist() for row in rows]
@@ -305,31 +305,21 @@ def planned_steps(model: Model, options: SamplerOptions, generated: int) -> int 
 
 def step_event(step: SamplerStep, seconds: float) -> dict[str, Any]:
     """One step as JSON: the canvas (token ids, MASK where still masked, and texts) and what changed."""
-    rows = range(step.tokens.shape[0])
-    active = step.canvas.active
-
-    def positions(where) -> list[list[int]]:
-        return [where[row].nonzero().flatten().tolist() for row in rows]
-
-    revealed = positions(step.revealed)
+    views = step_views(step)
+    revealed = [view.where(view.revealed) for view in views]
     confidence = None
-    if step.confidence is not None:
-        confidence = [[finite_or_none(step.confidence[row, index]) for index in revealed[row]] for row in rows]
+    if step.confidence is not None:  # rounded, None where the sampler recorded none
+        confidence = [[None if view.confidence[position] is None else round(view.confidence[position], 4)
+                       for position in positions] for view, positions in zip(views, revealed)]
     return {
         "index": step.index,
         "first_sample": step.first_sample,
-        "tokens": [step.tokens[row][active[row]].tolist() for row in rows],
+        "tokens": [view.tokens for view in views],
         "texts": step.texts,
         "revealed": revealed,
-        "remasked": positions(step.remasked),
+        "remasked": [view.where(view.remasked) for view in views],
         "confidence": confidence,
         "noise": round(float(step.noise), 6),
         "model_calls": step.model_calls,
         "seconds": round(seconds, 4),
     }
-
-
-def finite_or_none(value) -> float | None:
-    """A probability for JSON: rounded, or None where the sampler recorded none (NaN)."""
-    number = float(value)
-    return round(number, 4) if math.isfinite(number) else None

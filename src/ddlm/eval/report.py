@@ -18,7 +18,7 @@ from ddlm.eval.diversity import distinct_n, repetition_rate, unigram_entropy
 from ddlm.eval.judge import Judge
 from ddlm.eval.likelihood import evaluate_likelihood
 from ddlm.families import get_family
-from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep, last_steps
+from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep
 
 METRICS = ("likelihood", "samples")
 
@@ -89,8 +89,7 @@ def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings,
     options = get_family(pipe.process.name).restrict(settings.sampler)  # one command may compare models of several processes
     start = time.perf_counter()
     steps = pipe.stream(options=options, num_samples=settings.num_samples, texts=False)
-    outputs = [SampleOutput.of_step(step) for step in last_steps(counted(steps, tick))]
-    output = SampleOutput.concatenate(outputs, pipe.tokenizer.pad_id)
+    output = SampleOutput.of_stream(counted(steps, tick), pipe.tokenizer.pad_id)
     seconds = time.perf_counter() - start
     texts = [pipe.decode(output, row) for row in range(settings.num_samples)]
     ids = [pipe.tokenizer.encode(text) for text in texts]

@@ -78,7 +78,7 @@ class Streaming(CanvasBuilding):
 
         The output's ``canvas`` says which positions were generated, its ``seed`` repeats the run.
         """
-        return SampleOutput.concatenate(list(self.sample_batches(prompt, options, **arguments)), self.tokenizer.pad_id)
+        return SampleOutput.of_stream(self.stream(prompt, options, texts=False, **arguments), self.tokenizer.pad_id)
 
     def generate(self, prompt: str | list[str] | None = None, options: SamplerOptions | None = None,
                  stop_at_eos: bool = True, **arguments: Any) -> list[str]:

@@ -62,6 +62,11 @@ class SampleOutput:
         return cls(tokens=step.tokens, model_calls=step.model_calls, canvas=step.canvas, seed=step.seed)
 
     @classmethod
+    def of_stream(cls, steps: Iterable[SamplerStep], pad_id: int) -> SampleOutput:
+        """The output of a pipeline's stream (or of the last steps of its batches): the batches joined."""
+        return cls.concatenate([cls.of_step(step) for step in last_steps(steps)], pad_id)
+
+    @classmethod
     def concatenate(cls, outputs: list[SampleOutput], pad_id: int) -> SampleOutput:
         """Batches of one run joined into one output, narrower batches padded on the right."""
         if len(outputs) == 1:

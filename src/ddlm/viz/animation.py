@@ -37,7 +37,7 @@ from ddlm.viz.style import (
     display_piece,
     mix,
 )
-from ddlm.viz.tokens import Kind, RevealClock, TokenPieces, position_kinds
+from ddlm.viz.tokens import DrawMemory, Kind, RowView, TokenPieces, step_views
 
 COLOR_BY = ("confidence", "time")
 FORMATS = (".gif", ".webp")
@@ -69,27 +69,20 @@ def denoising_frames(steps: Sequence[SamplerStep], tokenizer: Tokenizer, color_b
     """
     if color_by not in COLOR_BY:
         raise DDLMError(f"unknown colouring {color_by!r}; choose one of {list(COLOR_BY)}")
-    pieces, clock = TokenPieces(tokenizer), RevealClock()
+    pieces, memory = TokenPieces(tokenizer), DrawMemory()
     total = total_steps or steps[-1].index + 1  # the sampler's steps: those that change nothing are not streamed
-    active = steps[0].canvas.active[row].cpu()
-    start = SamplerStep(-1, steps[0].canvas.tokens, torch.zeros_like(steps[0].revealed),
-                        torch.zeros_like(steps[0].revealed), None, 1.0, 0, canvas=steps[0].canvas)
-    frames = [frame_of(start, row, pieces, tokenizer.mask_id, None, None, color_by, total)]
-    confidence = torch.full(steps[0].tokens.shape, float("nan"))
-    for step in steps:
-        revealed_at = clock.update(step)
-        if step.confidence is not None:
-            confidence[step.revealed.cpu()] = step.confidence.cpu().float()[step.revealed.cpu()]
-        frames.append(frame_of(step, row, pieces, tokenizer.mask_id, revealed_at[row][active],
-                               confidence[row][active], color_by, total))
-    return frames
+    nothing = torch.zeros_like(steps[0].revealed)
+    start = SamplerStep(-1, steps[0].canvas.tokens, nothing, nothing, None, 1.0, 0, canvas=steps[0].canvas)
+    return [frame_of(step, step_views(step, memory, rows=[row])[0], pieces, tokenizer.mask_id, color_by, total)
+            for step in (start, *steps)]
 
 
-def frame_of(step: SamplerStep, row: int, pieces: TokenPieces, mask_id: int, revealed_at: torch.Tensor | None,
-             confidence: torch.Tensor | None, color_by: str, total_steps: int) -> Frame:
-    tokens = step.tokens[row][step.canvas.active[row]].tolist()
+def frame_of(step: SamplerStep, view: RowView, pieces: TokenPieces, mask_id: int, color_by: str,
+             total_steps: int) -> Frame:
+    """The frame of one sample (``view``) at ``step``."""
     cells = []
-    for position, (token, kind) in enumerate(zip(tokens, position_kinds(step, row, mask_id))):
+    for token, kind, confidence, revealed_at in zip(view.tokens, view.kinds(mask_id), view.confidence,
+                                                    view.revealed_at):
         if kind is Kind.MASKED:
             cells.append(Cell("", box=MASK))
         elif kind is Kind.REMASKED:
@@ -98,10 +91,9 @@ def frame_of(step: SamplerStep, row: int, pieces: TokenPieces, mask_id: int, rev
             cells.append(Cell(display_piece(pieces(token)), ink=GIVEN_INK))
         else:
             if color_by == "time":
-                ink = mix(EARLY, LATE, float(revealed_at[position]) / max(total_steps - 1, 1))
+                ink = mix(EARLY, LATE, revealed_at / max(total_steps - 1, 1))
             else:
-                p = float(confidence[position])
-                ink = INK if p != p else confidence_color(p)  # NaN: no confidence (never drawn)
+                ink = INK if confidence is None else confidence_color(confidence)  # None: no confidence (never drawn)
             cells.append(Cell(display_piece(pieces(token)), ink=ink, highlight=kind is Kind.REVEALED))
     masked = sum(cell.box is not None for cell in cells)
     header = "start" if step.index < 0 else f"step {step.index + 1}/{total_steps}"

@@ -18,7 +18,7 @@ from rich.text import Text
 from ddlm.samplers import SamplerStep
 from ddlm.tokenizers import Tokenizer
 from ddlm.viz.style import HIGHLIGHT, MASK, REMASK, hex_color
-from ddlm.viz.tokens import MASK_GLYPH, REMASKED_GLYPH, Kind, TokenPieces, position_kinds
+from ddlm.viz.tokens import MASK_GLYPH, REMASKED_GLYPH, Kind, RowView, TokenPieces, step_views
 
 STYLES = {  # the web page's and the GIF's colours (ddlm.viz.style)
     Kind.GIVEN: "bold",
@@ -91,17 +91,16 @@ class LiveView(StepView):
 
     def render(self, step: SamplerStep) -> Group:
         rows = min(step.tokens.shape[0], self.max_rows)
-        lines: list[Text] = [self.render_row(step, row) for row in range(rows)]
+        lines: list[Text] = [self.render_row(view) for view in step_views(step, rows=range(rows))]
         if step.tokens.shape[0] > rows:
             lines.append(Text(f"(+{step.tokens.shape[0] - rows} more samples in this batch)", style="dim"))
         lines.append(Text(self.status(step), style="cyan"))
         return Group(*lines)
 
-    def render_row(self, step: SamplerStep, row: int) -> Text:
-        """One sample at ``step``: each active position as its text or placeholder, styled by its kind."""
+    def render_row(self, view: RowView) -> Text:
+        """One sample at one step: each position as its text or placeholder, styled by its kind."""
         text = Text()
-        tokens = step.tokens[row][step.canvas.active[row]].tolist()
-        for token, kind in zip(tokens, position_kinds(step, row, self.tokenizer.mask_id)):
+        for token, kind in zip(view.tokens, view.kinds(self.tokenizer.mask_id)):
             text.append(PLACEHOLDERS.get(kind) or self.pieces(token), style=STYLES[kind])
         return text
 
