@@ -19,7 +19,7 @@ from ddlm.errors import DDLMError
 from ddlm.fileio import atomic_path, error_reason
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
-FORMAT = 2  # 1: the flat layout before the nested dictionary (still read)
+FORMAT = 2  # 1, the flat layout before the nested dictionary, is no longer read
 EXACT_STEP_COUNTS = 2**24  # the optimizer counts its steps in float32, exact up to here
 
 
@@ -79,7 +79,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         rest = json.loads(metadata["trainer_state"])
     except (SafetensorError, KeyError, json.JSONDecodeError, OSError) as error:
         raise DDLMError(f"checkpoint {path} is corrupt ({error}); delete it or resume from a copy") from None
-    state = from_flat_layout(tensors, rest) if metadata.get("format") is None else join_tensors(tensors, rest)
+    if metadata.get("format") is None:
+        raise DDLMError(f"checkpoint {path} is in the flat layout of an earlier ddlm (format 1), which this version "
+                        "no longer reads; resume it with the ddlm that wrote it, or start the run again")
+    state = join_tensors(tensors, rest)
     check_step(state, path)
     return state
 
@@ -101,17 +104,3 @@ def check_step(state: dict[str, Any], path: Path) -> None:
         raise DDLMError(f"checkpoint {path} says step {recorded} but its optimizer took {taken} steps (its metadata "
                         "was edited or damaged); resume from an intact copy of the checkpoint")
 
-
-def from_flat_layout(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
-    """A format-1 checkpoint ("model/", "ema/", "optim/INDEX/NAME", "rng/NAME/RANK" tensors) as a format-2 state."""
-    state = join_tensors(tensors, {})
-    return {
-        "model": state["model"],
-        "ema": {"shadow": state["ema"], "updates": rest["ema_updates"]},
-        "optimizer": {"state": state.get("optim", {}), "param_groups": rest["optimizer"]["param_groups"]},
-        "rng": state["rng"],
-        "loader": rest["loader"],
-        "train": rest["train"],
-        "run_config": rest["run_config"],
-        "world_size": rest.get("world_size", 1),
-    }
