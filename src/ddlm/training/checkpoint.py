@@ -3,6 +3,8 @@
 The dictionary's tensors (model, EMA, optimizer moments, RNG states) are stored as
 safetensors under their path ("optimizer/state/0/exp_avg"); everything else (step, data
 position, optimizer settings, ...) as JSON in the file's metadata. Nothing is ever unpickled.
+A sharded run's file keeps its model, optimizer and EMA tensors apart, in the directory it names under
+``SHARDS_KEY`` (:mod:`ddlm.training.sharding`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ddlm.fileio import atomic_path, error_reason
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT = 2  # 1, the flat layout before the nested dictionary, is no longer read
 EXACT_STEP_COUNTS = 2**24  # the optimizer counts its steps in float32, exact up to here
+SHARDS_KEY = "shards"  # a sharded checkpoint: the directory holding its model, optimizer and EMA
 
 
 def split_tensors(state: dict[str, Any], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -83,7 +86,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DDLMError(f"checkpoint {path} is in the flat layout of an earlier ddlm (format 1), which this version "
                         "no longer reads; resume it with the ddlm that wrote it, or start the run again")
     state = join_tensors(tensors, rest)
-    check_step(state, path)
+    if SHARDS_KEY not in state:  # (a sharded one is checked once its shards are read)
+        check_step(state, path)
     return state
 
 
@@ -95,7 +99,8 @@ def check_step(state: dict[str, Any], path: Path) -> None:
     """
     try:
         recorded = int(state["train"]["step"])
-        counts = [float(entry["step"]) for entry in state["optimizer"]["state"].values() if "step" in entry]
+        entries = state["optimizer"].get("state", {}).values()  # none before the first step of a sharded run
+        counts = [float(entry["step"]) for entry in entries if "step" in entry]
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise DDLMError(f"checkpoint {path} is corrupt (no valid step: {error!r}); "
                         "delete it or resume from a copy") from None

@@ -1,7 +1,7 @@
 """Data-parallel training under ``torchrun``: the process group and the collectives the trainer uses.
 
 Without torchrun (WORLD_SIZE unset or 1) every method is a cheap no-op, so the trainer has
-one code path.
+one code path. Under torchrun the process joins the process group even alone (sharded training needs it).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun (its rendezvous is in the environment)
 
     @classmethod
     def from_environment(cls) -> Distributed:
@@ -27,6 +28,7 @@ class Distributed:
             rank=int(os.environ.get("RANK", 0)),
             world_size=int(os.environ.get("WORLD_SIZE", 1)),
             local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            launched=all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")),
         )
 
     @property
@@ -38,8 +40,8 @@ class Distributed:
         return self.rank == 0
 
     def setup(self, device: torch.device) -> torch.device:
-        """Join the process group (gloo on CPU, NCCL on CUDA); returns this rank's device."""
-        if not self.enabled:
+        """Join the process group (gloo on CPU, NCCL on CUDA) under torchrun; returns this rank's device."""
+        if not (self.enabled or self.launched):
             return device
         if device.type == "cuda":
             device = torch.device("cuda", self.local_rank)
@@ -81,5 +83,5 @@ class Distributed:
             dist.barrier()
 
     def shutdown(self) -> None:
-        if self.enabled and dist.is_initialized():
+        if dist.is_initialized():
             dist.destroy_process_group()

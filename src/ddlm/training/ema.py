@@ -1,10 +1,11 @@
-"""Exponential moving average of the weights, kept in float32."""
+"""Exponential moving average of the weights, kept in float32 (sharded like the parameters under FSDP)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from ddlm.errors import DDLMError
 
@@ -37,7 +38,9 @@ class EMA:
 
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module) -> None:
-        """Load the averaged weights into ``model`` (same architecture and frozen weights)."""
+        """Load the averaged weights into ``model`` (same architecture and frozen weights, unsharded).
+
+        Sharded averages are gathered: then every process must call this (collective)."""
         parameters = dict(model.named_parameters())
         for name, value in self.shadow.items():
-            parameters[name].copy_(value)
+            parameters[name].copy_(value.full_tensor() if isinstance(value, DTensor) else value)

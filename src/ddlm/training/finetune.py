@@ -244,18 +244,17 @@ class FineTuneTrainer(Trainer):
         if self.settings.lora_save == "adapter" or not isinstance(self.model, Transformer):
             write_json_atomic(self.out_dir / SUMMARY_FILE, summary)  # (save_pretrained writes it for ddlm models)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The run's state; of the model only the trained parameters (the rest is the source's)."""
-        return {**super().state_dict(), "model": trainable_state(self.model)}
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """Of the model only the trained parameters (the rest is the source's)."""
+        return trainable_state(self.model)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
         trained = set(trainable_state(self.model))
-        loaded = self.model.load_state_dict(state["model"], strict=False)
-        misfits = sorted(loaded.unexpected_keys) or sorted(trained - set(state["model"]))
+        loaded = self.model.load_state_dict(state, strict=False)
+        misfits = sorted(loaded.unexpected_keys) or sorted(trained - set(state))
         if misfits:
             raise DDLMError(f"checkpoint {self.checkpoint_path} does not fit this fine-tuning ({misfits[0]}); "
                             "resume with the run's own LoRA settings")
-        super().load_state_dict({**state, "model": self.model.state_dict()})
 
 
 def prepare_finetune(

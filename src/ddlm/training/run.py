@@ -20,11 +20,13 @@ from ddlm.training.lock import RunLock
 from ddlm.training.trainer import Trainer
 
 RUN_FILE = "run.json"
-# What --resume may change: budgets, the learning-rate schedule's shape, precision and logging.
-# Anything else (model, data, tokenizer, process, batch, optimizer moments' settings) would not
-# continue the same run.
+# What --resume may change: budgets, the learning-rate schedule's shape, precision, logging, and how the
+# processes share the work (a sharded run resumed on fewer processes keeps its global batch with
+# grad_accum). Anything else (model, data, tokenizer, process, batch, optimizer moments' settings)
+# would not continue the same run.
 CHANGEABLE_ON_RESUME = ("optim.max_steps", "optim.time_budget", "optim.lr", "optim.min_lr_ratio", "optim.warmup_steps",
-                        "optim.warmup_fraction", "optim.grad_clip", "optim.precision", "log.")
+                        "optim.warmup_fraction", "optim.grad_clip", "optim.precision", "optim.parallel",
+                        "optim.grad_accum", "log.")
 CORPUS_NAMES = {"data": "training data", "valid": "validation data"}
 
 

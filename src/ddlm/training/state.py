@@ -47,7 +47,11 @@ class RandomStates:
         }
 
     def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """This rank's saved states; a rank the run did not have (a sharded run resumed on more processes)
+        keeps its fresh ones."""
         rank = str(self.dist.rank)
+        if rank not in state["noise"]:
+            return
         torch.set_rng_state(state["torch"][rank])
         self.noise.set_state(state["noise"][rank])
         if "cuda" in state and self.device.type == "cuda":

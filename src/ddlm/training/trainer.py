@@ -27,8 +27,8 @@ from ddlm.model import Transformer
 from ddlm.pipeline import DiffusionPipeline
 from ddlm.processes import LossOutput, Process, Vocabulary
 from ddlm.tokenizers import Tokenizer
-from ddlm.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from ddlm.training import curriculum
+from ddlm.training.checkpoint import CHECKPOINT_FILE, SHARDS_KEY, check_step, load_checkpoint, save_checkpoint
+from ddlm.training import curriculum, sharding
 from ddlm.training.config import RunConfig
 from ddlm.training.distributed import Distributed
 from ddlm.training.ema import EMA
@@ -77,8 +77,9 @@ def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Ad
 class Trainer:
     """Trains one model on one corpus and writes its model directory to ``out_dir``.
 
-    Under ``torchrun`` each rank trains on its slice of every batch (DistributedDataParallel);
-    rank 0 alone evaluates, logs and writes files.
+    Under ``torchrun`` each rank trains on its slice of every batch, holding a full copy of the model
+    (``optim.parallel=ddp``: DistributedDataParallel) or a shard of it (``fsdp``: FSDP2, see
+    :mod:`ddlm.training.sharding`); rank 0 alone evaluates, logs and writes files.
     """
 
     def __init__(
@@ -97,6 +98,8 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.run_lock = RunLock(self.out_dir)
         self.dist = Distributed.from_environment()
+        sharding.check_parallel(config.optim.parallel, self.dist)
+        self.sharded = config.optim.parallel == "fsdp"
         self.device = self.dist.setup(resolve_device(device))
         self.precision = resolve_precision(config.optim.precision, self.device)
         self.show_progress = show_progress and self.dist.is_main
@@ -104,6 +107,7 @@ class Trainer:
         self.process = build_run_process(config, tokenizer)
         self.model = self.new_model().to(self.device)
         self.eval_model = self.new_model().to(self.device).eval()
+        self.eval_model_current = False  # whether eval_model holds the EMA weights of now
         self.trained_model = self.wrap_for_data_parallel(self.model)
         self.optimizer = build_optimizer(self.model, config)
         self.ema = EMA(self.model, config.optim.ema)
@@ -128,13 +132,24 @@ class Trainer:
 
     def start_from(self, source: Transformer) -> None:
         """Begin from ``source``'s weights (``--init``): the model and its EMA."""
-        load_initial_weights(self.model, source)
+        load_initial_weights(self.eval_model, source)  # checked against the unsharded copy, then spread
+        sharding.load_full_state(self.model, self.eval_model.state_dict())
         self.ema = EMA(self.model, self.config.optim.ema)
+        self.eval_model_current = False
 
     def wrap_for_data_parallel(self, model: Transformer) -> torch.nn.Module:
+        """The model as trained: sharded in place (fsdp), inside DistributedDataParallel, or itself alone."""
+        if self.sharded:
+            return sharding.shard_model(model, self.precision, self.device, self.dist.world_size)
         if not self.dist.enabled:
             return model
         return torch.nn.parallel.DistributedDataParallel(model)
+
+    def gradients_kept_local(self) -> contextlib.AbstractContextManager:
+        """For a micro-batch before the last of a step: no gradient exchange between the processes."""
+        if self.sharded:
+            return sharding.gradients_kept_local(self.model)
+        return self.trained_model.no_sync() if self.dist.enabled else contextlib.nullcontext()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -249,8 +264,7 @@ class Trainer:
         nelbo_sum, token_count = 0.0, 0
         for micro_step in range(settings.grad_accum):
             last = micro_step == settings.grad_accum - 1
-            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.trained_model.no_sync()
-            with sync:
+            with contextlib.nullcontext() if last else self.gradients_kept_local():
                 with autocast(self.device, self.precision):
                     output = self.batch_loss()
                 (output.loss / settings.grad_accum).backward()
@@ -267,6 +281,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model)
+        self.eval_model_current = False
         self.state.step += 1
         return nelbo_sum / token_count, lr
 
@@ -280,7 +295,10 @@ class Trainer:
         The checkpoint comes last, so every log row of a step is on disk before its checkpoint.
         """
         log = self.config.log
-        if self.dist.is_main and self.valid_loader is not None and log.eval_every and step % log.eval_every == 0:
+        evaluating = self.valid_loader is not None and log.eval_every and step % log.eval_every == 0
+        if evaluating or (log.sample_every and step % log.sample_every == 0):
+            self.load_ema_into_eval_model()  # on every rank: sharded EMA weights are gathered
+        if self.dist.is_main and evaluating:
             valid = self.evaluate(log.eval_batches)
             self.state.best_valid = valid if self.state.best_valid is None else min(valid, self.state.best_valid)
             bar.write(f"step {step}: valid NELBO {valid:.4f} nats/token ({valid / math.log(2):.4f} bits)")
@@ -295,7 +313,11 @@ class Trainer:
     # ----- evaluation and export -----
 
     def load_ema_into_eval_model(self) -> Transformer:
-        self.ema.copy_to(self.eval_model)
+        """The evaluation copy holding the EMA weights of the current step. Collective under FSDP when the
+        copy is out of date: every rank calls it before rank 0 alone evaluates or exports."""
+        if not self.eval_model_current:
+            self.ema.copy_to(self.eval_model)
+            self.eval_model_current = True
         return self.eval_model
 
     @torch.no_grad()
@@ -345,6 +367,7 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Final validation over the whole validation set, then the model directory (rank 0)."""
+        self.load_ema_into_eval_model()  # on every rank: sharded EMA weights are gathered
         if not self.dist.is_main:
             self.dist.barrier()
             return self.summary()
@@ -375,12 +398,30 @@ class Trainer:
 
     # ----- checkpoints -----
 
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """What an unsharded checkpoint keeps of the model."""
+        return self.model.state_dict()
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``model_state``'s output."""
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError:
+            raise DDLMError(
+                f"checkpoint {self.checkpoint_path} does not fit this model configuration; "
+                "resume with the run's own config (leave model.* and data.* unchanged)"
+            ) from None
+
     def state_dict(self) -> dict[str, Any]:
-        """Every stateful part of the run, as one dictionary (collective: all ranks call it)."""
+        """Every stateful part of the run, as one dictionary (collective: all ranks call it). A sharded run's
+        model, optimizer and EMA are this rank's shards, keyed by parameter names, marked by ``SHARDS_KEY``."""
+        if self.sharded:
+            stepped = self.optimizer if self.optimizer.state else None
+            parts = {**sharding.state_parts(self.model, stepped, self.ema), SHARDS_KEY: None}
+        else:
+            parts = {"model": self.model_state(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict()}
         return {
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **parts,
             "rng": self.random.state_dict(),
             "loader": self.train_loader.state_dict(),
             "train": self.state.state_dict(),
@@ -389,42 +430,56 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore every stateful part from ``state_dict``'s output, as read back from a checkpoint."""
+        """Restore every stateful part from ``state_dict``'s output, as read back from a checkpoint (a sharded
+        one, read on any number of processes, with its shards: see ``resume``)."""
+        if SHARDS_KEY in state:
+            sharding.load_parts(self.model, self.optimizer, state)
+        else:
+            self.check_unsharded(state)
+            self.load_model_state(state["model"])
+            optimizer = state["optimizer"]  # JSON turned the parameter indices into strings
+            self.optimizer.load_state_dict({"state": {int(index): entry for index, entry in optimizer["state"].items()},
+                                            "param_groups": optimizer["param_groups"]})
+        self.ema.load_state_dict(state["ema"])
+        self.eval_model_current = False
+        self.random.load_state_dict(state["rng"])
+        self.train_loader.load_state_dict(state["loader"])
+        self.state.load_state_dict(state["train"])
+
+    def check_unsharded(self, state: dict[str, Any]) -> None:
+        """A one-line error for an unsharded checkpoint this run cannot continue: another number of processes
+        (each rank has its own random states), or a sharded run."""
         saved_world = state.get("world_size", 1)
         if saved_world != self.dist.world_size:
             raise DDLMError(
                 f"the checkpoint was written by {saved_world} process(es) and this run has {self.dist.world_size}; "
                 f"resume with the same number of processes (torchrun --nproc_per_node {saved_world})"
             )
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError:
-            raise DDLMError(
-                f"checkpoint {self.checkpoint_path} does not fit this model configuration; "
-                "resume with the run's own config (leave model.* and data.* unchanged)"
-            ) from None
-        self.ema.load_state_dict(state["ema"])
-        optimizer = state["optimizer"]  # JSON turned the parameter indices into strings
-        self.optimizer.load_state_dict({"state": {int(index): entry for index, entry in optimizer["state"].items()},
-                                        "param_groups": optimizer["param_groups"]})
-        self.random.load_state_dict(state["rng"])
-        self.train_loader.load_state_dict(state["loader"])
-        self.state.load_state_dict(state["train"])
+        if self.sharded:
+            raise DDLMError("this checkpoint was written by an unsharded run; resume it with optim.parallel=ddp")
 
     def save_checkpoint(self) -> None:
-        """Write the checkpoint of the current step (collective: every rank calls it, rank 0 writes)."""
+        """Write the checkpoint of the current step (collective: every rank calls it; rank 0 writes, or under
+        FSDP every rank its shards)."""
         if self.saved_step == self.state.step:
             return
         state = self.state_dict()
-        if self.dist.is_main:
-            save_checkpoint(self.checkpoint_path, state)
-        self.dist.barrier()
+        if self.sharded:
+            sharding.save_sharded_checkpoint(self.out_dir, state, self.dist)
+        else:
+            if self.dist.is_main:
+                save_checkpoint(self.checkpoint_path, state)
+                sharding.remove_shards(self.out_dir)  # those of a sharded checkpoint this run resumed from
+            self.dist.barrier()
         self.saved_step = self.state.step
 
     def resume(self, new_data: bool = False) -> None:
         """Restore every stateful part from the checkpoint in ``out_dir``; with ``new_data`` (the run's
         corpus changed) the loader starts the new corpus from its first batch instead of its saved place."""
         state = load_checkpoint(self.checkpoint_path)
+        if SHARDS_KEY in state:
+            state = sharding.read_shards(self.out_dir, state, self.model, self.optimizer, self.ema)
+            check_step(state, self.checkpoint_path)
         if new_data:
             state["loader"] = self.train_loader.state_dict()
         self.load_state_dict(state)
