@@ -40,7 +40,36 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
-class KVCache:
+class TokenMemory:
+    """The token ids written to a cache, kept for a shifted model, which reads the token before each position:
+    the next call's first position reads the last one remembered. Needs ``capacity`` and ``length``."""
+
+    capacity: int
+    length: int
+    tokens: torch.Tensor | None = None  # (B, capacity) the token ids seen
+
+    def remember(self, tokens: torch.Tensor) -> None:
+        """Keep the ids of ``tokens`` (B, new), written after ``length`` (a shifted model reads the last one next)."""
+        if self.tokens is None:
+            self.tokens = tokens.new_zeros((tokens.shape[0], self.capacity))
+        self.tokens[:, self.length : self.length + tokens.shape[1]] = tokens
+
+    def previous_token(self) -> torch.Tensor:
+        """(B, 1) the id of the token at position ``length - 1``."""
+        return self.tokens[:, self.length - 1 : self.length]
+
+
+def shift_right(tokens: torch.Tensor, start_id: int, cache: TokenMemory | None = None) -> torch.Tensor:
+    """The shift (``ModelConfig.shift``): what a shifted model reads at the positions of ``tokens``, the token
+    before each one, with ``start_id`` at position 0 (or the cache's last token when ``tokens`` continue a cache)."""
+    if cache is not None and cache.length > 0:
+        first = cache.previous_token()
+    else:
+        first = torch.full_like(tokens[:, :1], start_id)
+    return torch.cat((first, tokens[:, :-1]), dim=1)
+
+
+class KVCache(TokenMemory):
     """Keys and values of the positions a model has already processed, per layer.
 
     ``model(tokens, cache=cache)`` reads ``tokens`` as positions ``cache.length, ...``:
@@ -63,17 +92,6 @@ class KVCache:
         self.keep_to = 0
         self.keys: list[torch.Tensor | None] = [None] * n_layers
         self.values: list[torch.Tensor | None] = [None] * n_layers
-        self.tokens: torch.Tensor | None = None  # (B, capacity) the token ids seen, for a shifted model
-
-    def remember(self, tokens: torch.Tensor) -> None:
-        """Keep the ids of ``tokens`` (B, new), written after ``length`` (a shifted model reads the last one next)."""
-        if self.tokens is None:
-            self.tokens = tokens.new_zeros((tokens.shape[0], self.capacity))
-        self.tokens[:, self.length : self.length + tokens.shape[1]] = tokens
-
-    def previous_token(self) -> torch.Tensor:
-        """(B, 1) the id of the token at position ``length - 1``."""
-        return self.tokens[:, self.length - 1 : self.length]
 
     def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write ``layer``'s keys and values (B, H, new, D) after ``length``; return all of them so far."""
@@ -276,13 +294,8 @@ class Transformer(nn.Module):
         return KVCache(batch_size, self.config.n_layers, self.config.context_length)
 
     def shifted_inputs(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """What a shifted model reads at the positions of ``tokens``: the token before each one, the
-        start token at position 0 (or the cache's last token when ``tokens`` continue a cache)."""
-        if cache is not None and cache.length > 0:
-            first = cache.previous_token()
-        else:
-            first = torch.full_like(tokens[:, :1], self.config.start_id)
-        return torch.cat((first, tokens[:, :-1]), dim=1)
+        """What a shifted model reads at the positions of ``tokens``: :func:`shift_right` from ``config.start_id``."""
+        return shift_right(tokens, self.config.start_id, cache)
 
     def forward(
         self,
