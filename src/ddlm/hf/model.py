@@ -61,7 +61,9 @@ class HFPrefixCache:
 def crop(past: Any, length: int) -> Any:
     """``past_key_values`` cut to the first ``length`` positions: a Cache object or tuples of (B, H, T, D) tensors."""
     if hasattr(past, "crop"):
-        past.crop(length)
+        surplus = past.get_seq_length() - length
+        if surplus > 0:  # a negative count removes that many positions (transformers 4 and 5; 5 refuses a length)
+            past.crop(-surplus)
         return past
     return tuple(tuple(tensor[:, :, :length] for tensor in layer) for layer in past)
 
