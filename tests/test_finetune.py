@@ -3,6 +3,7 @@ and ``ddlm finetune`` end to end on tiny ddlm and Hugging Face models (full and 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -426,3 +427,14 @@ def test_hugging_face_models_fine_tune_and_load(hf_models, tmp_path, kind, lora)
     assert changed
     output = pipe.sample("the cat", chat=True, length=4, steps=4, seed=0)
     assert not (output.tokens == pipe.tokenizer.mask_id).any()
+
+
+def test_finetune_counts_the_tokens_of_its_examples_not_their_padding(ddlm_models, tmp_path):
+    trainer = prepare_finetune(str(ddlm_models / "masked"), ddlm_models / "pairs.jsonl", tmp_path / "ft",
+                               overrides=["optim.max_steps=3", "optim.batch_size=4", "optim.grad_accum=2"],
+                               device="cpu", show_progress=False)
+    stream = copy.deepcopy(trainer.train_loader)  # the rows the run will draw, in its order
+    expected = sum(len(stream.rows[index]) for index in stream.take(3 * 2 * 4))
+    summary = trainer.train()
+    assert summary["tokens"] == expected
+    assert expected < 3 * 2 * 4 * max(len(row) for row in stream.rows)  # the examples differ in length

@@ -191,13 +191,15 @@ def split_rows(rows: list[SFTRow], fraction: float, seed: int = 0) -> tuple[list
 
 @dataclass
 class SFTBatch:
-    """Token rows (B, L) padded with end-of-text, and the mask (B, L) of their response positions."""
+    """Token rows (B, L) padded with end-of-text, the mask (B, L) of their response positions, and the rows'
+    own lengths (B,), padding left out."""
 
     tokens: torch.Tensor
     response: torch.Tensor
+    lengths: torch.Tensor
 
     def to(self, device: torch.device | str) -> SFTBatch:
-        return SFTBatch(self.tokens.to(device), self.response.to(device))
+        return SFTBatch(self.tokens.to(device), self.response.to(device), self.lengths)
 
 
 def padded_length(rows: list[SFTRow], multiple: int = 1) -> int:
@@ -212,7 +214,7 @@ def collate(rows: list[SFTRow], end_id: int, multiple: int = 1) -> SFTBatch:
     for index, row in enumerate(rows):
         tokens[index, : len(row)] = torch.tensor([*row.prompt, *row.response], dtype=torch.long)
         response[index, : len(row.prompt)] = False
-    return SFTBatch(tokens, response)
+    return SFTBatch(tokens, response, torch.tensor([len(row) for row in rows]))
 
 
 class SFTLoader:

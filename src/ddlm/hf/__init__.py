@@ -4,7 +4,8 @@
 that ddlm did not write) into the model, tokenizer and process a :class:`ddlm.DiffusionPipeline`
 holds: masked diffusion with the linear schedule (LLaDA's and MDLM's), over a network that does
 not see the noise level. Model code shipped with the weights (``auto_map`` in config.json, as
-LLaDA and Dream do) runs only when the caller passes ``trust_remote_code=True``.
+LLaDA and Dream do) runs only when the caller passes ``trust_remote_code=True``. Causal LMs (GPT-2,
+Llama, Qwen) adapted to masked or block diffusion by ``ddlm train --init`` load through :mod:`ddlm.hf.causal`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch
 
 from ddlm.device import resolve_precision
 from ddlm.errors import DDLMError
+from ddlm.families import build_process
 from ddlm.hf.model import SHIFTED_MODEL_TYPES, HFBackboneConfig, HFDiffusionModel
 from ddlm.hf.tokenizer import HFTokenizer
-from ddlm.families import build_process
 from ddlm.processes import Process, Vocabulary
 
 __all__ = ["HFBackboneConfig", "HFDiffusionModel", "HFTokenizer", "is_transformers_config", "load_transformers_model"]
@@ -30,6 +31,7 @@ REMOTE_CLASSES = (MASKED_LM_CLASS, "AutoModel")  # LLaDA and Dream register thei
 POSITION_FIELDS = ("max_position_embeddings", "max_sequence_length", "n_positions")
 PROCESS = {"name": "masked", "schedule": {"name": "linear"}}
 CACHE_KEYWORDS = ("past_key_values", "cache")  # LLaDA-style remote code; transformers 5's own name
+CAUSAL_CLASS_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # GPT2LMHeadModel, LlamaForCausalLM, Qwen3ForCausalLM, ...
 
 
 def is_transformers_config(config: dict[str, Any]) -> bool:
@@ -45,20 +47,20 @@ def load_transformers_model(
     auto_map = config.get("auto_map") or {}
     if not trust_remote_code:
         refuse_shipped_code(directory, auto_map)
-    try:
-        import transformers
-    except ImportError:
-        raise DDLMError("Hugging Face models need the transformers library: pip install 'ddlm[hf]'") from None
+    if is_causal_lm_config(config):
+        from ddlm.hf.causal import load_adapted_model  # (it builds on this module's helpers)
+
+        return load_adapted_model(directory, config, trust_remote_code, device, precision)
+    transformers = import_transformers()
     class_name = MASKED_LM_CLASS if not auto_map or MASKED_LM_CLASS in auto_map else "AutoModel"
     if auto_map and class_name not in auto_map:
         raise DDLMError(f"{directory}/config.json maps none of {', '.join(REMOTE_CLASSES)} in its auto_map; "
                         "ddlm samples masked LMs and LLaDA/Dream-style models")
     dtype = torch.bfloat16 if resolve_precision(precision, device) == "bf16" else torch.float32
-    dtype_keyword = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
         network = getattr(transformers, class_name).from_pretrained(
-            str(directory), trust_remote_code=trust_remote_code, **{dtype_keyword: dtype})
+            str(directory), trust_remote_code=trust_remote_code, **dtype_argument(transformers, dtype))
     except (OSError, ValueError, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DDLMError(f"transformers cannot load {directory} as a masked LM ({first}); ddlm samples masked LMs "
@@ -75,6 +77,27 @@ def load_transformers_model(
     summary = {"source": "transformers", "model_type": model_type, "model_class": type(network).__name__,
                "directory": str(directory)}
     return model.to(device), ddlm_tokenizer, process, summary
+
+
+def import_transformers() -> Any:
+    """The ``transformers`` module, or a one-line error naming the extra to install."""
+    try:
+        import transformers
+    except ImportError:
+        raise DDLMError("Hugging Face models need the transformers library: pip install 'ddlm[hf]'") from None
+    return transformers
+
+
+def dtype_argument(transformers: Any, dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s weight-type keyword: ``dtype`` from transformers 5 on, ``torch_dtype`` before."""
+    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": dtype}
+
+
+def is_causal_lm_config(config: dict[str, Any]) -> bool:
+    """Whether config.json describes a causal (autoregressive) LM of a ``transformers`` architecture (GPT-2,
+    Llama, Qwen, ...: ``*ForCausalLM``, ``*LMHeadModel``), not one with model code of its own."""
+    names = config.get("architectures") or []
+    return not config.get("auto_map") and any(str(name).endswith(CAUSAL_CLASS_SUFFIXES) for name in names)
 
 
 def refuse_shipped_code(directory: Path, auto_map: dict[str, Any]) -> None:

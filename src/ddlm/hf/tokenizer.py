@@ -39,16 +39,11 @@ class HFTokenizer:
             )
         self.hf = tokenizer
         self.vocab_size = len(tokenizer)
-        vocabulary = tokenizer.get_vocab()
         self.mask_id = first_id("a mask token (mask_token in the tokenizer or mask_token_id in config.json)",
-                                tokenizer.mask_token_id, mask_id, *(vocabulary.get(name) for name in MASK_TOKEN_NAMES))
+                                find_mask_id(tokenizer, mask_id))
         self.eos_id = first_id("an end-of-text or separator token", tokenizer.eos_token_id, tokenizer.sep_token_id)
-        reserved = {self.mask_id, self.eos_id, *end_ids}
-        self.pad_id = first_id(
-            "a padding token distinct from end-of-text and mask (pad, bos, unk or cls token)",
-            *(i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id,
-                          tokenizer.cls_token_id) if i not in reserved),
-        )
+        self.pad_id = first_id("a padding token distinct from end-of-text and mask (pad, bos, unk or cls token)",
+                               find_pad_id(tokenizer, {self.mask_id, self.eos_id, *end_ids}))
         for name in ("mask_id", "eos_id", "pad_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise DDLMError(f"the tokenizer's {name} {getattr(self, name)} lies outside its vocabulary "
@@ -115,6 +110,19 @@ class HFTokenizer:
                                               tokenize=True)
         ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
         return [int(i) for i in ids]
+
+
+def find_mask_id(tokenizer: Any, mask_id: int | None = None) -> int | None:
+    """The tokenizer's mask token, else ``mask_id`` (config.json's), else a token spelt like a mask; None if none."""
+    vocabulary = tokenizer.get_vocab()
+    candidates = (tokenizer.mask_token_id, mask_id, *(vocabulary.get(name) for name in MASK_TOKEN_NAMES))
+    return next((int(i) for i in candidates if i is not None), None)
+
+
+def find_pad_id(tokenizer: Any, reserved: set[int]) -> int | None:
+    """The first of the pad, bos, unk and cls tokens that is not ``reserved`` (mask and end ids); None if none."""
+    candidates = (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id, tokenizer.cls_token_id)
+    return next((int(i) for i in candidates if i is not None and i not in reserved), None)
 
 
 def first_id(what: str, *candidates: int | None) -> int:

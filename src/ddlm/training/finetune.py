@@ -206,9 +206,11 @@ class FineTuneTrainer(Trainer):
         valid = SFTLoader(valid_rows, optim.batch_size, self.end_id, multiple=multiple) if valid_rows else None
         return train, valid
 
-    def batch_loss(self) -> LossOutput:
+    def batch_loss(self) -> tuple[LossOutput, int]:
+        """The SFT loss of the next micro-batch, and its examples' tokens (their padding left out)."""
         batch = next(self.train_loader).to(self.device)
-        return self.process.sft_loss(self.trained_model, batch.tokens, batch.response, self.random.noise)
+        loss = self.process.sft_loss(self.trained_model, batch.tokens, batch.response, self.random.noise)
+        return loss, int(batch.lengths.sum())
 
     @torch.no_grad()
     def evaluate(self, max_batches: int | None = None, draws: int = 1, progress: str | None = None) -> float:

@@ -15,7 +15,8 @@ from ddlm.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from ddlm.training.checkpoint import CHECKPOINT_FILE
 from ddlm.training.config import RunConfig, flatten
 from ddlm.training.distributed import Distributed
-from ddlm.training.init import adapted_config, load_source
+from ddlm.training.hf_init import HFInitTrainer
+from ddlm.training.init import adapted_config, is_hf_source, load_source, resumed_hf_source
 from ddlm.training.lock import RunLock
 from ddlm.training.trainer import Trainer
 
@@ -138,7 +139,8 @@ def build_trainer(
         changes = resume_changes(run["run_config"], config)
         data = data_source(config, data or run["data"]).label
         valid = valid or run["valid"]
-        tokenizer = load_tokenizer(out_dir)
+        initial = resumed_hf_source(config)  # a run over a Hugging Face network rebuilds it from its source
+        tokenizer = initial.tokenizer if initial is not None else load_tokenizer(out_dir)
     else:
         if (out_dir / CHECKPOINT_FILE).exists():
             raise DDLMError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out")
@@ -160,9 +162,12 @@ def build_trainer(
                                 "valid": valid_corpus.fingerprint if valid is not None else None}}
     if resume:
         changes.update(corpus_changes(run, corpora, accept_data_change))
-    trainer = Trainer(config, tokenizer, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
-    if initial is not None:
-        trainer.start_from(initial.model)
+    if initial is not None and is_hf_source(initial):
+        trainer = HFInitTrainer(config, initial, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
+    else:
+        trainer = Trainer(config, tokenizer, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
+        if initial is not None:
+            trainer.start_from(initial.model)
     if resume:
         trainer.resume(new_data="data" in changes)
         recorded = {key: run.get(key) for key in corpora}

@@ -182,7 +182,6 @@ class Trainer:
 
     def run_steps(self, stop_after: int | None, signals: StopSignals) -> None:
         """The optimizer steps, each followed by its logs and periodic work; a checkpoint at the end."""
-        settings = self.config.optim
         bar = self.progress_bar()
         window_tokens, window_start = 0, time.perf_counter()
         try:
@@ -193,11 +192,9 @@ class Trainer:
                 if self.finished(stop_after):
                     break
                 step_start = time.perf_counter()
-                loss, lr = self.train_step()
+                loss, lr, tokens = self.train_step()
                 # every rank must agree on the elapsed time: it drives the LR and the stop
                 self.state.elapsed += self.dist.max(time.perf_counter() - step_start, self.device)
-                tokens = settings.batch_size * settings.grad_accum * self.config.data.context_length
-                tokens *= self.dist.world_size
                 self.state.tokens += tokens
                 window_tokens += tokens
                 step = self.state.step
@@ -254,23 +251,25 @@ class Trainer:
         return warmup_progress(self.state.step, settings.warmup_steps, self.state.elapsed, seconds)
 
     def train_step(self) -> tuple[float, float]:
-        """One optimizer step over grad_accum micro-batches; returns (NELBO/token, lr)."""
+        """One optimizer step over grad_accum micro-batches; returns (NELBO/token, lr, tokens trained on by all
+        ranks)."""
         settings = self.config.optim
         lr = learning_rate(self.progress(), self.warmup(), settings.lr, settings.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         curriculum.apply(self.process, self.state.step, self.config.adapt, self.config.data.context_length)
         self.model.train()
-        nelbo_sum, token_count = 0.0, 0
+        nelbo_sum, token_count, trained = 0.0, 0, 0
         for micro_step in range(settings.grad_accum):
             last = micro_step == settings.grad_accum - 1
             with contextlib.nullcontext() if last else self.gradients_kept_local():
                 with autocast(self.device, self.precision):
-                    output = self.batch_loss()
+                    output, batch_tokens = self.batch_loss()
                 (output.loss / settings.grad_accum).backward()
             nelbo_sum += output.nelbo_sum
             token_count += output.num_tokens
-        nelbo_sum, token_count = self.dist.sum([nelbo_sum, token_count], self.device)
+            trained += batch_tokens
+        nelbo_sum, token_count, trained = self.dist.sum([nelbo_sum, token_count, trained], self.device)
         if not math.isfinite(nelbo_sum):
             raise DDLMError(
                 f"the loss became {nelbo_sum} at step {self.state.step}; lower optim.lr or use precision=fp32, "
@@ -283,11 +282,12 @@ class Trainer:
         self.ema.update(self.model)
         self.eval_model_current = False
         self.state.step += 1
-        return nelbo_sum / token_count, lr
+        return nelbo_sum / token_count, lr, int(trained)
 
-    def batch_loss(self) -> LossOutput:
-        """The loss of the next training micro-batch."""
-        return self.process.loss(self.trained_model, next(self.train_loader).to(self.device), self.random.noise)
+    def batch_loss(self) -> tuple[LossOutput, int]:
+        """The loss of the next training micro-batch, and the number of tokens it holds."""
+        batch = next(self.train_loader).to(self.device)
+        return self.process.loss(self.trained_model, batch, self.random.noise), batch.numel()
 
     def periodic(self, step: int, bar: tqdm) -> None:
         """Validation, sample previews and checkpoints at their intervals.
