@@ -1,29 +1,9 @@
-"""The range of every numeric training setting, and which settings are durations."""
+"""The range of every numeric training setting (a :class:`ddlm.schema.Bounds`, as sampler options have),
+and which settings are durations."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The range of a numeric setting: ``low``/``high`` included unless marked open."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def describe(self) -> str:
-        if self.high is None:
-            return f"{'greater than' if self.low_open else 'at least'} {self.low}"
-        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-
+from ddlm.schema import Bounds
 
 AT_LEAST_ONE = Bounds(1)
 NOT_NEGATIVE = Bounds(0)
