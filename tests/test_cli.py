@@ -84,7 +84,7 @@ def test_live_without_a_terminal_prints_plain_text(trained, capsys):
     (["--temperature", "inf"], "temperature must be a finite number"),
     (["--temperature", "nan"], "temperature must be a finite number"),
     (["--policy", "threshold", "--threshold", "2"], "threshold must be in (0, 1]"),
-    (["--seed", "-1"], "seed must be at least 0"),
+    (["--seed", "-1"], "seed must be in [0, 2**63)"),
     (["--steps", "0"], "steps must be at least 1"),
     (["--top-p", "0"], "top_p must be in (0, 1]"),
     (["--batch-size", "0"], "batch_size must be at least 1"),

@@ -161,7 +161,7 @@ def test_a_prompt_or_suffix_that_fills_the_context_is_named(bundled, prompt, suf
 def test_a_length_past_the_context_counts_the_suffix(bundled):
     with pytest.raises(DDLMError) as error:
         bundled.canvas_rows("ROMEO:", 1, 250, suffix="x" * 10)
-    one_line(error, "prompt (6) + suffix (10) + length (250)", "use --length 240 or less")
+    one_line(error, "prompt (6) + suffix (10) + length (250)", "ask for length 240 or less")
     assert len(bundled.canvas_rows("ROMEO:", 1, 240, suffix="x" * 10)[0]) == 256
 
 

@@ -66,43 +66,38 @@ def add_runtime_flags(parser: argparse.ArgumentParser, compile_flag: bool = True
                             "to compile, then ~1.5x faster (pays off for runs of a few minutes or more)")
 
 
-def add_sampler_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of SamplerOptions shared by ``sample``, ``animate`` and ``eval`` (the commands add --steps and --seed).
+def add_sampler_flags(parser: argparse.ArgumentParser, defaults: dict[str, object] | None = None,
+                      notes: dict[str, str] | None = None) -> None:
+    """One flag per sampler option (every registered family's), generated from the options' declarations.
 
-    Every flag defaults to None, so an unset flag keeps SamplerOptions' own default.
+    A flag left unset is None, so the option keeps its declared default, unless the command gives
+    its own in ``defaults`` (``ddlm animate``: 64 steps); ``notes`` add a command's remark to a help text.
     """
-    from ddlm.samplers.options import SEDD_METHODS
-    from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
+    from ddlm.families import offered_options, option_help
 
+    defaults, notes = defaults or {}, notes or {}
     group = parser.add_argument_group("sampling")
-    group.add_argument("--temperature", type=float, help="0 is greedy (default: 1)")
-    group.add_argument("--top-k", type=int, help="draw among the k most likely tokens")
-    group.add_argument("--top-p", type=float, help="draw among the most likely tokens reaching probability p")
-    group.add_argument("--no-cache", dest="use_cache", action="store_false", default=None,
-                       help="call the model at every step")
-    group.add_argument("--method", choices=SEDD_METHODS, help="SEDD reverse step (default: analytic)")
-    group.add_argument("--policy", choices=POLICIES, help="which masked positions each step reveals (default: ancestral)")
-    group.add_argument("--block-length", type=int, help="semi-autoregressive blocks of this many positions")
-    group.add_argument("--threshold", type=float, help="also reveal every position this confident (threshold policy: 0.9)")
-    group.add_argument("--entropy-bound", type=float, metavar="GAMMA",
-                       help="EB-sampler: also reveal the best-ranked positions whose entropies (summed, less the "
-                            "largest) stay within GAMMA nats (a ranked policy, e.g. --policy confidence)")
-    group.add_argument("--remask", choices=REMASK_SCHEDULES, help="ReMDM remasking schedule (ancestral policy)")
-    group.add_argument("--remask-eta", type=float, help="ReMDM remasking strength in [0, 1] (default: 0.05)")
-    group.add_argument("--prefix-cache", action="store_true", default=None,
-                       help="reuse keys/values left of the current block")
-    group.add_argument("--dual-cache", action="store_true", default=None,
-                       help="reuse keys/values left and right of the current block (needs --block-length)")
-    group.add_argument("--min-length", type=int, help="no end-of-text among the first N generated tokens")
+    for declared in offered_options():
+        default = defaults.get(declared.name)
+        shown = declared if default is None else dataclasses.replace(declared, default=default)
+        text = option_help(shown) + (f"; {notes[declared.name]}" if declared.name in notes else "")
+        if declared.kind is bool:
+            turns_off = bool(declared.default)
+            group.add_argument(declared.flag, dest=declared.name, action="store_false" if turns_off else "store_true",
+                               default=None, help=text + ("; this flag turns it off" if turns_off else ""))
+        else:
+            group.add_argument(declared.flag, dest=declared.name, type=declared.kind, default=default,
+                               choices=declared.option.choices, help=text)
 
 
 def sampler_options_from_args(args: argparse.Namespace) -> SamplerOptions:
-    """The validated SamplerOptions of the parsed flags: each field from the flag of its name where one was set."""
+    """The validated SamplerOptions of the parsed flags: each option from the flag of its name where one was set."""
+    from ddlm.families import offered_options
     from ddlm.samplers.options import SamplerOptions
 
-    given = {item.name: getattr(args, item.name) for item in dataclasses.fields(SamplerOptions)
-             if getattr(args, item.name, None) is not None}
-    return SamplerOptions(**given)
+    given = {declared.name: getattr(args, declared.name) for declared in offered_options()
+             if getattr(args, declared.name, None) is not None}
+    return SamplerOptions.build(**given)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -197,13 +192,11 @@ def add_sample_flags(sample: argparse.ArgumentParser) -> None:
     sample.add_argument("--suffix", help="text fixed after the generated positions (diffusion models)")
     sample.add_argument("-n", "--num-samples", type=int, default=1, help="samples per prompt (default: 1)")
     sample.add_argument("--length", type=int, help="tokens to generate (default: fill the context)")
-    sample.add_argument("--steps", type=int, default=128, help="denoising steps (default: 128)")
     sample.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"samples drawn at once; each batch is printed when done (default: {DEFAULT_BATCH_SIZE})")
     sample.add_argument("--live", action="store_true",
                         help="watch the denoising in the terminal (plain text when stdout is not a terminal)")
     sample.add_argument("--no-progress", action="store_true", help="hide the progress bar on stderr")
-    sample.add_argument("--seed", type=int, help="random seed, for repeatable samples (default: a fresh one)")
     add_runtime_flags(sample)
     sample.add_argument("--keep-eos", action="store_true", help="print text after a generated end-of-text token")
     sample.add_argument("--format", choices=["text", "jsonl"], default="text",
@@ -218,16 +211,13 @@ def add_sample_flags(sample: argparse.ArgumentParser) -> None:
 def add_animate_flags(animate: argparse.ArgumentParser) -> None:
     from ddlm.viz.animation import COLOR_BY
 
-    add_sampler_flags(animate)
+    add_sampler_flags(animate, defaults={"steps": 64}, notes={"steps": "one frame each (--forward: noise levels)"})
     animate.add_argument("--model", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: the bundled {DEFAULT_MODEL!r})")
     animate.add_argument("--out", required=True, help="the animation to write: a .gif or .webp file")
     animate.add_argument("--prompt", help="text the sample starts with (kept fixed)")
     animate.add_argument("--infill", metavar="TEMPLATE", help=r"fill the gaps of a template, e.g. 'To be, [MASK*12]'")
     animate.add_argument("--suffix", help="text fixed after the generated positions")
     animate.add_argument("--length", type=int, help="tokens to generate (default: fill the context)")
-    animate.add_argument("--steps", type=int, default=64,
-                         help="denoising steps, one frame each (--forward: noise levels) (default: 64)")
-    animate.add_argument("--seed", type=int, help="random seed (default: a fresh one)")
     animate.add_argument("--color", choices=COLOR_BY, default="confidence",
                          help="colour tokens by the model's confidence or by when they were revealed")
     animate.add_argument("--forward", metavar="TEXT", help="animate the forward process on TEXT instead of sampling")
@@ -242,11 +232,16 @@ def add_plot_flags(plot: argparse.ArgumentParser) -> None:
 
 
 def add_eval_flags(evaluate: argparse.ArgumentParser) -> None:
-    add_sampler_flags(evaluate)
+    add_sampler_flags(evaluate, defaults={"seed": 0})
     evaluate.add_argument("--model", action="append", required=True, help=f"{MODEL_HELP}; repeat to compare")
     evaluate.add_argument("--data", help="held-out text for the likelihood: a file, folder, .jsonl, saved data set or "
-                          "hf:NAME (its data.hf_valid_split), or shakespeare: the built-in corpus's last 10%%, "
-                          "the text training holds out; a local path of that name wins")
+                          "hf:NAME (its data.hf_valid_split), shakespeare: the built-in corpus's last 10%%, "
+                          "the text training holds out, or a zero-shot corpus of the papers (ptb, wikitext2, "
+                          "wikitext103, lm1b, lambada, ag_news, pubmed, arxiv: its split from the Hub, detokenised); "
+                          "a local path of that name wins")
+    evaluate.add_argument("--detokenizer", choices=["ptb", "wikitext", "lm1b", "lambada", "scientific_papers", "none"],
+                          help="undo a corpus's tokenisation before the model reads it (default: a zero-shot "
+                               "corpus's own, none otherwise), e.g. for a local copy of one")
     evaluate.add_argument("--metrics", nargs="+", default=["likelihood", "samples"], choices=["likelihood", "samples"],
                           help="likelihood: NELBO on --data; samples: judge NLL, diversity and speed (default: both)")
     evaluate.add_argument("--judge", help="judge for generative perplexity: a ddlm AR model or a local Hugging Face LM "
@@ -255,8 +250,6 @@ def add_eval_flags(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--draws", type=int, default=16, help="NELBO time draws per sequence (default: 16)")
     evaluate.add_argument("--max-sequences", type=int, default=64, help="held-out rows scored, 0 for all (default: 64)")
     evaluate.add_argument("-n", "--num-samples", type=int, default=16, help="samples for the sample metrics")
-    evaluate.add_argument("--steps", type=int, default=128, help="sampling steps (default: 128)")
-    evaluate.add_argument("--seed", type=int, default=0)
     add_runtime_flags(evaluate)
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.add_argument("--trust-remote-code", action="store_true",
@@ -472,6 +465,7 @@ def run_eval(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         metrics=tuple(args.metrics), draws=args.draws, max_sequences=args.max_sequences,
         num_samples=args.num_samples, sampler=sampler_options_from_args(args), seed=args.seed,
+        detokenizer=args.detokenizer,
     )
     pipes = {model: DiffusionPipeline.from_pretrained(model, device=args.device, precision=args.precision,
                                                       trust_remote_code=args.trust_remote_code,

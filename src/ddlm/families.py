@@ -130,6 +130,13 @@ def offered_options() -> list[DeclaredOption]:
     return list(option_table().values())
 
 
+def option_help(declared: DeclaredOption) -> str:
+    """What the front ends say of an option: the families that take it (unless all do), then its description."""
+    takers = [family.name for family in FAMILIES.values()
+              if declared.name in family.options or declared.name in {own.name for own in family.own()}]
+    return f"{', '.join(takers)}: {declared.describe()}" if takers else declared.describe()
+
+
 def build_process(config: dict[str, Any], vocab: Vocabulary) -> Process:
     """The process described by ``config`` (as written by ``process.to_dict()``)."""
     return get_family(config.get("name", "masked")).build(config, vocab)

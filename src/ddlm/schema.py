@@ -36,9 +36,12 @@ class Bounds:
         return above and below
 
     def describe(self) -> str:
+        low, high = number_text(self.low), number_text(self.high)
         if self.high is None:
-            return f"{'greater than' if self.low_open else 'at least'} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"{'greater than' if self.low_open else 'at least'} {low}"
+        if self.low is None:
+            return f"{'below' if self.high_open else 'at most'} {high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
     def json_schema(self) -> dict[str, float]:
         """The range as JSON Schema keywords (``minimum``, ``exclusiveMaximum``, ...)."""
@@ -48,6 +51,13 @@ class Bounds:
         if self.high is not None:
             schema["exclusiveMaximum" if self.high_open else "maximum"] = self.high
         return schema
+
+
+def number_text(value: float | None) -> str:
+    """A bound as people write it: 0.05, 1, 2**63."""
+    if isinstance(value, int) and value >= 2**32 and value & (value - 1) == 0:
+        return f"2**{value.bit_length() - 1}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)
@@ -101,8 +111,10 @@ class DeclaredOption:
         notes = []
         if self.option.bounds is not None:
             notes.append(self.option.bounds.describe())
-        if self.default is not None:
-            notes.append(f"default {str(self.default).lower() if self.kind is bool else self.default}")
+        if self.kind is bool:
+            notes.append("on by default" if self.default else "off by default")
+        elif self.default is not None:
+            notes.append(f"default {self.default}")
         return f"{self.help} ({'; '.join(notes)})" if notes else self.help
 
 

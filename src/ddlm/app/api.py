@@ -3,13 +3,14 @@
 Every error is JSON ``{"error": {"type", "field", "message"}}``: 422 for invalid values,
 malformed JSON and wrong types, 413 beyond the server's limits, 429 when the queue is full,
 503 when a generation runs past the time limit. None of them stops the server.
-"""
 
-from __future__ import annotations
+The request body is generated from the sampler options' declarations when the router is built, so
+a family registered before then has its options in the body and in ``/openapi.json`` (this module
+therefore evaluates its annotations eagerly: the routes' body type is a local class).
+"""
 
 import asyncio
 import json
-import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -21,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from ddlm.app.limits import GenerationPool, Limits, QueueFull, Run, RunStopped, TimeLimitExceeded
 from ddlm.app.service import (
-    SAMPLER_FIELDS,
     GenerationRequest,
     Model,
     Models,
@@ -33,30 +33,11 @@ from ddlm.app.service import (
     timed,
 )
 from ddlm.errors import DDLMError
+from ddlm.families import offered_options, option_help
 from ddlm.samplers import SamplerOptions, SamplerStep
+from ddlm.schema import DeclaredOption
 
 MAX_BODY_BYTES = 1 << 20
-
-SAMPLER_HELP = {
-    "steps": "denoising steps (default 128; the autoregressive model takes one per token)",
-    "temperature": "0 draws the most likely token; default 1",
-    "top_k": "draw among the k most likely tokens",
-    "top_p": "draw among the most likely tokens holding this much probability, in (0, 1]",
-    "seed": "samples depend only on the seed and their index; default: a fresh one, returned in the answer",
-    "use_cache": "skip model calls that would repeat the last one",
-    "policy": "masked diffusion: which masked positions each step reveals",
-    "block_length": "masked diffusion: semi-autoregressive blocks of this many positions",
-    "threshold": "masked diffusion: also reveal every position this confident (threshold policy: 0.9)",
-    "remask": "masked diffusion: ReMDM remasking schedule (cap, rescale; ancestral policy)",
-    "remask_eta": "masked diffusion: ReMDM remasking strength in [0, 1]",
-    "entropy_bound": "masked diffusion: EB-sampler bound in nats (a ranked policy): also reveal the best-ranked "
-                     "positions whose entropies, summed less the largest, stay within it",
-    "prefix_cache": "masked diffusion: reuse keys and values left of the current block",
-    "dual_cache": "masked diffusion: reuse keys and values left and right of the current block (needs block_length)",
-    "min_length": "masked diffusion: no end-of-text among the first N generated tokens",
-    "method": "SEDD: analytic or euler steps",
-}
-
 
 class CanvasFields(BaseModel):
     """What to generate; the sampler options are the other fields."""
@@ -72,22 +53,29 @@ class CanvasFields(BaseModel):
     stop_at_eos: bool = Field(True, description="cut each sample's text at a generated end-of-text token")
 
 
-def sampler_field(name: str) -> tuple[Any, Any]:
-    hint = typing.get_type_hints(SamplerOptions)[name]
-    default = next(item.default for item in SamplerOptions.__dataclass_fields__.values() if item.name == name)
-    return hint | None, Field(None, description=f"{SAMPLER_HELP[name]} (default: {default})")
+def option_field(declared: DeclaredOption) -> tuple[Any, Any]:
+    """A request body field for a sampler option: its type, help, range and choices from its one declaration.
+
+    The range and the choices are documented in the schema but checked by the options themselves, so
+    that a bad value gets the same one-line error everywhere.
+    """
+    schema = {**(declared.option.bounds.json_schema() if declared.option.bounds else {}),
+              **({"enum": list(declared.option.choices)} if declared.option.choices else {})}
+    return declared.kind | None, Field(None, description=option_help(declared), json_schema_extra=schema or None)
 
 
-GenerateBody = create_model(
-    "GenerateBody", __base__=CanvasFields, __doc__="A generation request: the canvas and the sampler options.",
-    **{name: sampler_field(name) for name in SAMPLER_FIELDS},
-)
+def generate_body() -> type[BaseModel]:
+    """The request body of the generation routes: the canvas fields and every registered sampler option."""
+    return create_model("GenerateBody", __base__=CanvasFields,
+                        __doc__="A generation request: the canvas and the sampler options.",
+                        **{declared.name: option_field(declared) for declared in offered_options()})
 
 
 def to_request(body: BaseModel) -> GenerationRequest:
     values = body.model_dump()
-    return GenerationRequest(**{name: values[name] for name in CanvasFields.model_fields},
-                             options={name: values[name] for name in SAMPLER_FIELDS if values[name] is not None})
+    canvas = {name: values[name] for name in CanvasFields.model_fields}
+    options = {name: value for name, value in values.items() if name not in canvas and value is not None}
+    return GenerationRequest(**canvas, options=options)
 
 
 class GenerateAnswer(BaseModel):
@@ -140,7 +128,7 @@ def describe_validation_error(error: dict[str, Any]) -> tuple[str, str | None]:
     if kind in ("model_attributes_type", "dict_type", "model_type") or (kind == "missing" and field is None):
         return "the request body must be a JSON object such as {\"prompt\": \"ROMEO:\"}", None
     if kind == "extra_forbidden":
-        known = ", ".join(GenerateBody.model_fields)
+        known = ", ".join([*CanvasFields.model_fields, *(declared.name for declared in offered_options())])
         return f"unknown field {field!r}; the fields are {known}", field
     given = json.dumps(error.get("input"), default=str)[:80]
     return f"{field}: {error.get('msg', 'invalid value').lower()}, got {given}", field
@@ -228,6 +216,7 @@ def sse(event: str, data: dict[str, Any]) -> str:
 
 def api_router(server: Server) -> APIRouter:
     router = APIRouter()
+    GenerateBody = generate_body()  # noqa: N806 (a model class): the families registered now
 
     @router.get("/health", tags=["server"])
     async def health() -> dict[str, Any]:

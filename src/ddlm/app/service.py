@@ -9,7 +9,6 @@ names the request field at fault and the HTTP status that says why.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,11 +24,7 @@ from ddlm.pipeline import DiffusionPipeline, resolve_model_directory
 from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep
 from ddlm.viz.tokens import step_views
 
-SAMPLER_FIELDS = tuple(item.name for item in dataclasses.fields(SamplerOptions))
-CANVAS_FIELDS = ("model", "prompt", "suffix", "infill", "num_samples", "length", "stop_at_eos")
 CARD_FILE = "README.md"
-CLI_ASIDE = re.compile(r" \([^()]*(?<![\w-])--[a-z][^()]*\)")  # " (--policy confidence)"
-CLI_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z-]*)")
 
 
 class RequestError(Exception):
@@ -163,23 +158,9 @@ def unique_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def field_of(message: str, candidates: tuple[str, ...] = CANVAS_FIELDS + SAMPLER_FIELDS) -> str | None:
-    """The request field a DDLMError message names first (it names the option at fault), or None."""
-    found = [(match.start(), name) for name in candidates for spelling in {name, name.replace("_", " ")}
-             if (match := re.search(rf"(?<![\w-]){re.escape(spelling)}(?![\w-])", message))]
-    return min(found)[1] if found else None
-
-
-def web_wording(message: str) -> str:
-    """A library message worded for the API and the web page: an aside naming a command-line flag dropped,
-    any other flag named as the request field it sets (``--dual-cache`` as ``dual_cache``)."""
-    message = CLI_ASIDE.sub("", message)
-    return CLI_FLAG.sub(lambda match: match.group(1).replace("-", "_"), message)
-
-
 def as_request_error(error: DDLMError) -> RequestError:
-    message = web_wording(str(error))
-    return RequestError(message, field_of(message))
+    """A library error as the API's and the web page's refusal, naming the field the error carries."""
+    return RequestError(str(error), error.field)
 
 
 def over_limit(name: str, value: int, cap: int) -> RequestError:
@@ -189,10 +170,6 @@ def over_limit(name: str, value: int, cap: int) -> RequestError:
 
 def open_stream(model: Model, request: GenerationRequest, limits: Limits) -> tuple[SamplerOptions, Iterator[SamplerStep]]:
     """The run's options and steps, after every check that can be made before the first step (raises RequestError)."""
-    unknown = sorted(set(request.options) - set(SAMPLER_FIELDS))
-    if unknown:
-        raise RequestError(f"unknown sampler option {unknown[0]!r}; the options are {', '.join(SAMPLER_FIELDS)}",
-                           unknown[0])
     if isinstance(request.num_samples, int) and request.num_samples > limits.max_samples:
         raise over_limit("num_samples", request.num_samples, limits.max_samples)
     try:

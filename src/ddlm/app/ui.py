@@ -33,9 +33,9 @@ from ddlm.app.service import (
     timed,
 )
 from ddlm.errors import DDLMError
+from ddlm.families import offered_options, option_help, option_table
 from ddlm.samplers import SamplerOptions, SamplerStep
-from ddlm.samplers.options import SEDD_METHODS
-from ddlm.samplers.policies import POLICIES, REMASK_SCHEDULES
+from ddlm.schema import DeclaredOption
 from ddlm.viz.animation import denoising_frames, legend_for, save_animation
 from ddlm.viz.tokens import TokenPieces
 
@@ -69,52 +69,33 @@ curl -sN localhost:8000/v1/generate/stream -H 'content-type: application/json' \
 The full schema is at [/docs](/docs).
 """
 
-OPTION_HELP = {
-    "steps": "denoising steps",
-    "temperature": "0: always the most likely token",
-    "top_k": "0: off",
-    "top_p": "1: off",
-    "use_cache": "skip model calls that would repeat the last one",
-    "policy": "which masked positions each step writes",
-    "block_length": "0: off; else write blocks of this many positions left to right",
-    "threshold": "0: off; also write every position the model is this sure of",
-    "remask": "ReMDM: let the model mask written tokens again (ancestral policy)",
-    "remask_eta": "how strongly to remask",
-    "entropy_bound": "0: off; also write the surest positions while their entropies (less the largest) stay under it",
-    "prefix_cache": "reuse keys/values left of the current block",
-    "dual_cache": "reuse keys/values left and right of the current block",
-    "min_length": "no end of text among the first N tokens",
-    "method": "SEDD step",
-}
-OFF_VALUES = {"top_k": 0, "top_p": 1, "block_length": 0, "threshold": 0, "entropy_bound": 0, "remask": "off"}
-INTEGER_OPTIONS = ("steps", "top_k", "block_length", "min_length")
+def option_input(declared: DeclaredOption, step_cap: int, **keywords: Any) -> gr.components.Component:
+    """The page's control for one sampler option, from its declaration: a checkbox, a list of choices, a slider
+    over its range, or a number box; an option that is off by default shows its 'off' value (0, or 1 for top-p)."""
+    option, name = declared.option, declared.name
+    value = declared.default if declared.default is not None else option.off
+    info = option_help(declared) + (f"; {option.off}: off" if option.off not in (None, "off") else "")
+    shown = {"label": name.replace("_", " "), "info": info, "elem_id": f"option-{name}", "value": value, **keywords}
+    bounds = option.bounds
+    if declared.kind is bool:
+        return gr.Checkbox(**shown)
+    if option.choices is not None:
+        return gr.Dropdown([*(["off"] if option.off == "off" else []), *option.choices], **shown)
+    if name == "steps":  # the server caps the step budget
+        return gr.Slider(bounds.low, step_cap, step=1, **{**shown, "value": min(shown["value"], step_cap)})
+    high = bounds.high if bounds is not None and bounds.high is not None else option.slider_max
+    if declared.kind is float and high is not None:
+        step = option.slider_step
+        low = bounds.low + step if bounds.low_open and option.off in (None, high) else bounds.low
+        return gr.Slider(low, high, step=step, **shown)
+    return gr.Number(precision=0 if declared.kind is int else None, minimum=0 if option.off == 0 else bounds.low,
+                     **shown)
 
 
-def option_inputs(limits_steps: int, offered: set[str]) -> dict[str, gr.components.Component]:
-    """One input per sampler option, with its default, shown if ``offered``; values of 0 (or 1 for top-p) mean 'off'."""
-    defaults = SamplerOptions()
-
-    def label(name: str) -> dict[str, Any]:
-        return {"label": name.replace("_", " "), "info": OPTION_HELP[name], "elem_id": f"option-{name}",
-                "visible": name in offered}
-
-    return {
-        "steps": gr.Slider(1, limits_steps, value=min(defaults.steps, limits_steps), step=1, **label("steps")),
-        "temperature": gr.Slider(0, 2, value=defaults.temperature, step=0.05, **label("temperature")),
-        "top_k": gr.Number(0, precision=0, minimum=0, **label("top_k")),
-        "top_p": gr.Slider(0.05, 1, value=1, step=0.05, **label("top_p")),
-        "use_cache": gr.Checkbox(defaults.use_cache, **label("use_cache")),
-        "policy": gr.Dropdown(list(POLICIES), value=defaults.policy, **label("policy")),
-        "block_length": gr.Number(0, precision=0, minimum=0, **label("block_length")),
-        "threshold": gr.Slider(0, 1, value=0, step=0.05, **label("threshold")),
-        "entropy_bound": gr.Slider(0, 20, value=0, step=0.5, **label("entropy_bound")),
-        "remask": gr.Dropdown(["off", *REMASK_SCHEDULES], value="off", **label("remask")),
-        "remask_eta": gr.Slider(0, 1, value=defaults.remask_eta, step=0.01, **label("remask_eta")),
-        "prefix_cache": gr.Checkbox(defaults.prefix_cache, **label("prefix_cache")),
-        "dual_cache": gr.Checkbox(defaults.dual_cache, **label("dual_cache")),
-        "min_length": gr.Number(defaults.min_length, precision=0, minimum=0, **label("min_length")),
-        "method": gr.Dropdown(list(SEDD_METHODS), value=defaults.method, **label("method")),
-    }
+def option_inputs(step_cap: int, offered: set[str]) -> dict[str, gr.components.Component]:
+    """One control per sampler option but the seed (the page has its own), shown if ``offered``."""
+    return {declared.name: option_input(declared, step_cap, visible=declared.name in offered)
+            for declared in offered_options() if declared.name != "seed"}
 
 
 def controls_for(model: Model) -> set[str]:
@@ -128,9 +109,9 @@ def controls_for(model: Model) -> set[str]:
 
 def options_from_inputs(model: Model, values: dict[str, Any]) -> dict[str, Any]:
     """The sampler options the page's inputs set, 'off' values dropped, those the model does not take left out."""
-    offered = controls_for(model) | {"seed"}
-    return {name: int(value) if name in INTEGER_OPTIONS else value for name, value in values.items()
-            if name in offered and value is not None and OFF_VALUES.get(name, object()) != value}
+    offered, table = controls_for(model) | {"seed"}, option_table()
+    return {name: int(value) if table[name].kind is int else value for name, value in values.items()
+            if name in offered and value is not None and value != table[name].option.off}
 
 
 def seed_of(value: float | None) -> int:
@@ -368,6 +349,7 @@ class Page:
                     samples = gr.Slider(1, min(self.limits.max_samples, 4), value=1, step=1, label="samples",
                                         elem_id="samples")
                     seed = gr.Number(0, precision=0, minimum=0, label="seed (blank: a fresh one, shown above the text)",
+                                     info=option_help(option_table()["seed"]),
                                      elem_id="seed")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -496,7 +478,7 @@ class Page:
             seed = gr.Number(0, precision=0, minimum=0, label="seed (blank: a fresh one)", scale=1,
                              elem_id="compare-seed")
         run_both = gr.Button("Run both", variant="primary", elem_id="compare")
-        settings, views, offered = [], [], controls_for(first)
+        settings, views, offered, table = [], [], controls_for(first), option_table()
         with gr.Row():
             for side, policy, steps in (("a", "ancestral", 64), ("b", "confidence", 16)):
                 with gr.Column(min_width=280):
@@ -504,11 +486,10 @@ class Page:
                     with gr.Row():
                         side_model = gr.Dropdown(self.models.names, value=first.name, label="model",
                                                  visible=len(self.models.names) > 1, elem_id=f"compare-model-{side}")
-                        side_policy = gr.Dropdown(list(POLICIES), value=policy, label="policy",
-                                                  visible="policy" in offered, elem_id=f"compare-policy-{side}")
-                        side_steps = gr.Slider(1, self.step_cap, value=min(steps, self.step_cap), step=1, label="steps",
-                                               visible="steps" in offered, elem_id=f"compare-steps-{side}")
-                        side_temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="temperature")
+                        side_policy, side_steps, side_temperature = (
+                            option_input(table[name], self.step_cap, value=value, visible=name in offered,
+                                         elem_id=f"compare-{name}-{side}", info=None)
+                            for name, value in (("policy", policy), ("steps", steps), ("temperature", 1.0)))
                     views += [gr.HTML(status_html(None), elem_id=f"compare-status-{side}"),
                               gr.HTML(self.canvas(None, first, "Press Run both."), elem_id=f"compare-canvas-{side}")]
                     settings += [side_model, side_policy, side_steps, side_temperature]

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from ddlm.bundled import DEFAULT_MODEL
 from ddlm.device import autocast
 from ddlm.errors import DDLMError
-from ddlm.families import get_family
+from ddlm.families import get_family, option_table
 from ddlm.pipeline import DiffusionPipeline
 from ddlm.processes.block import training_attention
 from ddlm.samplers import SamplerOptions, SamplerStep, last_steps
@@ -75,7 +75,6 @@ GREEDY = SamplerOptions(temperature=0.0, policy="confidence", seed=0)  # the sam
 ESTIMATORS = ("monte_carlo", "left_to_right", "random_order")  # of a masked model's log-likelihood
 MODEL_ARGS = ("pretrained", "estimator", "mc_draws", "batch_size", "device", "precision", "greedy_check",
               "trust_remote_code")
-SAMPLER_FIELDS = tuple(item.name for item in dataclasses.fields(SamplerOptions))
 
 Pair = tuple[list[int], list[int]]  # (context, continuation) token ids
 
@@ -303,10 +302,10 @@ class DDLMHarnessModel(LM):
                  greedy_check: bool = True, trust_remote_code: bool = False, estimator: str = "monte_carlo",
                  **sampler_options: Any):
         super().__init__()
-        unknown = sorted(set(sampler_options) - set(SAMPLER_FIELDS))
+        unknown = sorted(set(sampler_options) - set(option_table()))
         if unknown:
             raise DDLMError(f"the ddlm model has no argument {', '.join(unknown)}; it takes {', '.join(MODEL_ARGS)} "
-                            f"and the sampler options {', '.join(SAMPLER_FIELDS)}")
+                            f"and the sampler options {', '.join(option_table())}")
         check_integer("mc_draws", mc_draws, minimum=1)
         check_estimator(estimator)
         self.pipe = pretrained if isinstance(pretrained, DiffusionPipeline) else DiffusionPipeline.from_pretrained(

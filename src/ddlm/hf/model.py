@@ -100,7 +100,7 @@ class HFDiffusionModel(nn.Module):
         if self.cache_keyword is None:
             raise DDLMError(
                 f"the prefix cache is off for this Hugging Face model ({self.config.model_type}): ddlm drives only "
-                "LLaDA-style past_key_values; drop --prefix-cache / --dual-cache (prefix_cache, dual_cache=True)"
+                "LLaDA-style past_key_values; drop prefix_cache and dual_cache", field="prefix_cache"
             )
         return HFPrefixCache(batch_size)
 

@@ -104,8 +104,8 @@ class HFTokenizer:
     def chat_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` as one user turn in the tokenizer's chat template, ready for the reply."""
         if not getattr(self.hf, "chat_template", None):
-            raise DDLMError("this model's tokenizer has no chat template; drop --chat (chat=True) "
-                            "or use the model's instruct version")
+            raise DDLMError("this model's tokenizer has no chat template; drop chat or use the model's instruct version",
+                            field="chat")
         encoded = self.hf.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                               tokenize=True)
         ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded

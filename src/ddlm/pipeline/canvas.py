@@ -39,7 +39,8 @@ class CanvasBuilding:
         check_integer("num_samples", num_samples, minimum=1)
         if infill is not None:
             if prompt or suffix or length is not None or chat:
-                raise DDLMError("an infill template sets the whole canvas; drop the prompt, suffix, length and chat")
+                raise DDLMError("an infill template sets the whole canvas; drop the prompt, suffix, length and chat",
+                                field="infill")
             return [parse_template(infill, self.tokenizer.encode, self.context_length)] * num_samples
         prompts = [prompt] if prompt is None or isinstance(prompt, str) else list(prompt)
         if chat:
@@ -48,7 +49,7 @@ class CanvasBuilding:
                 chat_ids = partial(ChatFormat.from_dict(self.summary["chat"]).prompt_ids, self.tokenizer)
             if chat_ids is None:
                 raise DDLMError("chat needs a chat model (a Hugging Face chat model's template, or a model fine-tuned "
-                                "on chat turns by `ddlm finetune`); drop --chat (chat=True) for this model")
+                                "on chat turns by `ddlm finetune`); drop chat for this model", field="chat")
             encoded = [chat_ids(text or "") for text in prompts]
         else:
             encoded = [self.tokenizer.encode(text) if text else [] for text in prompts]
@@ -65,16 +66,16 @@ class CanvasBuilding:
             raise DDLMError(
                 f"the {' and '.join(given)} {'is' if len(given) == 1 else 'are'} {sum(given.values())} tokens, "
                 f"which leaves no room to generate in the model's context of {self.context_length}; "
-                f"shorten the {' or '.join(given)}"
+                f"shorten the {' or '.join(given)}", field=next(iter(given))
             )
         if length is None:
             return room
         if length < 1:
-            raise DDLMError(f"length must be at least 1, got {length}")
+            raise DDLMError(f"length must be at least 1, got {length}", field="length")
         if length > room and not getattr(self.process, "generates_past_context", False):  # block diffusion slides
             parts = "".join(f"{name} ({count}) + " for name, count in given.items())
             raise DDLMError(
                 f"{parts}length ({length}) tokens exceed the model's context of "
-                f"{self.context_length}; use --length {room} or less"
+                f"{self.context_length}; ask for length {room} or less", field="length"
             )
         return length

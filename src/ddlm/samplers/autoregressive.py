@@ -31,7 +31,7 @@ def ar_steps(
     if prompt_length is None:
         raise DDLMError(
             "the autoregressive model writes left to right: it needs prompts of one length and no infill "
-            "or suffix; use a diffusion model for infilling"
+            "or suffix; use a diffusion model for infilling", field="infill"
         )
     return write_left_to_right(model, process, canvas, options, first_row, prompt_length)
 

@@ -124,8 +124,8 @@ def check_canvas(canvas: Canvas, block_size: int) -> None:
     if bool(unseen.any()):
         raise DDLMError(
             f"given text after the last generated block is never seen by a block diffusion model (blocks of "
-            f"{block_size} tokens, each seeing only earlier blocks); put the gap in the last block(s) or use a masked model"
-        )
+            f"{block_size} tokens, each seeing only earlier blocks); put the gap in the last block(s) or use a masked model",
+            field="suffix")
 
 
 class BlockSampler:
@@ -208,7 +208,8 @@ def block_steps(
     """
     fewest = int(canvas.generated.sum(dim=1).min())
     if options.min_length > fewest:
-        raise DDLMError(f"min_length {options.min_length} exceeds the {fewest} generated positions; lower it")
+        raise DDLMError(f"min_length {options.min_length} exceeds the {fewest} generated positions; lower it",
+                        field="min_length")
     if process.block_size > model.context_length:
         raise DDLMError(f"block size {process.block_size} exceeds the model's context {model.context_length}")
     device = next(model.parameters()).device

@@ -33,13 +33,14 @@ class Canvas:
     def from_rows(cls, rows: Sequence[Row], mask_id: int, pad_id: int, device: torch.device | str = "cpu") -> Canvas:
         """A canvas from rows of token ids with None at the positions to generate."""
         if not rows:
-            raise DDLMError("no samples to draw: pass at least one prompt or template")
+            raise DDLMError("no samples to draw: pass at least one prompt or template", field="num_samples")
         width = max(len(row) for row in rows)
         tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
         generated = torch.zeros((len(rows), width), dtype=torch.bool)
         for index, row in enumerate(rows):
             if not any(token is None for token in row):
-                raise DDLMError(f"sample {index} has no position to generate; add [MASK] to the template or a length")
+                raise DDLMError(f"sample {index} has no position to generate; add [MASK] to the template or a length",
+                                field="length")
             generated[index, : len(row)] = torch.tensor([token is None for token in row])
             tokens[index, : len(row)] = torch.tensor([mask_id if token is None else token for token in row])
         active = torch.arange(width)[None, :] < torch.tensor([len(row) for row in rows])[:, None]
@@ -52,7 +53,7 @@ class Canvas:
     ) -> Canvas:
         """One row per prompt: the prompt, ``length`` positions to generate, then ``suffix``."""
         if length < 1:
-            raise DDLMError(f"length must be at least 1, got {length}")
+            raise DDLMError(f"length must be at least 1, got {length}", field="length")
         return cls.from_rows([[*prompt, *[None] * length, *suffix] for prompt in prompts], mask_id, pad_id, device)
 
     @property
@@ -110,24 +111,26 @@ def parse_template(
             if not match:
                 raise DDLMError(
                     f"bad infill template at character {position}: {template[position:position + 12]!r}; "
-                    r"write [MASK] or [MASK*n], and \[ for a literal bracket"
+                    r"write [MASK] or [MASK*n], and \[ for a literal bracket", field="infill"
                 )
             count = int(match.group(1) or 1)
             if count < 1:
-                raise DDLMError(f"bad infill template: {match.group(0)} asks for no position; use n >= 1")
+                raise DDLMError(f"bad infill template: {match.group(0)} asks for no position; use n >= 1", field="infill")
             row.extend(encode("".join(text)) if text else [])
             check_template_size(len(row) + count, max_tokens)
             row.extend([None] * count)
             text, position = [], match.end()
             continue
         if char == "]":
-            raise DDLMError(rf"bad infill template: unmatched ']' at character {position}; write \] for a literal bracket")
+            raise DDLMError(rf"bad infill template: unmatched ']' at character {position}; write \] for a literal bracket",
+                            field="infill")
         text.append(char)
         position += 1
     row.extend(encode("".join(text)) if text else [])
     check_template_size(len(row), max_tokens)
     if not any(token is None for token in row):
-        raise DDLMError("the infill template has no [MASK]; add [MASK] or [MASK*n] where text should be generated")
+        raise DDLMError("the infill template has no [MASK]; add [MASK] or [MASK*n] where text should be generated",
+                        field="infill")
     return row
 
 
@@ -135,5 +138,5 @@ def check_template_size(tokens: int, max_tokens: int | None) -> None:
     if max_tokens is not None and tokens > max_tokens:
         raise DDLMError(
             f"the infill template is at least {tokens} tokens but the model's context is {max_tokens}; "
-            "shorten it or use smaller [MASK*n]"
+            "shorten it or use smaller [MASK*n]", field="infill"
         )

@@ -102,7 +102,7 @@ class ModelCaller:
         self.dual = dual_cache
         probe = model.new_cache(1) if self.cached else None  # a model without a cache refuses here
         if dual_cache and not probe.keeps_suffix:
-            raise DDLMError("this model's key/value cache holds a prefix only; drop --dual-cache (dual_cache=True)")
+            raise DDLMError("this model's key/value cache holds a prefix only; drop dual_cache", field="dual_cache")
         self.groups: list[RowGroup] = []
         self.logits: torch.Tensor | None = None
         self.seen: torch.Tensor | None = None
@@ -325,14 +325,15 @@ def masked_steps(
     """
     fewest = int(canvas.generated.sum(dim=1).min())
     if options.min_length > fewest:
-        raise DDLMError(f"min_length {options.min_length} exceeds the {fewest} generated positions; lower it")
+        raise DDLMError(f"min_length {options.min_length} exceeds the {fewest} generated positions; lower it",
+                        field="min_length")
     device = next(model.parameters()).device
     canvas = Canvas(canvas.tokens.to(device), canvas.generated.to(device), canvas.active.to(device))
     block_masks = blocks(canvas, options.block_length)
     if options.steps < len(block_masks) and options.policy != "first-hitting":
         raise DDLMError(
-            f"{options.steps} steps cannot cover {len(block_masks)} blocks; use at least one step per block"
-        )
+            f"{options.steps} steps cannot cover {len(block_masks)} blocks; use at least one step per block",
+            field="steps")
     return fill_blocks(MaskedSampler(model, process, canvas, options, first_row), block_masks, options.steps)
 
 

@@ -38,8 +38,8 @@ class SamplerOptions:
     top_k: int | None = option(None, "draw among the k most likely tokens", low=1, off=0)
     top_p: float | None = option(None, "draw among the most likely tokens holding this much probability", low=0,
                                  high=1, low_open=True, off=1, slider_step=0.05)
-    seed: int | None = option(None, "samples depend only on the seed and their index (default: a fresh one, "
-                                    "reported with the samples; below 2**63)", low=0)
+    seed: int | None = option(None, "samples depend only on the seed and their index; unset: a fresh one, reported "
+                                    "with the samples", low=0, high=SEED_LIMIT, high_open=True)
     use_cache: bool = option(True, "skip model calls that would repeat the last one", flag="--no-cache")
     policy: str = option("ancestral", "which masked positions each step reveals", choices=POLICIES)
     block_length: int | None = option(None, "write semi-autoregressive blocks of this many positions, left to right",
@@ -61,8 +61,6 @@ class SamplerOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.seed is not None and self.seed >= SEED_LIMIT:
-            raise DDLMError(f"seed must be below 2**63, got {self.seed}; pick a smaller seed", field="seed")
         ranked = (*RANKED_POLICIES, "threshold")
         if self.threshold is not None and self.policy not in ranked:
             raise DDLMError(f"a threshold needs a ranked policy (threshold, confidence, ...), not {self.policy!r}",

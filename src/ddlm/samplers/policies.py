@@ -42,15 +42,15 @@ def blocks(canvas: Canvas, block_length: int | None) -> list[torch.Tensor]:
     if block_length is None:
         return [canvas.generated]
     if block_length < 1:
-        raise DDLMError(f"block_length must be at least 1, got {block_length}")
+        raise DDLMError(f"block_length must be at least 1, got {block_length}", field="block_length")
     counts = canvas.generated.sum(dim=1)
     if bool((counts % block_length != 0).any()):
         total = int(counts.max())
         divisors = [d for d in range(1, total + 1) if total % d == 0 and 1 < d < total]
         hint = f"such as {', '.join(map(str, divisors[-3:]))}" if divisors else "or leave it unset"
         raise DDLMError(
-            f"block length {block_length} does not divide the {total} generated positions; pick a divisor {hint}"
-        )
+            f"block length {block_length} does not divide the {total} generated positions; pick a divisor {hint}",
+            field="block_length")
     block_of = torch.div(canvas.generated_rank(), block_length, rounding_mode="floor")
     return [canvas.generated & (block_of == b) for b in range(int(counts.max()) // block_length)]
 
