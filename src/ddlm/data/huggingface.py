@@ -36,29 +36,33 @@ def is_saved_dataset(path: Path) -> bool:
     return all((path / name).is_file() for name in SAVED_DATASET_FILES) or (path / SAVED_DATASET_DICT_FILE).is_file()
 
 
+LOCAL_COPY_HINT = "check the name and your network, or pass --data a local folder saved with Dataset.save_to_disk"
+
+
 class HubDocuments:
     """The documents of a data set's split, streamed (``streaming=True``): nothing is held in
-    memory, and each pass streams the rows again. Hub names need a network or a cached copy."""
+    memory, and each pass streams the rows again. Hub names need a network or a cached copy.
+    ``hint``: what the error says to do when the data set cannot be loaded; ``revision``: a Hub branch."""
 
-    def __init__(self, name: str, selection: HFSelection, separator: str | None) -> None:
+    def __init__(self, name: str, selection: HFSelection, separator: str | None, hint: str = LOCAL_COPY_HINT,
+                 revision: str | None = None) -> None:
         self.name, self.selection, self.separator = name, selection, separator
+        self.hint, self.revision = hint, revision
 
     def __iter__(self) -> Iterator[str]:
         datasets = import_datasets()
         where = f"Hugging Face data set {self.name!r}"
         config, split, field = self.selection.config, self.selection.split, self.selection.field
+        branch = {"revision": self.revision} if self.revision else {}
         try:
-            rows = datasets.load_dataset(self.name, config, split=split, streaming=True)
+            rows = datasets.load_dataset(self.name, config, split=split, streaming=True, **branch)
             yield from iter_documents(texts_of(rows, field, where), self.separator)
         except ValueError as error:  # an unknown configuration or split
             raise DDLMError(
                 f"{where}: {first_line(error)}; set data.hf_config / data.hf_split to one it has"
             ) from None
         except (OSError, datasets.exceptions.DatasetsError) as error:
-            raise DDLMError(
-                f"cannot load {where} ({first_line(error)}); check the name and your network, "
-                "or pass --data a local folder saved with Dataset.save_to_disk"
-            ) from None
+            raise DDLMError(f"cannot load {where} ({first_line(error)}); {self.hint}") from None
 
 
 class SavedDocuments:

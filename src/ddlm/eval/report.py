@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from ddlm.data import BatchLoader, HFSelection, held_out_corpus, resolve_source
+from ddlm.data import BatchLoader, HFSelection, held_out_corpus
+from ddlm.data.zero_shot import evaluation_source
 from ddlm.errors import DDLMError
 from ddlm.eval.diversity import distinct_n, repetition_rate, unigram_entropy
 from ddlm.eval.judge import Judge
@@ -33,18 +34,22 @@ class EvalSettings:
     num_samples: int = 16
     sampler: SamplerOptions = field(default_factory=lambda: SamplerOptions(seed=0))  # steps, policy, seed, ...
     seed: int = 0  # of the NELBO time draws
+    detokenizer: str | None = None  # of the held-out text (ddlm.data.zero_shot.DETOKENIZERS); a corpus's own if None
 
 
-def evaluation_rows(pipe, data: str | Path, max_sequences: int, cache_dir: str | Path | None = None) -> list[torch.Tensor]:
+def evaluation_rows(pipe, data: str | Path, max_sequences: int, cache_dir: str | Path | None = None,
+                    detokenizer: str | None = None) -> list[torch.Tensor]:
     """Rows of the model's context length from ``data``, tokenised with the model's tokenizer.
 
-    A built-in corpus name means its held-out tail (``ddlm.data.held_out_corpus``); a Hugging
-    Face data set is read with the model's data settings, in its ``hf_valid_split``.
+    A built-in corpus name means its held-out tail (``ddlm.data.held_out_corpus``); a zero-shot
+    corpus's name (``ddlm.data.zero_shot``) its split, detokenised; a Hugging Face data set is
+    read with the model's data settings, in its ``hf_valid_split``. ``detokenizer`` names the
+    detokeniser to read the text through (a zero-shot corpus's own by default).
     """
     settings = pipe.summary.get("run_config", {}).get("data", {})
     selection = HFSelection(settings.get("hf_config"), settings.get("hf_valid_split", "validation"),
                             settings.get("hf_field", "text"))
-    source = resolve_source(data, settings.get("separator"), selection)
+    source, _ = evaluation_source(data, settings.get("separator"), selection, detokenizer)
     corpus = held_out_corpus(source, pipe.tokenizer, cache_dir)
     context = pipe.context_length
     if len(corpus) < context:
@@ -71,7 +76,7 @@ def evaluate(pipe, data: str | Path | None, judge: Judge | None, settings: EvalS
     if "likelihood" in settings.metrics:
         if data is None:
             raise DDLMError("the likelihood needs held-out text: pass --data (e.g. --data shakespeare)")
-        rows = evaluation_rows(pipe, data, settings.max_sequences)
+        rows = evaluation_rows(pipe, data, settings.max_sequences, detokenizer=settings.detokenizer)
         tick = progress("likelihood", len(rows), "sequences") if progress else None
         likelihood = evaluate_likelihood(pipe.model, pipe.process, rows, pipe.tokenizer.byte_lengths(),
                                          settings.draws, settings.seed, pipe.precision, tick)
