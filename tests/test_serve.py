@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from ddlm.app.limits import GenerationPool, Limits, QueueFull, RunStopped  # noqa: E402
 from ddlm.app.render import Frame, canvas_html, status_html  # noqa: E402
 from ddlm.app.server import create_app, serve  # noqa: E402
-from ddlm.app.service import Models, planned_steps  # noqa: E402
+from ddlm.app.service import GenerationRequest, Models, open_stream, planned_steps  # noqa: E402
 from ddlm.bundled import bundled_models  # noqa: E402
 from ddlm.cli import main  # noqa: E402
 from ddlm.errors import DDLMError  # noqa: E402
@@ -390,3 +390,14 @@ def test_an_idle_page_queue_polls_at_most_twenty_times_a_second():
     calm_queue(page)
     assert page._queue.sleep_when_free >= QUEUE_POLL_SECONDS
     assert page._queue.progress_update_sleep_when_free >= 0.1
+
+
+def test_a_request_tokenises_its_prompt_and_suffix_once(models, monkeypatch):
+    model = models.get(None)
+    calls, encode = [], model.pipe.tokenizer.encode
+    monkeypatch.setattr(model.pipe.tokenizer, "encode", lambda text: calls.append(text) or encode(text))
+    request = GenerationRequest(prompt="to be", suffix="the end", length=6, num_samples=2, options={"steps": 4, "seed": 0})
+    _, steps = open_stream(model, request, LIMITS)
+    last = list(steps)[-1]
+    assert sorted(calls) == ["the end", "to be"]
+    assert [text.startswith("to be") and text.endswith("the end") for text in last.texts] == [True, True]

@@ -21,7 +21,9 @@ from ddlm.errors import DDLMError
 from ddlm.eval.diversity import unigram_entropy
 from ddlm.families import get_family
 from ddlm.pipeline import DiffusionPipeline, resolve_model_directory
+from ddlm.pipeline.canvas import with_length
 from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep
+from ddlm.schema import check_integer
 from ddlm.viz.tokens import step_views
 
 CARD_FILE = "README.md"
@@ -177,17 +179,8 @@ def open_stream(model: Model, request: GenerationRequest, limits: Limits) -> tup
         options = SamplerOptions.build(**{"steps": min(SamplerOptions.steps, limits.max_steps), **given})
         if options.steps > limits.max_steps:
             raise over_limit("steps", options.steps, limits.max_steps)
-        for name in ("prompt", "suffix"):  # a text the tokenizer refuses: name the field that holds it
-            text = getattr(request, name)
-            try:
-                model.pipe.tokenizer.encode(text) if isinstance(text, str) else None
-            except DDLMError as error:
-                raise RequestError(f"{name}: {error}", name) from None
-        length = generated_length(model.pipe, request, limits)
-        return options, model.pipe.stream(
-            request.prompt or None, options, num_samples=request.num_samples, length=length,
-            infill=request.infill or None, suffix=request.suffix or None, stop_at_eos=request.stop_at_eos,
-        )
+        rows = request_rows(model.pipe, request, limits)
+        return options, model.pipe.stream_rows(rows, options, stop_at_eos=request.stop_at_eos)
     except DDLMError as error:
         raise as_request_error(error) from None
 
@@ -199,38 +192,38 @@ def room_between(pipe: DiffusionPipeline, prompt: str | None, suffix: str | None
 
 
 def longest_length(pipe: DiffusionPipeline, prompt: str | None, suffix: str | None, limits: Limits) -> int:
-    """The longest ``length`` a request with ``prompt`` and ``suffix`` may ask for: the room the context leaves
-    (block diffusion slides past the context), within the server's cap."""
-    if getattr(pipe.process, "generates_past_context", False):
-        return limits.max_length
-    return min(room_between(pipe, prompt, suffix), limits.max_length)
+    """The longest ``length`` a request with ``prompt`` and ``suffix`` may ask for."""
+    return length_cap(pipe, room_between(pipe, prompt, suffix), limits)
 
 
-def generated_length(pipe: DiffusionPipeline, request: GenerationRequest, limits: Limits) -> int | None:
-    """The ``length`` to pass the pipeline: the request's, or what fills the context, within the server's cap;
-    None for an infill template, whose gaps set it."""
-    if not request.infill:
-        if request.length is None:
-            return min(room_between(pipe, request.prompt, request.suffix), limits.max_length)
-        if isinstance(request.length, int):
-            if request.length > limits.max_length:
-                raise over_limit("length", request.length, limits.max_length)
-            longest = longest_length(pipe, request.prompt, request.suffix, limits)
-            if request.length > longest:
-                given = "prompt and fixed ending" if request.suffix else "prompt"
-                raise RequestError(f"length {request.length} does not fit: the model's context of "
-                                   f"{pipe.context_length} tokens leaves {longest} after the {given}; "
-                                   f"ask for {longest} or fewer", "length")
-        return request.length
-    row = pipe.canvas_rows(request.prompt or None, 1, request.length, request.infill, request.suffix or None)[0]
-    gaps = sum(token is None for token in row)
-    if gaps == 0:
-        raise RequestError("the infill template has no gap; put [MASK] or [MASK*n] where the model should write",
-                           "infill")
-    if gaps > limits.max_length:
-        raise RequestError(f"the infill template has {gaps} gaps to fill, over this server's limit of "
-                           f"{limits.max_length} tokens; use fewer [MASK]s", "infill", 413, "over_limit")
-    return None
+def length_cap(pipe: DiffusionPipeline, room: int, limits: Limits) -> int:
+    """The longest ``length`` given the ``room`` the context leaves (block diffusion slides past the context),
+    within the server's cap."""
+    return limits.max_length if getattr(pipe.process, "generates_past_context", False) else min(room, limits.max_length)
+
+
+def request_rows(pipe: DiffusionPipeline, request: GenerationRequest, limits: Limits) -> list[list[int | None]]:
+    """The canvas rows of a request, its texts tokenised once, within the context and the server's caps: the
+    request's length, or what fills the context (up to the cap); an infill template's gaps set their own."""
+    check_integer("num_samples", request.num_samples, minimum=1)
+    if request.infill:
+        row = pipe.canvas_rows(request.prompt or None, 1, request.length, request.infill, request.suffix or None)[0]
+        gaps = sum(token is None for token in row)
+        if gaps > limits.max_length:
+            raise RequestError(f"the infill template has {gaps} gaps to fill, over this server's limit of "
+                               f"{limits.max_length} tokens; use fewer [MASK]s", "infill", 413, "over_limit")
+        return [row] * request.num_samples
+    if isinstance(request.length, int) and request.length > limits.max_length:
+        raise over_limit("length", request.length, limits.max_length)
+    row = pipe.canvas_rows(request.prompt or None, 1, None, None, request.suffix or None)[0]  # fills the context
+    room = sum(token is None for token in row)
+    longest = length_cap(pipe, room, limits)
+    length = min(room, limits.max_length) if request.length is None else request.length
+    if isinstance(length, int) and length > longest:
+        given = "prompt and fixed ending" if request.suffix else "prompt"
+        raise RequestError(f"length {length} does not fit: the model's context of {pipe.context_length} tokens "
+                           f"leaves {longest} after the {given}; ask for {longest} or fewer", "length")
+    return [with_length(row, length)] * request.num_samples
 
 
 @dataclass

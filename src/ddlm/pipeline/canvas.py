@@ -52,10 +52,19 @@ class CanvasBuilding:
                                 "on chat turns by `ddlm finetune`); drop chat for this model", field="chat")
             encoded = [chat_ids(text or "") for text in prompts]
         else:
-            encoded = [self.tokenizer.encode(text) if text else [] for text in prompts]
-        suffix_ids = self.tokenizer.encode(suffix) if suffix else []
+            encoded = [self.encode_field(text, "prompt") for text in prompts]
+        suffix_ids = self.encode_field(suffix, "suffix")
         length = self.check_length(max(len(ids) for ids in encoded), length, len(suffix_ids))
         return [row for ids in encoded for row in [[*ids, *[None] * length, *suffix_ids]] * num_samples]
+
+    def encode_field(self, text: str | None, field: str) -> list[int]:
+        """Token ids of ``text`` (none for no text); a text the tokenizer refuses names its ``field``."""
+        if not text:
+            return []
+        try:
+            return self.tokenizer.encode(text)
+        except DDLMError as error:
+            raise DDLMError(f"{field}: {error}", field=field) from None
 
     def check_length(self, prompt_length: int, length: int | None, suffix_length: int = 0) -> int:
         """The number of tokens to generate between ``prompt_length`` given tokens before them and
@@ -79,3 +88,11 @@ class CanvasBuilding:
                 f"{self.context_length}; ask for length {room} or less", field="length"
             )
         return length
+
+
+def with_length(row: list[int | None], length: int) -> list[int | None]:
+    """A prompt/suffix row (one run of positions to generate) with that run made ``length`` long."""
+    check_integer("length", length, minimum=1)
+    first = row.index(None)
+    last = len(row) - row[::-1].index(None)
+    return [*row[:first], *[None] * length, *row[last:]]

@@ -52,9 +52,15 @@ class Streaming(CanvasBuilding):
         batch size. Without a seed one is drawn and reported in every step's ``seed``.
         Bad input raises here, before the first step.
         """
-        options, rows = self.prepare(prompt, options, num_samples, length, infill, suffix, batch_size, option_keywords,
-                                     chat=chat)
+        options = self.checked_options(SamplerOptions.build(options, **option_keywords), batch_size)
+        rows = self.canvas_rows(prompt, num_samples, length, infill, suffix, chat)
+        return self.stream_rows(rows, options, batch_size=batch_size, stop_at_eos=stop_at_eos, texts=texts)
 
+    def stream_rows(self, rows: list[list[int | None]], options: SamplerOptions, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                    stop_at_eos: bool = True, texts: bool = True) -> Iterator[SamplerStep]:
+        """:meth:`stream` on canvas rows laid out already (:meth:`canvas_rows`): a caller that checked its text
+        against its own limits need not tokenise it again."""
+        options = self.checked_options(options, batch_size)
         steps = changes_only(self.run_batches(options, rows, batch_size))
 
         def with_texts() -> Iterator[SamplerStep]:
@@ -90,15 +96,11 @@ class Streaming(CanvasBuilding):
         output = self.sample(prompt, options, **arguments)
         return [self.decode(output, row, stop_at_eos) for row in range(output.tokens.shape[0])]
 
-    def prepare(
-        self, prompt: str | list[str] | None, options: SamplerOptions | None, num_samples: int, length: int | None,
-        infill: str | None, suffix: str | None, batch_size: int, option_keywords: dict[str, Any], chat: bool = False,
-    ) -> tuple[SamplerOptions, list[list[int | None]]]:
-        """Validated options (with a seed) and canvas rows of a run."""
-        options = SamplerOptions.build(options, **option_keywords).with_seed()
+    def checked_options(self, options: SamplerOptions, batch_size: int) -> SamplerOptions:
+        """``options`` checked against this model's family, with a seed; the batch size checked."""
         get_family(self.process.name).check(options)
         check_integer("batch_size", batch_size, minimum=1)
-        return options, self.canvas_rows(prompt, num_samples, length, infill, suffix, chat)
+        return options.with_seed()
 
     def run_batches(self, options: SamplerOptions, rows: list[list[int | None]], batch_size: int) -> Iterator[SamplerStep]:
         """The sampler's steps, batch after batch, each under the pipeline's precision only while it computes.
