@@ -44,7 +44,7 @@ FILLED_KEYS = {"model.vocab_size": "the tokenizer", "model.context_length": "dat
 class ProcessSettings:
     name: str = "masked"  # a family registered in ddlm.families
     # {name: linear | cosine | polynomial | geometric, parameter: value, ...} (or just the name);
-    # null: the process's default (masked: linear; sedd-absorb: log-linear; sedd-uniform: geometric)
+    # null: the process's own default (its from_config names it; docs/math.md lists them)
     schedule: dict[str, Any] | None = None
     eps: float = 1e-3
     antithetic: bool = True
