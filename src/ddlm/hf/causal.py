@@ -76,8 +76,8 @@ class HFCausalDiffusionModel(HFDiffusionModel):
         """An empty prefix cache (the block sampler's and ``--prefix-cache``'s); a one-line refusal for a network
         whose ``forward`` takes no past keys/values."""
         if self.cache_keyword is None:
-            raise DDLMError(f"this {self.config.model_type} network takes no past keys/values; sample without a "
-                            "cache: --no-cache (use_cache=False), no --prefix-cache")
+            raise DDLMError(f"this {self.config.model_type} network takes no past keys/values; turn use_cache off "
+                            "and drop prefix_cache", field="use_cache")
         return HFCausalCache(batch_size, self.context_length)
 
     def forward(
