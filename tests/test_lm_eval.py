@@ -301,6 +301,15 @@ def test_left_to_right_is_the_one_token_per_step_log_likelihood_and_deterministi
         order_value(pipe, [], continuation, tuple(range(len(continuation)))), rel=1e-5)
 
 
+def test_the_harness_model_takes_the_estimator_from_model_args(model_dirs):
+    model = DDLMHarnessModel.create_from_arg_string(f"pretrained={model_dirs['masked']},estimator=left_to_right,"
+                                                    "greedy_check=false,precision=fp32")
+    tokenizer = model.pipe.tokenizer
+    value, greedy = model.loglikelihood([Request("ab c\n", "cab")], disable_tqdm=True)[0]
+    expected = order_value(model.pipe, tokenizer.encode("ab c\n"), tokenizer.encode("cab"), (0, 1, 2))
+    assert value == pytest.approx(expected, rel=1e-5) and greedy is False
+
+
 def test_order_masks_hide_the_positions_not_yet_unmasked():
     order = (2, 0, 3, 1)
     masked, weight = order_masks(torch.tensor([order]))
