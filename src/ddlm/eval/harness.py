@@ -289,10 +289,11 @@ class DDLMHarnessModel(LM):
     ``pretrained``: a model directory, a bundled model name or a local Hugging Face diffusion LM
     (or a :class:`DiffusionPipeline`, from Python). ``estimator``: how a masked model's
     log-likelihood is computed (``monte_carlo``, ``left_to_right`` or ``random_order``, see the
-    module notes). ``mc_draws``: Monte Carlo draws (masks or orders) per diffusion log-likelihood. ``batch_size``: requests per model call (each ``mc_draws`` rows
-    for a diffusion model). ``greedy_check``: decide a diffusion model's ``is_greedy`` with the
-    greedy sampler (see the module notes). Every other argument is a :class:`SamplerOptions`
-    field (``steps``, ``policy``, ``block_length``, ``seed``, ...), the defaults of
+    module notes). ``mc_draws``: Monte Carlo draws (masks or orders) per diffusion log-likelihood.
+    ``batch_size``: requests per model call, each ``mc_draws`` rows for a diffusion model (|c| rows
+    left to right, ``mc_draws`` * |c| in random orders). ``greedy_check``: decide a diffusion
+    model's ``is_greedy`` with the greedy sampler (see the module notes). Every other argument is a
+    :class:`SamplerOptions` field (``steps``, ``policy``, ``block_length``, ``seed``, ...), the defaults of
     ``generate_until``, whose ``gen_kwargs`` replace them per request; ``seed`` (default 0)
     also seeds the Monte Carlo draws.
     """
