@@ -26,7 +26,15 @@ from ddlm.app.service import Models  # noqa: E402
 from ddlm.app.ui import option_inputs  # noqa: E402
 from ddlm.cli import add_sampler_flags, main  # noqa: E402
 from ddlm.errors import DDLMError  # noqa: E402
-from ddlm.families import FAMILIES, Family, get_family, offered_options, option_help, register_family  # noqa: E402
+from ddlm.families import (  # noqa: E402
+    FAMILIES,
+    Family,
+    get_family,
+    load_plugins,
+    offered_options,
+    option_help,
+    register_family,
+)
 from ddlm.processes import MaskedDiffusion  # noqa: E402
 from ddlm.samplers import SamplerOptions, masked_steps  # noqa: E402
 from ddlm.schema import DeclaredOption, option  # noqa: E402
@@ -157,3 +165,28 @@ def test_a_family_registered_from_a_test_trains_samples_and_is_served(toy_model,
         refused = client.post("/v1/generate", json={"length": 12, "steps": 6, "sharpness": -1})
         assert refused.status_code == 422 and refused.json()["error"]["field"] == "sharpness"
     assert "sharpness" in web_controls()
+
+
+def installed_plugin(root: Path, module: str, body: str) -> None:
+    """A package on ``root`` (put on sys.path) naming ``module`` under the ddlm.families entry points."""
+    (root / f"{module}.py").write_text(body, encoding="utf-8")
+    info = root / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[ddlm.families]\n{module} = {module}\n", encoding="utf-8")
+
+
+def test_an_installed_plugin_registers_its_family_and_a_broken_one_is_one_line(tmp_path, monkeypatch):
+    installed_plugin(tmp_path, "ddlm_plugin_toy", "from ddlm.families import Family, register_family\n"
+                     "from ddlm.processes import MaskedDiffusion\n"
+                     "from ddlm.samplers import masked_steps\n"
+                     "register_family(Family('plugin-toy', MaskedDiffusion.from_config, masked_steps))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        load_plugins()
+        assert get_family("plugin-toy").sampler is masked_steps
+    finally:
+        FAMILIES.pop("plugin-toy", None)
+    installed_plugin(tmp_path, "ddlm_plugin_broken", "raise RuntimeError('no such thing')\n")
+    with pytest.raises(DDLMError, match="plug-in 'ddlm_plugin_broken'.*no such thing; fix or uninstall it"):
+        load_plugins()

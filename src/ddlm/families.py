@@ -8,12 +8,15 @@ API and the web page offer the options the family takes (:func:`offered_options`
 
 Adding a family is one :func:`register_family` call (see docs/design.md): a process class with
 ``from_config(config, vocab)``, a step generator, the :class:`SamplerOptions` fields it reads and,
-optionally, a dataclass of options of its own declared with :func:`ddlm.schema.option`.
+optionally, a dataclass of options of its own declared with :func:`ddlm.schema.option`. A package
+that names the module making that call under the entry-point group ``ddlm.families`` has its
+family registered whenever ddlm's are, so the ``ddlm`` command takes it too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +35,7 @@ from ddlm.samplers.step import SamplerStep
 from ddlm.schema import DeclaredOption, check_value, declared_options
 
 Sampler = Callable[..., Iterator[SamplerStep]]
+PLUGIN_GROUP = "ddlm.families"
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,16 @@ def sampler_steps(model: torch.nn.Module, process: Process, canvas: Canvas, opti
     return family.sampler(model, process, canvas, options.with_seed(), first_row)
 
 
+def load_plugins() -> None:
+    """Import every module installed under the entry-point group ``ddlm.families`` (each registers its family)."""
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            entry.load()
+        except Exception as error:  # a broken plug-in must not take ddlm's own families down
+            raise DDLMError(f"the ddlm.families plug-in {entry.name!r} ({entry.value}) failed to load: {error}; "
+                            "fix or uninstall it") from None
+
+
 for builtin in (
     Family("masked", MaskedDiffusion.from_config, masked_steps, MASKED_OPTIONS),
     Family("block", BlockDiffusion.from_config, block_steps, BLOCK_OPTIONS),
@@ -158,3 +172,4 @@ for builtin in (
     Family("ar", Autoregressive.from_config, ar_steps),
 ):
     register_family(builtin)
+load_plugins()

@@ -146,10 +146,10 @@ class HFDiffusionModel(nn.Module):
         except (AssertionError, TypeError, ValueError, NotImplementedError) as error:
             reason = " ".join(str(error).split()) or type(error).__name__
             raise DDLMError(f"this model's code refuses a key/value cache ({reason}); "
-                            "drop --prefix-cache (prefix_cache=True)") from None
+                            "drop prefix_cache", field="prefix_cache") from None
         past = next((output.get(name) for name in ("cache", "past_key_values") if output.get(name) is not None), None)
         if past is None:  # (transformers 5 renamed the field to cache)
-            raise DDLMError("this model's code returns no key/value cache; drop --prefix-cache (prefix_cache=True)")
+            raise DDLMError("this model's code returns no key/value cache; drop prefix_cache", field="prefix_cache")
         cache.past = past
         cache.length += new
         return output.logits
