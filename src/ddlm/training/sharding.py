@@ -66,17 +66,15 @@ def mixed_precision(precision: str) -> MixedPrecisionPolicy:
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated layers sharded one by one: a ddlm backbone's blocks, or a Hugging Face network's
-    decoder layers (the classes its ``_no_split_modules`` names)."""
+    """The repeated layers sharded one by one: a ddlm backbone's blocks, or a Hugging Face network's longest
+    list of layers of one class (its decoder or encoder layers)."""
     if isinstance(model, Transformer):
         return list(model.blocks)
-    network = getattr(model, "network", model)
-    names = set(getattr(network, "_no_split_modules", None) or ())
-    blocks = [module for module in network.modules() if type(module).__name__ in names]
-    if not blocks:
-        raise DDLMError(f"cannot find the transformer blocks of {type(network).__name__} to shard (it names no "
-                        "_no_split_modules); use optim.parallel=ddp")
-    return blocks
+    stacks = [list(stack) for stack in model.modules()
+              if isinstance(stack, nn.ModuleList) and len(stack) and len({type(layer) for layer in stack}) == 1]
+    if not stacks:
+        raise DDLMError(f"cannot find the transformer layers of {type(model).__name__} to shard; use optim.parallel=ddp")
+    return max(stacks, key=len)
 
 
 def shard_model(model: nn.Module, precision: str, device: torch.device, world_size: int) -> nn.Module:
