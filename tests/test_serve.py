@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import threading
 import time
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from ddlm.app.limits import GenerationPool, Limits, QueueFull, RunStopped  # noqa: E402
 from ddlm.app.render import Frame, canvas_html, status_html  # noqa: E402
 from ddlm.app.server import create_app, serve  # noqa: E402
-from ddlm.app.service import GenerationRequest, Models, open_stream, planned_steps  # noqa: E402
+from ddlm.app.service import GenerationRequest, Model, Models, open_stream, planned_steps  # noqa: E402
 from ddlm.bundled import bundled_models  # noqa: E402
 from ddlm.cli import main  # noqa: E402
 from ddlm.errors import DDLMError  # noqa: E402
@@ -401,3 +402,22 @@ def test_a_request_tokenises_its_prompt_and_suffix_once(models, monkeypatch):
     last = list(steps)[-1]
     assert sorted(calls) == ["the end", "to be"]
     assert [text.startswith("to be") and text.endswith("the end") for text in last.texts] == [True, True]
+
+
+def test_a_chat_request_writes_the_reply_in_the_fine_tuned_turns(models):
+    """A model fine-tuned on chat turns (its summary's chat format) answers ``chat: true`` as ``pipe.generate(chat=True)``;
+    a model without a chat format refuses it, naming the field."""
+    plain = models.get(None)
+    chat_pipe = copy.copy(plain.pipe)
+    chat_pipe.summary = {**plain.pipe.summary, "chat": {"user": "ROMEO", "assistant": "JULIET",
+                                                       "template": "{role}:\n{content}\n\n"}}
+    served = Models([Model("chat", chat_pipe, "memory"), plain])
+    with TestClient(create_app(served, LIMITS, web_page=False)) as client:
+        cards = {card["name"]: card["chat"] for card in client.get("/v1/models").json()["models"]}
+        assert cards == {"chat": True, plain.name: False}
+        body = {"model": "chat", "prompt": "O Romeo", "chat": True, "length": 6, "steps": 6, "seed": 0}
+        answer = client.post("/v1/generate", json=body).json()
+        expected = chat_pipe.generate("O Romeo", chat=True, length=6, steps=6, seed=0)
+        assert answer["texts"] == expected and expected[0].startswith("ROMEO:\nO Romeo\n\nJULIET:\n")
+        refused = client.post("/v1/generate", json={**body, "model": plain.name})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "chat"

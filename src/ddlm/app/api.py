@@ -51,6 +51,8 @@ class CanvasFields(BaseModel):
     num_samples: int = Field(1, description="samples to draw")
     length: int | None = Field(None, description="tokens to generate (default: fill the context, up to the server's cap)")
     stop_at_eos: bool = Field(True, description="cut each sample's text at a generated end-of-text token")
+    chat: bool = Field(False, description="the prompt is a user turn in the model's chat format (a chat model, or one "
+                                          "fine-tuned on chat turns by ddlm finetune: see GET /v1/models)")
 
 
 def option_field(declared: DeclaredOption) -> tuple[Any, Any]:

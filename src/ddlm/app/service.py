@@ -55,6 +55,7 @@ class GenerationRequest:
     num_samples: int = 1
     length: int | None = None
     stop_at_eos: bool = True
+    chat: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,6 +99,7 @@ class Model:
                           "mask_id": pipe.tokenizer.mask_id, "eos_id": pipe.tokenizer.eos_id,
                           "pad_id": pipe.tokenizer.pad_id},
             "held_out_nelbo": self.held_out_nelbo,
+            "chat": pipe.has_chat_format,
             "training_summary": summary,
             "sampler_defaults": self.default_options(),
         }
@@ -185,15 +187,17 @@ def open_stream(model: Model, request: GenerationRequest, limits: Limits) -> tup
         raise as_request_error(error) from None
 
 
-def room_between(pipe: DiffusionPipeline, prompt: str | None, suffix: str | None) -> int:
-    """The positions the model's context leaves between ``prompt`` and ``suffix`` (DDLMError if they fill it)."""
-    row = pipe.canvas_rows(prompt or None, 1, None, None, suffix or None)[0]
+def room_between(pipe: DiffusionPipeline, prompt: str | None, suffix: str | None, chat: bool = False) -> int:
+    """The positions the model's context leaves between ``prompt`` (a chat turn with ``chat``) and ``suffix``
+    (DDLMError if they fill it)."""
+    row = pipe.canvas_rows(prompt or None, 1, None, None, suffix or None, chat)[0]
     return sum(token is None for token in row)
 
 
-def longest_length(pipe: DiffusionPipeline, prompt: str | None, suffix: str | None, limits: Limits) -> int:
+def longest_length(pipe: DiffusionPipeline, prompt: str | None, suffix: str | None, limits: Limits,
+                   chat: bool = False) -> int:
     """The longest ``length`` a request with ``prompt`` and ``suffix`` may ask for."""
-    return length_cap(pipe, room_between(pipe, prompt, suffix), limits)
+    return length_cap(pipe, room_between(pipe, prompt, suffix, chat), limits)
 
 
 def length_cap(pipe: DiffusionPipeline, room: int, limits: Limits) -> int:
@@ -207,7 +211,8 @@ def request_rows(pipe: DiffusionPipeline, request: GenerationRequest, limits: Li
     request's length, or what fills the context (up to the cap); an infill template's gaps set their own."""
     check_integer("num_samples", request.num_samples, minimum=1)
     if request.infill:
-        row = pipe.canvas_rows(request.prompt or None, 1, request.length, request.infill, request.suffix or None)[0]
+        row = pipe.canvas_rows(request.prompt or None, 1, request.length, request.infill, request.suffix or None,
+                               request.chat)[0]
         gaps = sum(token is None for token in row)
         if gaps > limits.max_length:
             raise RequestError(f"the infill template has {gaps} gaps to fill, over this server's limit of "
@@ -215,7 +220,7 @@ def request_rows(pipe: DiffusionPipeline, request: GenerationRequest, limits: Li
         return [row] * request.num_samples
     if isinstance(request.length, int) and request.length > limits.max_length:
         raise over_limit("length", request.length, limits.max_length)
-    row = pipe.canvas_rows(request.prompt or None, 1, None, None, request.suffix or None)[0]  # fills the context
+    row = pipe.canvas_rows(request.prompt or None, 1, None, None, request.suffix or None, request.chat)[0]  # fills the context
     room = sum(token is None for token in row)
     longest = length_cap(pipe, room, limits)
     length = min(room, limits.max_length) if request.length is None else request.length

@@ -119,18 +119,20 @@ def seed_of(value: float | None) -> int:
     return secrets.randbelow(SEED_RANGE) if value is None else int(value)
 
 
-def room_left(models: list[Model], prompt: str | None, suffix: str | None, limits: Limits) -> int | None:
-    """The longest length every model's context leaves around ``prompt`` and ``suffix`` (None when they fill
-    it or do not encode: the run then says why)."""
+def room_left(models: list[Model], prompt: str | None, suffix: str | None, limits: Limits,
+              chat: bool = False) -> int | None:
+    """The longest length every model's context leaves around ``prompt`` (a chat turn with ``chat``) and
+    ``suffix`` (None when they fill it or do not encode: the run then says why)."""
     try:
-        return min(longest_length(model.pipe, prompt, suffix, limits) for model in models)
+        return min(longest_length(model.pipe, prompt, suffix, limits, chat) for model in models)
     except DDLMError:
         return None
 
 
-def fitted_length(model: Model, prompt: str | None, suffix: str | None, length: float, limits: Limits) -> int:
+def fitted_length(model: Model, prompt: str | None, suffix: str | None, length: float, limits: Limits,
+                  chat: bool = False) -> int:
     """``length``, no longer than the room the prompt and ending leave."""
-    room = room_left([model], prompt, suffix, limits)
+    room = room_left([model], prompt, suffix, limits, chat)
     return int(length) if room is None else min(int(length), room)
 
 
@@ -305,7 +307,7 @@ class Page:
             model_name = gr.Dropdown(self.models.names, value=first.name, label="Model",
                                      visible=len(self.models.names) > 1, elem_id="model")
             with gr.Tab("Generate"):
-                prompt, suffix, length, options = self.generate_tab(model_name)
+                prompt, suffix, length, chat, options = self.generate_tab(model_name)
             with gr.Tab("Compare"):
                 self.compare_tab()
             with gr.Tab("Forward process"):
@@ -314,20 +316,20 @@ class Page:
                 card = gr.Markdown(card_markdown(first), elem_id="card")
             with gr.Tab("API"):
                 gr.Markdown(API_HELP)
-            switched = [card, length, *options.values()]
+            switched = [card, length, chat, *options.values()]
             model_name.change(self.switch_model, [model_name, prompt, suffix, length], switched, show_progress="hidden")
         return page
 
     def switch_model(self, name: str, prompt: str, suffix: str, length: float) -> list[Any]:
-        """A model chosen: its card, the room its context leaves, and the sampler options it takes."""
+        """A model chosen: its card, the room its context leaves, its chat format, and the sampler options it takes."""
         model = self.models.get(name)
-        offered = controls_for(model)
+        offered, chat = controls_for(model), model.pipe.has_chat_format
         return [card_markdown(model), length_slider([model], prompt, suffix, length, self.limits),
-                *[gr.update(visible=option in offered) for option in self.option_names]]
+                gr.update(visible=chat, value=chat), *[gr.update(visible=option in offered) for option in self.option_names]]
 
     # ----- generate -----
 
-    def generate_tab(self, model_name: gr.Dropdown) -> tuple[Any, Any, Any, dict[str, Any]]:
+    def generate_tab(self, model_name: gr.Dropdown) -> tuple[Any, Any, Any, Any, dict[str, Any]]:
         first = self.models.get(None)
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
@@ -336,6 +338,9 @@ class Page:
                     prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt (kept fixed; the model writes after it)", lines=2,
                                         elem_id="prompt")
                     gr.Examples([[text] for text in EXAMPLE_PROMPTS], [prompt], label="Example prompts")
+                    chat = gr.Checkbox(first.pipe.has_chat_format, visible=first.pipe.has_chat_format, elem_id="chat",
+                                       label="chat: the prompt is a message, the model writes the reply",
+                                       info="in the turns the model was fine-tuned on (ddlm finetune) or its chat template")
                     suffix = gr.Textbox("", label="Fixed ending (optional; the model writes towards it)",
                                         elem_id="suffix")
                     length = initial_length_slider(first, 128, self.limits, label="length (tokens to write)",
@@ -349,7 +354,6 @@ class Page:
                     samples = gr.Slider(1, min(self.limits.max_samples, 4), value=1, step=1, label="samples",
                                         elem_id="samples")
                     seed = gr.Number(0, precision=0, minimum=0, label="seed (blank: a fresh one, shown above the text)",
-                                     info=option_help(option_table()["seed"]),
                                      elem_id="seed")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -369,7 +373,7 @@ class Page:
         control, last_run = gr.State(RunControl()), gr.State(None)
 
         generate.click(
-            self.generate, [control, model_name, mode, prompt, suffix, template, length, samples, seed,
+            self.generate, [control, model_name, mode, prompt, suffix, chat, template, length, samples, seed,
                             *options.values()],
             [canvas, status, scrub, make_gif, gif, last_run], concurrency_limit=None, show_progress="hidden")
         stop.click(RunControl.stop, control, None, concurrency_limit=None)
@@ -379,20 +383,21 @@ class Page:
                     mode, [prompt_fields, template_fields])
         for text in (prompt, suffix):
             text.change(self.bound_length, [model_name, prompt, suffix, length], length, show_progress="hidden")
-        return prompt, suffix, length, options
+        return prompt, suffix, length, chat, options
 
     def bound_length(self, name: str, prompt: str, suffix: str, length: float) -> Any:
         return length_slider([self.models.get(name)], prompt, suffix, length, self.limits)
 
-    def generate(self, control: RunControl, name: str, mode: str, prompt: str, suffix: str, template: str,
+    def generate(self, control: RunControl, name: str, mode: str, prompt: str, suffix: str, chat: bool, template: str,
                  length: float, samples: float, seed_value: float | None, *option_values: Any) -> Iterator[tuple]:
         """Run a generation, drawing each step that changes the canvas, then its end: done, stopped or failed."""
         model = self.models.get(name)
         seed = seed_of(seed_value)
         values = {**dict(zip(self.option_names, option_values)), "seed": seed}
+        chat = bool(chat) and model.pipe.has_chat_format
         canvas_fields = ({"infill": template} if mode != "prompt" else
-                         {"prompt": prompt, "suffix": suffix,
-                          "length": fitted_length(model, prompt, suffix, length, self.limits)})
+                         {"prompt": prompt, "suffix": suffix, "chat": chat,
+                          "length": fitted_length(model, prompt, suffix, length, self.limits, chat)})
         request = GenerationRequest(model=model.name, num_samples=int(samples),
                                     options=options_from_inputs(model, values), **canvas_fields)
         options, run = self.submit(model, request)

@@ -57,6 +57,12 @@ class CanvasBuilding:
         length = self.check_length(max(len(ids) for ids in encoded), length, len(suffix_ids))
         return [row for ids in encoded for row in [[*ids, *[None] * length, *suffix_ids]] * num_samples]
 
+    @property
+    def has_chat_format(self) -> bool:
+        """Whether ``chat=True`` applies: a model fine-tuned on chat turns, or a tokenizer with a chat template."""
+        hf_tokenizer = getattr(self.tokenizer, "hf", None)
+        return "chat" in self.summary or bool(getattr(hf_tokenizer, "chat_template", None))
+
     def encode_field(self, text: str | None, field: str) -> list[int]:
         """Token ids of ``text`` (none for no text); a text the tokenizer refuses names its ``field``."""
         if not text:
