@@ -151,12 +151,25 @@ def test_a_signal_during_the_final_export_stops_at_once_after_the_last_checkpoin
 
 def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, corpus, monkeypatch):
     trainer = trainer_for(tmp_path / "run", corpus)
+    monkeypatch.setattr("ddlm.training.signals.ECHO_SECONDS", 0.0)  # the second comes later than any echo
     signal_at(trainer, "loss", 6, signal.SIGINT, monkeypatch, times=2)  # two micro-batches: two signals in step 6
     with pytest.raises(KeyboardInterrupt) as stop:
         trainer.train()
     assert not isinstance(stop.value, TrainingInterrupted)
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)["train"]["step"] == 4  # the periodic one
     RunLock(tmp_path / "run").acquire().release()  # the lock was released
+
+
+def test_a_signal_echoed_at_once_is_one_request_and_the_run_resumes_exactly(tmp_path, corpus, reference, monkeypatch):
+    """Ctrl-C on a torchrun job reaches a worker twice (from the terminal, and forwarded by the launcher)."""
+    trainer = trainer_for(tmp_path / "run", corpus)
+    signal_at(trainer, "loss", 6, signal.SIGINT, monkeypatch, times=2)  # both within step 6, well inside the echo time
+    with pytest.raises(TrainingInterrupted) as stop:
+        trainer.train()
+    monkeypatch.undo()
+    assert stop.value.step == 6 and load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE)["train"]["step"] == 6
+    trainer_for(tmp_path / "run", corpus, resume=True).train()
+    assert_same_run(tmp_path / "run", reference)
 
 
 def test_the_command_reports_a_stop_in_one_line_with_the_signal_exit_code(tmp_path, corpus, capsys, monkeypatch):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType, TracebackType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# A second signal this soon after the first is the same request: Ctrl-C on a torchrun job reaches each
+# worker from the terminal and again from the launcher, which forwards it.
+ECHO_SECONDS = 1.0
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -20,7 +24,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class StopSignals:
     """While active, SIGINT and SIGTERM only set ``received``; a second signal (or any, after
-    ``stop_at_once``) raises KeyboardInterrupt at once.
+    ``stop_at_once``) raises KeyboardInterrupt at once, unless it comes within ``ECHO_SECONDS`` of
+    the first (an echo of the same request, as under torchrun).
 
     A signal the process ignores stays ignored; outside the main thread (where Python cannot
     install handlers) it does nothing.
@@ -28,6 +33,7 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: str | None = None
+        self.received_at = 0.0
         self.immediate = False
         self.previous: dict[int, object] = {}
 
@@ -47,6 +53,9 @@ class StopSignals:
         self.immediate = True
 
     def handle(self, number: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
+        if self.received is not None and not self.immediate and now - self.received_at < ECHO_SECONDS:
+            return
         if self.immediate or self.received is not None:
             raise KeyboardInterrupt  # stop now, keeping the last checkpoint
-        self.received = signal.Signals(number).name
+        self.received, self.received_at = signal.Signals(number).name, now
