@@ -42,7 +42,8 @@ class SamplerOptions:
                                     "with the samples", low=0, high=SEED_LIMIT, high_open=True)
     use_cache: bool = option(True, "skip model calls that would repeat the last one", flag="--no-cache")
     policy: str = option("ancestral", "which masked positions each step reveals", choices=POLICIES)
-    block_length: int | None = option(None, "write semi-autoregressive blocks of this many positions, left to right",
+    block_length: int | None = option(None, "write semi-autoregressive blocks of this many positions, left to right "
+                                            "(a sampling choice, unlike a block model's trained block_size)",
                                       low=1, off=0)
     threshold: float | None = option(None, "also reveal every position the model is this sure of (a ranked "
                                            "policy; the threshold policy: 0.9)", low=0, high=1, low_open=True, off=0,
