@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -11,12 +12,14 @@ from torch import nn
 from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
 from ddlm.model import ModelConfig, Transformer
-from ddlm.processes import Autoregressive, MaskedDiffusion, build_schedule
+from ddlm.processes import Autoregressive, LossOutput, MaskedDiffusion, build_schedule
 from ddlm.processes.masked import lookahead_attention
 from ddlm.families import sampler_steps
 from ddlm.samplers import Canvas, SamplerOptions
 from ddlm.training import curriculum, load_config, prepare_training, saved_config
 from ddlm.training.config import AdaptSettings
+from ddlm.training.logger import COLUMNS, LOG_FILE, MetricsLog
+from ddlm.training.trainer import Trainer
 from tests.test_block import EOS, MASK, PAD, VOCAB, block_process, data
 
 POLICIES = [
@@ -233,9 +236,10 @@ def test_a_growing_block_size_trains_the_smaller_blocks_and_evaluates_the_target
     assert process.loss(adapted, x0, torch.Generator().manual_seed(0)).nelbo_sum == expected
 
 
-def test_an_adaptation_run_with_annealing_resumes_exactly(tmp_path, shakespeare_path, ar_source):
+@pytest.mark.parametrize("ar_term", [[], ["adapt.ar_loss_weight=0.5"]], ids=["diffusion", "with-ar-term"])
+def test_an_adaptation_run_with_annealing_resumes_exactly(tmp_path, shakespeare_path, ar_source, ar_term):
     overrides = ["process.name=masked", "adapt.anneal_steps=4", "optim.max_steps=6", "log.eval_every=0",
-                 "log.sample_every=0", "log.save_every=0", "data.context_length=32"]
+                 "log.sample_every=0", "log.save_every=0", "data.context_length=32", "log.log_every=1", *ar_term]
     straight = prepare_training(load_config("tiny", None, overrides), tmp_path / "a", data=shakespeare_path,
                                 init=str(ar_source), show_progress=False)
     straight.train()
@@ -246,3 +250,87 @@ def test_an_adaptation_run_with_annealing_resumes_exactly(tmp_path, shakespeare_
     resumed.train()
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    with (tmp_path / "b" / "log.csv").open() as handle:
+        ar_column = [row["train_ar_nll"] for row in csv.DictReader(handle) if row["train_nelbo"]]
+    assert len(ar_column) == 6 and all(bool(value) == bool(ar_term) for value in ar_column)
+
+
+# ----- the autoregressive loss term (adapt.ar_loss_weight) -----
+
+def adaptation_trainer(path, shakespeare_path, ar_source, *overrides: str):
+    """A masked run from the tiny AR model (no gradient clipping: gradients compare linearly)."""
+    config = load_config("tiny", None, ["process.name=masked", "optim.max_steps=2", "log.eval_every=0",
+                                        "log.sample_every=0", "data.context_length=32", "optim.grad_clip=0", *overrides])
+    return prepare_training(config, path, data=shakespeare_path, init=str(ar_source), show_progress=False)
+
+
+def first_step(trainer) -> tuple[float, dict[str, torch.Tensor]]:
+    """The reported NELBO of one optimizer step and the gradients it stepped with."""
+    gradients, step = {}, trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        gradients.update({name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    nelbo, _, _ = trainer.train_step()
+    return nelbo, gradients
+
+
+def test_the_ar_term_is_the_source_models_next_token_nll(tmp_path, shakespeare_path, ar_source):
+    """Before any step, the term (times its weight, beside a zero diffusion loss) is the AR source's NLL per token."""
+    trainer = adaptation_trainer(tmp_path / "run", shakespeare_path, ar_source, "adapt.ar_loss_weight=0.5")
+    source = DiffusionPipeline.from_pretrained(ar_source, precision="fp32")
+    x0 = next(trainer.valid_loader.iter_eval_batches(4))
+    trainer.model.eval()
+    with torch.no_grad():
+        reference = source.process.loss(source.model, x0)
+        output = trainer.with_ar_term(LossOutput(torch.tensor(0.0), 0.0, 1), x0)
+    assert (output.nelbo_sum, output.num_tokens) == (0.0, 1)  # the NELBO stays the diffusion one
+    assert trainer.ar_sum == [pytest.approx(reference.nelbo_sum, rel=1e-5), reference.num_tokens]
+    assert float(output.loss) == pytest.approx(0.5 * reference.nelbo_sum / reference.num_tokens, rel=1e-5)
+
+
+def test_the_ar_term_adds_its_weight_times_its_gradient_and_leaves_the_nelbo(tmp_path, shakespeare_path, ar_source):
+    steps = {weight: first_step(adaptation_trainer(tmp_path / str(weight), shakespeare_path, ar_source,
+                                                   f"adapt.ar_loss_weight={weight}")) for weight in (0, 1, 2)}
+    assert steps[0][0] == steps[1][0] == steps[2][0]  # the same diffusion NELBO is reported
+    for name, zero in steps[0][1].items():
+        one, two = steps[1][1][name], steps[2][1][name]
+        torch.testing.assert_close(two - zero, 2 * (one - zero), rtol=1e-4, atol=1e-6)
+    assert any(not torch.allclose(steps[1][1][name], zero) for name, zero in steps[0][1].items())
+
+
+def test_at_weight_zero_the_ar_term_is_not_computed(tmp_path, shakespeare_path, ar_source, monkeypatch):
+    """Weight 0 trains as a run without the term: same NELBO and parameters after a step, the term never run."""
+    before = adaptation_trainer(tmp_path / "before", shakespeare_path, ar_source)
+    monkeypatch.setattr(Trainer, "with_ar_term", lambda self, output, x0: output)  # the loss as it was
+    expected = before.train_step()[0], {name: p.clone() for name, p in before.model.named_parameters()}
+    monkeypatch.undo()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the AR term was computed at weight 0")
+
+    monkeypatch.setattr(curriculum, "ar_term", never)
+    trainer = adaptation_trainer(tmp_path / "zero", shakespeare_path, ar_source, "adapt.ar_loss_weight=0")
+    assert trainer.train_step()[0] == expected[0] and trainer.ar_nll is None
+    for name, parameter in trainer.model.named_parameters():
+        assert torch.equal(parameter, expected[1][name]), name
+
+
+def test_a_log_written_before_the_ar_column_keeps_its_rows_on_resume(tmp_path):
+    rows = [COLUMNS[:-1], ("1", "256", "0.1", "1e-3", "3.0", "", "900"), ("2", "512", "0.2", "1e-3", "2.9", "", "950"),
+            ("3", "768", "0.3", "1e-3", "2.8", "", "990")]
+    (tmp_path / LOG_FILE).write_text("".join(",".join(row) + "\n" for row in rows))
+    MetricsLog(tmp_path, resume_step=2).close()
+    with (tmp_path / LOG_FILE).open() as handle:
+        kept = list(csv.DictReader(handle))
+    assert [dict(zip(COLUMNS, row), train_ar_nll="") for row in rows[1:3]] == kept
+
+
+def test_an_ar_term_without_a_shifted_model_is_refused(tmp_path, shakespeare_path):
+    config = load_config("tiny", None, ["process.name=masked", "adapt.ar_loss_weight=0.5", "data.context_length=32"])
+    with pytest.raises(DDLMError, match=r"--init AR_MODEL, or set adapt.ar_loss_weight=0$"):
+        prepare_training(config, tmp_path / "x", data=shakespeare_path, show_progress=False)
+    with pytest.raises(DDLMError, match="adapt.ar_loss_weight"):
+        load_config("tiny", None, ["adapt.ar_loss_weight=-1"])

@@ -19,7 +19,7 @@ from ddlm import DiffusionPipeline
 from ddlm.cli import main
 from ddlm.errors import DDLMError
 from ddlm.families import build_process, sampler_steps
-from ddlm.processes import Vocabulary
+from ddlm.processes import LossOutput, Vocabulary
 from ddlm.samplers import Canvas, SamplerOptions
 from ddlm.training import load_config, prepare_training, saved_config
 from ddlm.training.init import load_source
@@ -111,20 +111,39 @@ def test_under_the_causal_pattern_the_adapted_model_is_the_source(sources, adapt
     torch.testing.assert_close(logits[..., : reference.shape[-1]], reference, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ARCHITECTURES)
-def test_block_size_one_gives_the_source_log_likelihood(sources, adapted, kind):
-    """Block diffusion of block size 1 under the shift is the source's autoregressive NLL, over the source
-    tokenizer's ids (less the padding id where it is one of them: no ddlm process predicts padding)."""
-    pipe = adapted[kind]
-    x0 = text_tokens(pipe)
-    logits = source_next_token_logits(sources[kind], x0, pipe.model.start_id)
+def source_nll(directory: Path, pipe: DiffusionPipeline, x0: torch.Tensor) -> float:
+    """The source's autoregressive NLL of ``x0`` (summed), over the source tokenizer's ids (less the padding id
+    where it is one of them: no ddlm process predicts padding)."""
+    logits = source_next_token_logits(directory, x0, pipe.model.start_id)
     if pipe.tokenizer.pad_id < logits.shape[-1]:
         logits[..., pipe.tokenizer.pad_id] = -torch.inf
-    nll = -logits.log_softmax(dim=-1).gather(-1, x0[..., None]).sum()
+    return float(-logits.log_softmax(dim=-1).gather(-1, x0[..., None]).sum())
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_block_size_one_gives_the_source_log_likelihood(sources, adapted, kind):
+    """Block diffusion of block size 1 under the shift is the source's autoregressive NLL."""
+    pipe = adapted[kind]
+    x0 = text_tokens(pipe)
+    nll = source_nll(sources[kind], pipe, x0)
     process = build_process({"name": "block", "block_size": 1, "estimator": "count"}, Vocabulary.of(pipe.tokenizer))
     with torch.no_grad():
         nelbo = process.loss(pipe.model.eval(), x0, torch.Generator().manual_seed(0)).nelbo_sum
-    assert nelbo == pytest.approx(float(nll), rel=1e-5)
+    assert nelbo == pytest.approx(nll, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_the_ar_term_is_the_source_log_likelihood(sources, adapted, corpus, tmp_path, kind):
+    """adapt.ar_loss_weight's term, before any step, is the source's next-token NLL per token, times the weight."""
+    config = load_config(None, None, ["process.name=masked", "adapt.ar_loss_weight=0.5", *TRAIN])
+    trainer = prepare_training(config, tmp_path / "run", data=corpus, init=str(sources[kind]), show_progress=False)
+    x0 = text_tokens(adapted[kind])
+    trainer.model.eval()
+    with torch.no_grad():
+        output = trainer.with_ar_term(LossOutput(torch.tensor(0.0), 0.0, 1), x0)
+    nll = source_nll(sources[kind], adapted[kind], x0)
+    assert trainer.ar_sum == [pytest.approx(nll, rel=1e-5), x0.numel()]
+    assert float(output.loss) == pytest.approx(0.5 * nll / x0.numel(), rel=1e-5)
 
 
 @pytest.mark.parametrize("kind", ARCHITECTURES)
@@ -212,11 +231,15 @@ def test_the_exported_model_is_the_trained_one_and_serves(sources, corpus, tmp_p
 
     card = Models.load([str(tmp_path / "run")], device="cpu").get(None).card()
     assert (card["layers"], card["d_model"], card["context_length"]) == (2, 32, 32)
+    summary = json.loads((tmp_path / "run" / "training_summary.json").read_text())  # the card's held-out figure
+    assert card["held_out_nelbo"] == summary["final_valid_nelbo"] is not None
+    assert card["training_summary"]["steps"] == summary["steps"] and card["training_summary"]["model_type"] == "llama"
 
 
-def test_an_adaptation_run_resumes_exactly(sources, corpus, tmp_path):
+@pytest.mark.parametrize("ar_term", [[], ["adapt.ar_loss_weight=0.5"]], ids=["diffusion", "with-ar-term"])
+def test_an_adaptation_run_resumes_exactly(sources, corpus, tmp_path, ar_term):
     overrides = ["process.name=block", "process.block_size=4", "adapt.grow_steps=2", "log.save_every=0",
-                 *TRAIN, "optim.max_steps=4"]
+                 *TRAIN, "optim.max_steps=4", *ar_term]
     straight = prepare_training(load_config(None, None, overrides), tmp_path / "a", data=corpus,
                                 init=str(sources["gpt2"]), show_progress=False)
     straight.train()

@@ -15,7 +15,9 @@ from typing import Any
 from ddlm.errors import DDLMError
 from ddlm.fileio import error_reason, write_text_atomic
 
-COLUMNS = ("step", "tokens", "elapsed_s", "lr", "train_nelbo", "valid_nelbo", "tokens_per_s")
+# train_ar_nll: the autoregressive term of an adaptation run (adapt.ar_loss_weight > 0), empty otherwise; a log
+# written before it existed lacks that last column, and its rows are kept when the run resumes
+COLUMNS = ("step", "tokens", "elapsed_s", "lr", "train_nelbo", "valid_nelbo", "tokens_per_s", "train_ar_nll")
 LOG_FILE = "log.csv"
 
 
@@ -29,8 +31,9 @@ class MetricsLog:
     def __init__(self, directory: Path, resume_step: int = 0):
         self.path = directory / LOG_FILE
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True) if self.path.is_file() else []
-        kept = [line.rstrip("\r\n") + "\n" for line in lines[1:]
-                if row_step(line) is not None and row_step(line) <= resume_step]
+        width = len(next(csv.reader(lines[:1]), COLUMNS))  # the columns the file was written with
+        kept = [line.rstrip("\r\n") + "," * (len(COLUMNS) - width) + "\n" for line in lines[1:]
+                if row_step(line, width) is not None and row_step(line, width) <= resume_step]
         header = format_row(dict(zip(COLUMNS, COLUMNS)))
         if [header, *kept] != lines:
             try:
@@ -64,12 +67,12 @@ def format_row(values: dict[str, Any]) -> str:
     return text.getvalue()
 
 
-def row_step(line: str) -> int | None:
-    """The step of a complete row (all columns, ending in a newline), else None."""
+def row_step(line: str, width: int = len(COLUMNS)) -> int | None:
+    """The step of a complete row (``width`` columns, ending in a newline), else None."""
     if not line.endswith("\n"):
         return None
     fields = next(csv.reader([line]), [])
-    if len(fields) != len(COLUMNS):
+    if len(fields) != width:
         return None
     try:
         return int(fields[0])

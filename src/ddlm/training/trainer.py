@@ -93,6 +93,7 @@ class Trainer:
         show_progress: bool = True,
     ):
         config.validate()
+        curriculum.check_ar_term(config)
         self.config = config
         self.tokenizer = tokenizer
         self.out_dir = Path(out_dir)
@@ -116,6 +117,8 @@ class Trainer:
         self.state = TrainState()
         self.saved_step: int | None = None  # the step of the checkpoint on disk, when this trainer knows it
         self.log: MetricsLog | None = None
+        self.ar_sum: list[float] = [0.0, 0]  # this step's AR term (adapt.ar_loss_weight): NLL and tokens so far
+        self.ar_nll: float | None = None  # the last step's AR term per token, over all ranks (None without one)
 
     def new_model(self) -> torch.nn.Module:
         """A freshly initialised backbone of the run's configuration (the trained model, then the evaluation copy)."""
@@ -204,7 +207,8 @@ class Trainer:
                 logged = step % self.config.log.log_every == 0 or step == 1 or self.finished(stop_after)
                 if self.log is not None and logged:
                     self.log.write(step=step, tokens=self.state.tokens, elapsed_s=f"{self.state.elapsed:.1f}",
-                                   lr=f"{lr:.3e}", train_nelbo=f"{loss:.4f}", tokens_per_s=f"{speed:.0f}")
+                                   lr=f"{lr:.3e}", train_nelbo=f"{loss:.4f}", tokens_per_s=f"{speed:.0f}",
+                                   train_ar_nll="" if self.ar_nll is None else f"{self.ar_nll:.4f}")
                     window_tokens, window_start = 0, time.perf_counter()
                 self.periodic(step, bar)
         finally:
@@ -260,6 +264,7 @@ class Trainer:
         curriculum.apply(self.process, self.state.step, self.config.adapt, self.config.data.context_length)
         self.model.train()
         nelbo_sum, token_count, trained = 0.0, 0, 0
+        self.ar_sum = [0.0, 0]
         for micro_step in range(settings.grad_accum):
             last = micro_step == settings.grad_accum - 1
             with contextlib.nullcontext() if last else self.gradients_kept_local():
@@ -269,7 +274,9 @@ class Trainer:
             nelbo_sum += output.nelbo_sum
             token_count += output.num_tokens
             trained += batch_tokens
-        nelbo_sum, token_count, trained = self.dist.sum([nelbo_sum, token_count, trained], self.device)
+        nelbo_sum, token_count, trained, *ar_sum = self.dist.sum([nelbo_sum, token_count, trained, *self.ar_sum],
+                                                                 self.device)
+        self.ar_nll = ar_sum[0] / ar_sum[1] if ar_sum[1] else None
         if not math.isfinite(nelbo_sum):
             raise DDLMError(
                 f"the loss became {nelbo_sum} at step {self.state.step}; lower optim.lr or use precision=fp32, "
@@ -287,7 +294,17 @@ class Trainer:
     def batch_loss(self) -> tuple[LossOutput, int]:
         """The loss of the next training micro-batch, and the number of tokens it holds."""
         batch = next(self.train_loader).to(self.device)
-        return self.process.loss(self.trained_model, batch, self.random.noise), batch.numel()
+        return self.with_ar_term(self.process.loss(self.trained_model, batch, self.random.noise), batch), batch.numel()
+
+    def with_ar_term(self, output: LossOutput, x0: torch.Tensor) -> LossOutput:
+        """``output`` with ``adapt.ar_loss_weight`` times the clean batch's next-token NLL added to its loss (its
+        NELBO unchanged; the term kept in ``ar_sum`` for the log); at weight 0 the term is not computed."""
+        weight = self.config.adapt.ar_loss_weight
+        if weight == 0:
+            return output
+        term = curriculum.ar_term(self.trained_model, self.process, x0)
+        self.ar_sum = [self.ar_sum[0] + term.nelbo_sum, self.ar_sum[1] + term.num_tokens]
+        return replace(output, loss=output.loss + weight * term.loss)
 
     def periodic(self, step: int, bar: tqdm) -> None:
         """Validation, sample previews and checkpoints at their intervals.

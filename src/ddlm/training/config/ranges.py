@@ -50,5 +50,6 @@ BOUNDS: dict[str, Bounds] = {
     "log.save_every": NOT_NEGATIVE,
     "adapt.anneal_steps": NOT_NEGATIVE,
     "adapt.grow_steps": NOT_NEGATIVE,
+    "adapt.ar_loss_weight": NOT_NEGATIVE,
 }
 DURATION_KEYS = {"optim.time_budget"}  # settings that also take "10m", "1.5h"

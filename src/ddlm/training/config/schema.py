@@ -105,10 +105,12 @@ class InitSettings:
 
 @dataclass
 class AdaptSettings:
-    """The attention path from an autoregressive model (``--init``) to a diffusion model, by steps."""
+    """The attention path from an autoregressive model (``--init``) to a diffusion model, by steps, and the
+    autoregressive loss kept beside the diffusion loss."""
 
     anneal_steps: int = 0  # masked: each position sees i + look-ahead keys, growing from causal to full (DiffuGPT)
     grow_steps: int = 0  # block: the block size doubles from 1 (autoregressive) to process.block_size (NBDiff)
+    ar_loss_weight: float = 0.0  # shifted models: + weight x the clean batch's next-token NLL under causal attention
 
 
 @dataclass
