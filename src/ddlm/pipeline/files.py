@@ -59,10 +59,13 @@ def write_model_directory(directory: Path, model: Transformer | HFDiffusionModel
 
 def read_model_directory(directory: Path, device: str, precision: str, trust_remote_code: bool) -> LoadedModel:
     """The model (on ``device``: auto, cpu, cuda, ...), tokenizer, process and training summary stored in ``directory``: a ddlm
-    model directory, or a ``transformers`` one (a config.json ddlm did not write) through :mod:`ddlm.hf`."""
+    model directory, or a ``transformers`` one (a config.json ddlm did not write) through :mod:`ddlm.hf`, its summary
+    describing the network, with ``training_summary.json`` where ddlm trained it (adapted or fine-tuned)."""
     config = read_json(directory / CONFIG_FILE, what="model config")
     if is_transformers_config(config):
-        return load_transformers_model(directory, config, trust_remote_code, resolve_device(device), precision)
+        model, tokenizer, process, summary = load_transformers_model(directory, config, trust_remote_code,
+                                                                     resolve_device(device), precision)
+        return model, tokenizer, process, {**summary, **read_summary(directory)}
     tokenizer = load_tokenizer(directory)
     try:
         model_config = ModelConfig.from_dict(config["model"])
@@ -96,9 +99,13 @@ def read_model_directory(directory: Path, device: str, precision: str, trust_rem
     if broken:
         raise DDLMError(f"{weights_path} holds NaN or infinite weights ({', '.join(broken[:3])}"
                         f"{', ...' if len(broken) > 3 else ''}); re-export the model from a healthy checkpoint")
-    summary_path = directory / SUMMARY_FILE
-    summary = read_json(summary_path, what="training summary") if summary_path.is_file() else {}
-    return model.to(resolve_device(device)), tokenizer, process, summary
+    return model.to(resolve_device(device)), tokenizer, process, read_summary(directory)
+
+
+def read_summary(directory: Path) -> dict[str, Any]:
+    """The ``training_summary.json`` of ``directory``, or an empty one where there is none."""
+    path = directory / SUMMARY_FILE
+    return read_json(path, what="training summary") if path.is_file() else {}
 
 
 def resolve_model_directory(path: str | Path) -> Path:
