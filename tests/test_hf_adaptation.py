@@ -8,6 +8,7 @@ tokens moved one place right behind the start token, its next-token log-likeliho
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,12 @@ from ddlm import DiffusionPipeline
 from ddlm.cli import main
 from ddlm.errors import DDLMError
 from ddlm.families import build_process, sampler_steps
+from ddlm.model import Transformer
 from ddlm.processes import LossOutput, Vocabulary
 from ddlm.samplers import Canvas, SamplerOptions
 from ddlm.training import load_config, prepare_training, saved_config
 from ddlm.training.init import load_source
+from ddlm.training.trainer import build_optimizer
 
 ARCHITECTURES = ("gpt2", "llama", "qwen3")
 POSITIONS = 64
@@ -261,6 +264,50 @@ def test_cached_and_uncached_block_sampling_agree(adapted, temperature):
     tokens = [list(sampler_steps(pipe.model, process, canvas, SamplerOptions(
         seed=0, steps=16, temperature=temperature, use_cache=use_cache)))[-1].tokens for use_cache in (True, False)]
     assert torch.equal(tokens[0], tokens[1])
+
+
+# ----- weight decay and dropout of the trained network -----
+
+def decay_groups(model: torch.nn.Module, config) -> tuple[list[str], list[str]]:
+    """The names of the parameters build_optimizer decays and of those it does not, in its order."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    decayed, other = build_optimizer(model, config).param_groups
+    assert (decayed["weight_decay"], other["weight_decay"]) == (config.optim.weight_decay, 0.0)
+    return [names[id(p)] for p in decayed["params"]], [names[id(p)] for p in other["params"]]
+
+
+@pytest.mark.parametrize("kind", ARCHITECTURES)
+def test_no_weight_decay_on_embeddings_norms_and_biases_of_a_network(adapted, kind):
+    """Every matrix of the attention and MLP layers decays; the input, position and output embeddings, the norms
+    and the biases (transformers' own names for them) do not."""
+    model = adapted[kind].model
+    decayed, undecayed = decay_groups(model, load_config(None, None, []))
+    kept = ("wte", "wpe", "embed_tokens", "lm_head", "ln_", "norm", ".bias")
+    assert set(undecayed) == {name for name, _ in model.named_parameters() if any(part in name for part in kept)}
+    assert set(decayed) == {name for name, _ in model.named_parameters()} - set(undecayed)
+    assert any(".mlp." in name for name in decayed) and any(".attn" in name or ".self_attn." in name for name in decayed)
+
+
+def test_the_weight_decay_groups_of_a_ddlm_backbone_are_unchanged():
+    """ddlm's backbone keeps its groups and their order (an optimizer checkpoint indexes them): matrices decay,
+    except the embedding, named ``embed``, as the rule by name had it."""
+    config = load_config("tiny", None, ["model.time_conditioning=true"])
+    model = Transformer(replace(config.model, vocab_size=40, context_length=16))
+    by_name = [name for name, p in model.named_parameters() if p.ndim >= 2 and not name.startswith("embed")]
+    rest = [name for name, _ in model.named_parameters() if name not in by_name]
+    assert decay_groups(model, config) == (by_name, rest)
+
+
+def test_the_network_keeps_its_own_dropout(sources, corpus, tmp_path):
+    """GPT-2's dropout rates (config.json) stay those of the trained network; model.dropout is refused."""
+    config = load_config(None, None, ["process.name=masked", *TRAIN])
+    trainer = prepare_training(config, tmp_path / "run", data=corpus, init=str(sources["gpt2"]), show_progress=False)
+    source = transformers.AutoConfig.from_pretrained(sources["gpt2"])
+    rates = {module.p for module in trainer.model.modules() if isinstance(module, torch.nn.Dropout)}
+    assert rates == {source.resid_pdrop, source.embd_pdrop, source.attn_pdrop} and source.resid_pdrop > 0
+    with pytest.raises(DDLMError, match="drop model.dropout, or change those rates in the source's config.json"):
+        prepare_training(load_config(None, None, ["process.name=masked", "model.dropout=0.2", *TRAIN]), tmp_path / "x",
+                         data=corpus, init=str(sources["gpt2"]), show_progress=False)
 
 
 # ----- what is refused -----

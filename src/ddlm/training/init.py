@@ -93,7 +93,8 @@ def adapted_config(config: RunConfig, source: DiffusionPipeline, source_name: st
 
 def hf_adapted_config(config: RunConfig, source: DiffusionPipeline, source_name: str) -> RunConfig:
     """``config`` for a run over a Hugging Face causal LM's network: masked or block diffusion under the shift,
-    without noise conditioning (the network does not see the noise level), within the network's context."""
+    without noise conditioning (the network does not see the noise level), within the network's context, under
+    the network's own dropout (``model.dropout`` is refused)."""
     name, context = config.process.name, source.model.context_length
     if name not in HF_PROCESSES:
         raise DDLMError(f"--init {source_name}: a Hugging Face causal LM is adapted to masked or block diffusion, "
@@ -101,6 +102,9 @@ def hf_adapted_config(config: RunConfig, source: DiffusionPipeline, source_name:
     if config.data.context_length > context:
         raise DDLMError(f"data.context_length {config.data.context_length} exceeds the context of {source_name} "
                         f"({context}); use data.context_length={context} or less")
+    if config.model.dropout:
+        raise DDLMError(f"--init {source_name}: a Hugging Face network keeps its own dropout (its config.json's rates); "
+                        "drop model.dropout, or change those rates in the source's config.json")
     model = replace(config.model, shift=True, time_conditioning=False, start_id=None)
     return record_source(replace(config, model=model), source, source_name)
 

@@ -62,11 +62,35 @@ def build_model(config: RunConfig, tokenizer: Tokenizer, process: Process) -> Tr
     ))
 
 
+NORM_TYPES = (torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.GroupNorm)
+
+
+def embedding_parameters(model: torch.nn.Module) -> set[int]:
+    """The ids of the embedding matrices, found by module type: every ``nn.Embedding`` (input and position
+    embeddings, a tied output head) and a Hugging Face network's output embeddings."""
+    network = getattr(model, "network", model)
+    head = network.get_output_embeddings() if hasattr(network, "get_output_embeddings") else None
+    modules = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)] + ([head] if head is not None else [])
+    return {id(p) for module in modules for p in module.parameters(recurse=False)}
+
+
+def decays(module: torch.nn.Module, name: str, parameter: torch.nn.Parameter, embeddings: set[int]) -> bool:
+    """Whether ``module``'s parameter ``name`` takes weight decay: a matrix that is no embedding (``embeddings``),
+    of no normalisation layer (by type, or a class named ...Norm, as Hugging Face's RMS norms are), and no bias."""
+    norm = isinstance(module, NORM_TYPES) or type(module).__name__.endswith("Norm")
+    return parameter.ndim >= 2 and name != "bias" and not norm and id(parameter) not in embeddings
+
+
 def build_optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, with weight decay on matrices only (not norms, biases or embeddings)."""
-    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # frozen ones (LoRA) left out
-    decay = [p for n, p in trained if p.ndim >= 2 and not n.startswith("embed")]
-    no_decay = [p for n, p in trained if p.ndim < 2 or n.startswith("embed")]
+    """AdamW over the trainable parameters (frozen ones, as under LoRA, left out) in ``named_parameters`` order,
+    with weight decay on matrices only: not on norms, biases or embeddings, each found by module type."""
+    embeddings, seen = embedding_parameters(model), set()
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if parameter.requires_grad and id(parameter) not in seen:  # a tied matrix once
+                seen.add(id(parameter))
+                (decay if decays(module, name, parameter, embeddings) else no_decay).append(parameter)
     settings = config.optim
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
