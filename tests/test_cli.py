@@ -233,3 +233,10 @@ def test_eval_prints_a_table_and_writes_every_figure(trained, trained_ar, tmp_pa
 def test_eval_needs_data_for_the_likelihood(trained, capsys):
     code, _, err = run_cli(["eval", "--model", str(trained), "--metrics", "likelihood"], capsys)
     assert code == 2 and "--data" in err
+
+
+@pytest.mark.parametrize(("extra", "flag"), [(["--method", "euler"], "--method"), (["--length", "99999"], "--length"),
+                                             (["--no-cache", "--dual-cache"], "--dual-cache")])
+def test_an_error_names_the_flag_that_sets_its_field(trained, capsys, extra, flag):
+    code, out, err = run_cli(["sample", "--model", str(trained), *extra], capsys)
+    assert code == 2 and err.strip().endswith(f"({flag})")

@@ -76,6 +76,7 @@ def add_sampler_flags(parser: argparse.ArgumentParser, defaults: dict[str, objec
     from ddlm.families import offered_options, option_help
 
     defaults, notes = defaults or {}, notes or {}
+    parser.set_defaults(sampler_flags=True)
     group = parser.add_argument_group("sampling")
     for declared in offered_options():
         default = defaults.get(declared.name)
@@ -599,6 +600,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(args)
 
 
+def flag_of(error: DDLMError, args: argparse.Namespace) -> str:
+    """`` (--flag)``: the flag of this command that sets the field an error names, else nothing."""
+    if error.field is None or error.field not in vars(args):
+        return ""
+    declared = None
+    if vars(args).get("sampler_flags"):  # the command has the sampler flags, so ddlm.families is loaded already
+        from ddlm.families import option_table
+
+        declared = option_table().get(error.field)
+    return f" ({declared.flag if declared is not None else '--' + error.field.replace('_', '-')})"
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run the parsed command; a DDLMError or Ctrl-C is one line (a traceback with --debug)."""
     try:
@@ -610,7 +623,7 @@ def run_command(args: argparse.Namespace) -> int:
     except DDLMError as error:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {error}{flag_of(error, args)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         if args.debug:
