@@ -204,3 +204,23 @@ def test_compare_with_the_autoregressive_model_counts_its_tokens_and_hides_what_
     autoregressive = page.inner_text("#compare-status-b")
     assert f"{length} steps" in autoregressive and " of " not in autoregressive  # one step per token written
     assert "steps" in page.inner_text("#compare-status-a") and not errors_shown(page)
+
+
+def test_stop_ends_a_comparison_with_both_sides_stopped(browser, url, app, models, monkeypatch):
+    pipe = models.get("tiny-masked").pipe
+    model = CountedModel(pipe.model.forward, blocked_at=6)  # both sides share the model: a few steps, then wait
+    monkeypatch.setattr(pipe.model, "forward", model)
+    pool = app.state.server.pool
+    page = open_page(browser, url)
+    page.get_by_role("tab", name="Compare").click()
+    page.click("#compare")
+    page.wait_for_selector("#compare-status-a [data-state=denoising]", timeout=WAIT_MS)
+    page.click("#compare-stop")
+    deadline = time.monotonic() + 30
+    while not any(run.cancelled.is_set() for run in list(pool.runs)):
+        assert time.monotonic() < deadline, "Stop did not cancel the comparison"
+        time.sleep(0.02)
+    model.gate.set()
+    for side in "ab":
+        page.wait_for_selector(f"#compare-status-{side} [data-state=stopped]", timeout=WAIT_MS)
+    assert model.calls == 6 and not errors_shown(page)  # no model call after Stop

@@ -482,7 +482,10 @@ class Page:
             length = initial_length_slider(first, 64, self.limits, label="length", scale=2, elem_id="compare-length")
             seed = gr.Number(0, precision=0, minimum=0, label="seed (blank: a fresh one)", scale=1,
                              elem_id="compare-seed")
-        run_both = gr.Button("Run both", variant="primary", elem_id="compare")
+        with gr.Row():
+            run_both = gr.Button("Run both", variant="primary", elem_id="compare")
+            stop_both = gr.Button("Stop", elem_id="compare-stop")
+        control = gr.State(RunControl())
         settings, views, offered, table = [], [], controls_for(first), option_table()
         with gr.Row():
             for side, policy, steps in (("a", "ancestral", 64), ("b", "confidence", 16)):
@@ -500,8 +503,9 @@ class Page:
                     settings += [side_model, side_policy, side_steps, side_temperature]
                     side_model.change(self.switch_side, side_model, [side_policy, side_steps], show_progress="hidden")
         gr.HTML(LEGEND)
-        run_both.click(self.compare, [prompt, length, seed, *settings], views, concurrency_limit=None,
+        run_both.click(self.compare, [control, prompt, length, seed, *settings], views, concurrency_limit=None,
                        show_progress="hidden")
+        stop_both.click(RunControl.stop, control, None, concurrency_limit=None)
         side_models = settings[0::4]
         for trigger in (prompt.change, *[model.change for model in side_models]):
             trigger(self.bound_compare_length, [prompt, length, *side_models], length, show_progress="hidden")
@@ -514,8 +518,10 @@ class Page:
     def bound_compare_length(self, prompt: str, length: float, *names: str) -> Any:
         return length_slider([self.models.get(name) for name in names], prompt, None, length, self.limits)
 
-    def compare(self, prompt: str, length: float, seed_value: float | None, *side_values: Any) -> Iterator[list[str]]:
-        """Run both settings on one seed, a step of each in turn; each side's status counts its own steps."""
+    def compare(self, control: RunControl, prompt: str, length: float, seed_value: float | None,
+                *side_values: Any) -> Iterator[list[str]]:
+        """Run both settings on one seed, a step of each in turn, until done or stopped; each side's status counts
+        its own steps."""
         seed = seed_of(seed_value)
         sides = []
         for name, policy, steps, temperature in (side_values[:4], side_values[4:]):
@@ -533,12 +539,16 @@ class Page:
             run = self.server.pool.submit(lambda: interleave([side.stream for side in sides]))
         except QueueFull:
             raise gr.Error(QUEUE_FULL_MESSAGE) from None
+        control.start(run)
         pacer = Pacer()
-        for which, (step, seconds) in steps_of(run, self.limits):
+        for which, (step, seconds) in steps_of(run, self.limits, control):
+            if control.stop_requested:
+                break
             if sides[which].advance(step, seconds):
                 pacer.wait()
                 yield [html for side in sides for html in side.views(seed)]
-        yield [html for side in sides for html in side.views(seed, done=True)]
+        end = "stopped" if control.stop_requested else "done"
+        yield [html for side in sides for html in side.views(seed, end)]
 
 
 class CompareSide:
@@ -553,17 +563,17 @@ class CompareSide:
         self.frame, self.last_step = self.make_frame(step, seconds), step
         return any(self.frame.new)
 
-    def views(self, seed: int, done: bool = False) -> list[str]:
-        """The side's status line and canvas."""
+    def views(self, seed: int, state: str = "denoising") -> list[str]:
+        """The side's status line and canvas, ``state`` denoising, done or stopped."""
         mask_id = self.model.pipe.tokenizer.mask_id
         if self.frame is None:
             return [status_html(None, "waiting"), canvas_html(None, self.pieces, mask_id, "waiting...")]
         total = planned_steps(self.model, self.options, self.frame.longest)
         note = ""
-        if done:
+        if state == "done":
             result = run_result(self.model, self.options, [self.last_step], self.frame.seconds)
             note = f"entropy {result.entropy:.2f} nats"
-        return [status_html(self.frame, "done" if done else "denoising", total, seed, note),
+        return [status_html(self.frame, state, total, seed, note),
                 canvas_html(self.frame, self.pieces, mask_id)]
 
 
