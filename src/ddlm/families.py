@@ -54,8 +54,8 @@ class Family:
     options: tuple[str, ...] = ()
     own_options: type | None = None
 
-    def own(self) -> list[DeclaredOption]:
-        return declared_options(self.own_options) if self.own_options is not None else []
+    def own(self) -> tuple[DeclaredOption, ...]:
+        return declared_options(self.own_options) if self.own_options is not None else ()
 
     def offered(self) -> list[str]:
         """The names of every option this family takes, common ones first."""

@@ -10,6 +10,7 @@ texts cannot drift apart. This module imports nothing heavy (the CLI reads it be
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -118,7 +119,8 @@ class DeclaredOption:
         return f"{self.help} ({'; '.join(notes)})" if notes else self.help
 
 
-def declared_options(cls: type) -> list[DeclaredOption]:
+@functools.cache
+def declared_options(cls: type) -> tuple[DeclaredOption, ...]:
     """The fields of dataclass ``cls`` declared with :func:`option`, in declaration order."""
     hints = typing.get_type_hints(cls)
     declared = []
@@ -126,7 +128,7 @@ def declared_options(cls: type) -> list[DeclaredOption]:
         if OPTION_KEY in item.metadata:
             kind, nullable = base_type(hints[item.name])
             declared.append(DeclaredOption(item.name, kind, nullable, item.default, item.metadata[OPTION_KEY]))
-    return declared
+    return tuple(declared)
 
 
 def base_type(hint: Any) -> tuple[type, bool]:
