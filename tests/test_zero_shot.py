@@ -51,7 +51,8 @@ EXAMPLES = {  # (detokeniser, before, after), each after worked out by hand from
         ("He ran . She sat . ", "He ran. She sat. "),
     ],
     "lambada": [("  \N{LEFT DOUBLE QUOTATION MARK}Hi,\N{RIGHT DOUBLE QUOTATION MARK} she said.  ", '\n"Hi," she said.')],
-    "scientific_papers": [("we 're here , see ( ref ) at 3 @.@ 5 \N{POUND SIGN} 2", "we're here, see (ref) at 3.5 \N{POUND SIGN}2")],
+    "scientific_papers": [("we 're here , see ( ref ) at 3 @.@ 5 \N{POUND SIGN} 2",
+                           "we're here, see (ref) at 3.5 \N{POUND SIGN}2")],
 }
 
 
