@@ -281,9 +281,11 @@ def test_loader_resumes_exactly_splits_ranks_and_scores_every_row_once():
     resumed.load_state_dict(again.state_dict())
     for batch in batches[1:]:
         assert torch.equal(next(resumed).tokens, batch.tokens)
-    ranks = [next(SFTLoader(rows, 2, EOS, seed=3, rank=rank, world_size=2)) for rank in range(2)]
-    assert sorted(map(tuple, (row[row != EOS].tolist() for r in ranks for row in r.tokens))) == \
-        sorted(map(tuple, (row[row != EOS].tolist() for row in batches[0].tokens)))
+    ranks = [SFTLoader(rows, 2, EOS, seed=3, rank=rank, world_size=2) for rank in range(2)]
+    for batch in batches:  # two ranks' rows are one process's batch, padding included
+        halves = [next(rank) for rank in ranks]
+        for part in ("tokens", "response", "lengths"):
+            assert torch.equal(torch.cat([getattr(half, part) for half in halves]), getattr(batch, part)), part
     seen = list(loader.iter_eval_batches(3))  # each row once, in a batch of its own length: no padding
     assert sorted(batch.tokens.shape[1] for batch in seen for _ in batch.tokens) == sorted(map(len, rows))
     assert all(len(batch.tokens) <= 3 for batch in seen)
@@ -313,8 +315,9 @@ def ddlm_models(tmp_path_factory) -> Path:
     return root
 
 
-def finetune_args(models: Path, out: Path, *extra: str) -> list[str]:
-    return ["finetune", "--model", str(models / "masked"), "--data", str(models / "pairs.jsonl"), "--out", str(out),
+def finetune_args(models: Path, out: Path, *extra: str, model: str = "masked") -> list[str]:
+    """`ddlm finetune` of ``ddlm_models``' ``model`` for three steps (``extra`` after the settings)."""
+    return ["finetune", "--model", str(models / model), "--data", str(models / "pairs.jsonl"), "--out", str(out),
             "--no-progress", "--max-steps", "3", "optim.batch_size=4", "optim.lr=1e-2", "optim.warmup_steps=0", *extra]
 
 
@@ -391,23 +394,32 @@ ROLE_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|> {{ m
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-@pytest.fixture(scope="module")
-def hf_models(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("hf")
-    models = {"bert": encoder_model("bert", root / "bert"), "llada": llada_model(root / "llada")[0],
-              "dream": llada_model(root / "dream", shifted=True)[0]}
-    for directory in models.values():  # a template that writes each turn under its role, as real ones do
-        tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-        tokenizer.chat_template = ROLE_TEMPLATE
-        tokenizer.save_pretrained(directory)
+def hf_model(kind: str, directory: Path) -> Path:
+    """A tiny random Hugging Face diffusion LM (bert, llada or dream) whose chat template writes each turn under
+    its role, as real ones do."""
+    directory = encoder_model("bert", directory) if kind == "bert" else llada_model(directory, shifted=kind == "dream")[0]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    tokenizer.chat_template = ROLE_TEMPLATE
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_hf_pairs(path: Path) -> Path:
+    """Prompt/response rows and chat turns over the tiny models' words."""
     rows = []
     for i in range(16):
         words = [WORDS[(3 * i + j) % len(WORDS)] for j in range(4)]
         rows.append({"prompt": " ".join(words[:2]), "response": " ".join(words[2:])})
         rows.append({"messages": [{"role": "user", "content": " ".join(words[:3])},
                                   {"role": "assistant", "content": words[3]}]})
-    write_lines(root / "pairs.jsonl", rows)
-    return models
+    return write_lines(path, rows)
+
+
+@pytest.fixture(scope="module")
+def hf_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    write_hf_pairs(root / "pairs.jsonl")
+    return {kind: hf_model(kind, root / kind) for kind in ("bert", "llada", "dream")}
 
 
 @pytest.mark.parametrize("kind", ["bert", "llada", "dream"])
@@ -427,6 +439,21 @@ def test_hugging_face_models_fine_tune_and_load(hf_models, tmp_path, kind, lora)
     assert changed
     output = pipe.sample("the cat", chat=True, length=4, steps=4, seed=0)
     assert not (output.tokens == pipe.tokenizer.mask_id).any()
+
+
+def test_a_hugging_face_network_keeps_its_own_dropout(hf_models, tmp_path, capsys):
+    """model.dropout is refused in one line for a Hugging Face network, as by `ddlm train --init`; the network's own
+    rates (its config.json's) are the ones trained with."""
+    model, pairs = hf_models["bert"], hf_models["bert"].parent / "pairs.jsonl"
+    assert main(["finetune", "--model", str(model), "--data", str(pairs), "--out", str(tmp_path / "a"), "--no-progress",
+                 "model.dropout=0.1"]) == 2
+    err = capsys.readouterr().err  # (after the progress of loading the weights)
+    error = err[err.index("error: "):].strip().splitlines()
+    assert len(error) == 1 and error[0].endswith("drop model.dropout, or change those rates in the source's config.json")
+    trainer = prepare_finetune(str(model), pairs, tmp_path / "b", device="cpu", show_progress=False)
+    source = transformers.AutoConfig.from_pretrained(model)
+    rates = {module.p for module in trainer.model.modules() if isinstance(module, nn.Dropout)}
+    assert rates == {source.hidden_dropout_prob, source.attention_probs_dropout_prob}
 
 
 def test_finetune_counts_the_tokens_of_its_examples_not_their_padding(ddlm_models, tmp_path):

@@ -206,9 +206,10 @@ def padded_length(rows: list[SFTRow], multiple: int = 1) -> int:
     return multiple * math.ceil(max(map(len, rows)) / multiple)
 
 
-def collate(rows: list[SFTRow], end_id: int, multiple: int = 1) -> SFTBatch:
-    """The batch of ``rows``, padded with ``end_id`` to the longest row (rounded up to ``multiple``)."""
-    length = padded_length(rows, multiple)
+def collate(rows: list[SFTRow], end_id: int, multiple: int = 1, length: int | None = None) -> SFTBatch:
+    """The batch of ``rows``, padded with ``end_id`` to ``length``, by default the longest row's (rounded up to
+    ``multiple``)."""
+    length = padded_length(rows, multiple) if length is None else length
     tokens = torch.full((len(rows), length), end_id, dtype=torch.long)
     response = torch.ones((len(rows), length), dtype=torch.bool)
     for index, row in enumerate(rows):
@@ -222,8 +223,9 @@ class SFTLoader:
 
     As :class:`ddlm.data.BatchLoader` with the padded layout: each epoch's row order is drawn from
     ``(seed, epoch)``, each global batch takes the next ``batch_size * world_size`` rows of the
-    epochs' orders joined, and ``rank`` gets its slice of it. ``multiple``: batch lengths are
-    rounded up to it (block diffusion's block size).
+    epochs' orders joined, and ``rank`` gets its slice of it, padded to the global batch's longest row (so
+    a rank's rows are those of one process's batch). ``multiple``: batch lengths are rounded up to it
+    (block diffusion's block size).
     """
 
     def __init__(self, rows: list[SFTRow], batch_size: int, end_id: int, *, seed: int = 0, multiple: int = 1,
@@ -246,7 +248,9 @@ class SFTLoader:
     def __next__(self) -> SFTBatch:
         picked = self.take(self.batch_size * self.world_size)
         mine = picked[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-        return collate([self.rows[i] for i in mine], self.end_id, self.multiple)
+        # padded as the whole global batch (the padding is trained on): N processes train as one would
+        length = padded_length([self.rows[i] for i in picked], self.multiple)
+        return collate([self.rows[i] for i in mine], self.end_id, self.multiple, length)
 
     def order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))

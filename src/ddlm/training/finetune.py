@@ -36,7 +36,14 @@ from ddlm.pipeline import CONFIG_FILE, SUMMARY_FILE, DiffusionPipeline, read_jso
 from ddlm.processes import LossOutput
 from ddlm.training.checkpoint import CHECKPOINT_FILE
 from ddlm.training.config import RunConfig
-from ddlm.training.init import adapted_config, load_initial_weights, load_source, record_source, weights_fingerprint
+from ddlm.training.init import (
+    adapted_config,
+    load_initial_weights,
+    load_source,
+    record_source,
+    refuse_dropout,
+    weights_fingerprint,
+)
 from ddlm.training.run import RUN_FILE, corpus_changes, locked, read_run_file, record_changes, resume_changes
 from ddlm.training.trainer import VALIDATION_SEED, Trainer
 
@@ -101,7 +108,8 @@ def source_label(name: str) -> str:
 
 def finetune_config(source: DiffusionPipeline, source_name: str, overrides: list[str]) -> RunConfig:
     """The run configuration of a fine-tuning of ``source``: fine-tuning's defaults, the source's process,
-    backbone and context length, then ``overrides`` (optim.*, log.*, data.*, model.dropout)."""
+    backbone and context length, then ``overrides`` (optim.*, log.*, data.*, and model.dropout for a ddlm backbone:
+    a Hugging Face network keeps its own)."""
     refused = [item for item in overrides if item.startswith(KEPT_FROM_SOURCE) and not item.startswith(OVERRIDABLE)]
     if refused:
         raise DDLMError(f"fine-tuning keeps the source model's tokenizer, process and backbone: drop {refused[0]}")
@@ -117,6 +125,8 @@ def finetune_config(source: DiffusionPipeline, source_name: str, overrides: list
     if config.data.context_length > source.context_length:
         raise DDLMError(f"data.context_length {config.data.context_length} exceeds the model's context of "
                         f"{source.context_length}; use {source.context_length} or less")
+    if not native:
+        refuse_dropout(config, f"--model {source_name}")
     config = adapted_config(config, source, source_name) if native else record_source(config, source, source_name)
     config.validate()
     return config

@@ -51,14 +51,14 @@ class HFInitTrainer(Trainer):
         super().export(summary)
         write_json_atomic(self.out_dir / SUMMARY_FILE, summary)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "model": parameters_once(self.model)}
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The network's parameters, a tied one once (an unsharded checkpoint; a sharded one goes through DCP)."""
+        return parameters_once(self.model)
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
         expected = set(parameters_once(self.model))
-        if set(state["model"]) != expected:
-            misfit = sorted(set(state["model"]) ^ expected)[0]
+        if set(state) != expected:
+            misfit = sorted(set(state) ^ expected)[0]
             raise DDLMError(f"checkpoint {self.checkpoint_path} does not fit this network ({misfit}); "
                             "resume with the run's own --init source and settings")
-        self.model.load_state_dict(state["model"], strict=False)
-        super().load_state_dict({**state, "model": self.model.state_dict()})
+        self.model.load_state_dict(state, strict=False)  # the buffers are the source's

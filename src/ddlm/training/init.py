@@ -102,11 +102,17 @@ def hf_adapted_config(config: RunConfig, source: DiffusionPipeline, source_name:
     if config.data.context_length > context:
         raise DDLMError(f"data.context_length {config.data.context_length} exceeds the context of {source_name} "
                         f"({context}); use data.context_length={context} or less")
-    if config.model.dropout:
-        raise DDLMError(f"--init {source_name}: a Hugging Face network keeps its own dropout (its config.json's rates); "
-                        "drop model.dropout, or change those rates in the source's config.json")
+    refuse_dropout(config, f"--init {source_name}")
     model = replace(config.model, shift=True, time_conditioning=False, start_id=None)
     return record_source(replace(config, model=model), source, source_name)
+
+
+def refuse_dropout(config: RunConfig, source: str) -> None:
+    """A one-line error for a non-zero ``model.dropout`` on a Hugging Face network (``source``, as the command names
+    it), which keeps its own dropout rates."""
+    if config.model.dropout:
+        raise DDLMError(f"{source}: a Hugging Face network keeps its own dropout (its config.json's rates); "
+                        "drop model.dropout, or change those rates in the source's config.json")
 
 
 def record_source(config: RunConfig, source: DiffusionPipeline, source_name: str) -> RunConfig:

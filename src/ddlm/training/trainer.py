@@ -473,6 +473,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore every stateful part from ``state_dict``'s output, as read back from a checkpoint (a sharded
         one, read on any number of processes, with its shards: see ``resume``)."""
+        self.check_optimizer_groups(state)
         if SHARDS_KEY in state:
             sharding.load_parts(self.model, self.optimizer, state)
         else:
@@ -486,6 +487,20 @@ class Trainer:
         self.random.load_state_dict(state["rng"])
         self.train_loader.load_state_dict(state["loader"])
         self.state.load_state_dict(state["train"])
+
+    def check_optimizer_groups(self, state: dict[str, Any]) -> None:
+        """A one-line error when the checkpoint's optimizer groups its parameters otherwise than this ddlm does
+        (as before commit a3dc7a4 for a Hugging Face network, whose embeddings then took weight decay)."""
+        saved = state.get("optimizer", {}).get("param_groups")  # none before a sharded run's first step
+        if saved is None:
+            return
+        sizes, own = [len(group["params"]) for group in saved], [len(group["params"]) for group in self.optimizer.param_groups]
+        if sizes != own:
+            raise DDLMError(
+                f"checkpoint {self.checkpoint_path} groups its optimizer's parameters otherwise ({sizes} per weight-decay "
+                f"group, this ddlm {own}): an earlier ddlm wrote it; start the run again, or resume it with the ddlm that "
+                "wrote it"
+            )
 
     def check_unsharded(self, state: dict[str, Any]) -> None:
         """A one-line error for an unsharded checkpoint this run cannot continue: another number of processes
