@@ -284,8 +284,11 @@ def prepare_finetune(
     """A :class:`FineTuneTrainer` for a new fine-tuning of ``model`` on the JSON-lines ``data`` in ``out_dir``
     (held out: ``valid``, else ``data.valid_fraction`` of ``data``), or the run saved there when ``resume``
     (which takes no model, data or settings: the run's own; ``overrides`` as ``--resume`` allows)."""
-    return locked(out_dir, lambda: build_finetune(model, data, Path(out_dir), valid, overrides or [], settings, resume,
-                                                  device, show_progress, trust_remote_code))
+    with locked(out_dir) as lock:
+        trainer = build_finetune(model, data, Path(out_dir), valid, overrides or [], settings, resume, device,
+                                 show_progress, trust_remote_code)
+        trainer.run_lock = lock
+    return trainer
 
 
 def build_finetune(model: str | None, data: str | Path | None, out_dir: Path, valid: str | Path | None,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,96 +89,78 @@ def prepare_training(
     until ``train`` returns. On resume only the settings in ``CHANGEABLE_ON_RESUME`` may
     differ from the run's, and each change is recorded in ``run.json``. The corpora must be the
     text the run started with (their fingerprints are in ``run.json``), unless
-    ``accept_data_change``: the run then continues on the new text from its first batch.
+    ``accept_data_change``: the run then continues on the new text from its first batch. ``data`` and
+    ``valid`` name corpora as :func:`ddlm.data.resolve_source` reads them; a new run without ``data``
+    trains on the built-in corpus (``DEFAULT_CORPUS``).
     """
     config.validate()
-    return locked(out_dir, lambda: build_trainer(config, out_dir, data, valid, resume, device, cache_dir, show_progress,
-                                                 init, accept_data_change))
+    with locked(out_dir) as lock:
+        out_dir = Path(out_dir)
+        documents = None
+        initial = None  # the model whose weights the run starts from (--init)
+        if resume and init is not None:
+            raise DDLMError("--init starts a new run; a resumed run continues from its own checkpoint: drop --init")
+        if resume:
+            run = read_run_file(out_dir)
+            changes = resume_changes(run["run_config"], config)
+            data = data_source(config, data or run["data"]).label
+            valid = valid or run["valid"]
+            initial = resumed_hf_source(config)  # a run over a Hugging Face network rebuilds it from its source
+            tokenizer = initial.tokenizer if initial is not None else load_tokenizer(out_dir)
+        else:
+            if (out_dir / CHECKPOINT_FILE).exists():
+                raise DDLMError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out")
+            source = data_source(config, DEFAULT_CORPUS if data is None else data)
+            data = source.label
+            documents = source.read()  # read once, for both the tokenizer and the token stream
+            if init is not None:
+                initial = load_source(init)
+                config = adapted_config(config, initial, init)
+                tokenizer = initial.tokenizer
+            else:
+                tokenizer = make_tokenizer(config, documents)
+        if valid is not None:
+            valid = data_source(config, valid, config.data.hf_valid_split).label
+        train, valid_corpus = load_corpora(config, tokenizer, data, valid, cache_dir, documents)
+        corpora = {"data": data,  # source labels: an absolute path, a built-in name or hf:NAME
+                   "valid": valid,
+                   "fingerprints": {"data": train.fingerprint,
+                                    "valid": valid_corpus.fingerprint if valid is not None else None}}
+        if resume:
+            changes.update(corpus_changes(run, corpora, accept_data_change))
+        if initial is not None and is_hf_source(initial):
+            trainer = HFInitTrainer(config, initial, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
+        else:
+            trainer = Trainer(config, tokenizer, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
+            if initial is not None:
+                trainer.start_from(initial.model)
+        if resume:
+            trainer.resume(new_data="data" in changes)
+            recorded = {key: run.get(key) for key in corpora}
+            if trainer.dist.is_main and (changes or recorded != corpora):
+                record_changes(out_dir, run, config, changes, corpora, trainer.state.step)
+        elif trainer.dist.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(out_dir)
+            write_json_atomic(out_dir / RUN_FILE, {**corpora, "run_config": config.to_dict()})
+        trainer.run_lock = lock
+    return trainer
 
 
-def locked(out_dir: str | Path, build: Callable[[], Trainer]) -> Trainer:
-    """The trainer ``build`` makes once the run directory ``out_dir`` exists and is locked (rank 0), holding
-    that lock; the lock is released if ``build`` fails."""
+@contextmanager
+def locked(out_dir: str | Path) -> Iterator[RunLock]:
+    """The run directory ``out_dir``, made and locked (rank 0) for the block; the lock is released if the
+    block fails, else kept by the trainer the block sets up (``trainer.run_lock``) until it finishes."""
     lock = RunLock(out_dir)
     if Distributed.from_environment().is_main:
         prepare_directory(out_dir, "the run directory")
         lock.acquire()
         remove_stale_temporaries(out_dir)
     try:
-        trainer = build()
+        yield lock
     except BaseException:
         lock.release()
         raise
-    trainer.run_lock = lock
-    return trainer
-
-
-def build_trainer(
-    config: RunConfig,
-    out_dir: str | Path,
-    data: str | Path | None = None,
-    valid: str | Path | None = None,
-    resume: bool = False,
-    device: str = "auto",
-    cache_dir: str | Path | None = None,
-    show_progress: bool = True,
-    init: str | None = None,
-    accept_data_change: bool = False,
-) -> Trainer:
-    """``prepare_training``'s work once the run directory is locked.
-
-    ``data`` and ``valid`` name corpora as :func:`ddlm.data.resolve_source` reads them; a new
-    run without ``data`` trains on the built-in corpus (``DEFAULT_CORPUS``).
-    """
-    out_dir = Path(out_dir)
-    documents = None
-    initial = None  # the model whose weights the run starts from (--init)
-    if resume and init is not None:
-        raise DDLMError("--init starts a new run; a resumed run continues from its own checkpoint: drop --init")
-    if resume:
-        run = read_run_file(out_dir)
-        changes = resume_changes(run["run_config"], config)
-        data = data_source(config, data or run["data"]).label
-        valid = valid or run["valid"]
-        initial = resumed_hf_source(config)  # a run over a Hugging Face network rebuilds it from its source
-        tokenizer = initial.tokenizer if initial is not None else load_tokenizer(out_dir)
-    else:
-        if (out_dir / CHECKPOINT_FILE).exists():
-            raise DDLMError(f"{out_dir} already holds a run; add --resume to continue it or choose another --out")
-        source = data_source(config, DEFAULT_CORPUS if data is None else data)
-        data = source.label
-        documents = source.read()  # read once, for both the tokenizer and the token stream
-        if init is not None:
-            initial = load_source(init)
-            config = adapted_config(config, initial, init)
-            tokenizer = initial.tokenizer
-        else:
-            tokenizer = make_tokenizer(config, documents)
-    if valid is not None:
-        valid = data_source(config, valid, config.data.hf_valid_split).label
-    train, valid_corpus = load_corpora(config, tokenizer, data, valid, cache_dir, documents)
-    corpora = {"data": data,  # source labels: an absolute path, a built-in name or hf:NAME
-               "valid": valid,
-               "fingerprints": {"data": train.fingerprint,
-                                "valid": valid_corpus.fingerprint if valid is not None else None}}
-    if resume:
-        changes.update(corpus_changes(run, corpora, accept_data_change))
-    if initial is not None and is_hf_source(initial):
-        trainer = HFInitTrainer(config, initial, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
-    else:
-        trainer = Trainer(config, tokenizer, train, valid_corpus, out_dir, device=device, show_progress=show_progress)
-        if initial is not None:
-            trainer.start_from(initial.model)
-    if resume:
-        trainer.resume(new_data="data" in changes)
-        recorded = {key: run.get(key) for key in corpora}
-        if trainer.dist.is_main and (changes or recorded != corpora):
-            record_changes(out_dir, run, config, changes, corpora, trainer.state.step)
-    elif trainer.dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(out_dir)
-        write_json_atomic(out_dir / RUN_FILE, {**corpora, "run_config": config.to_dict()})
-    return trainer
 
 
 def read_run_file(out_dir: Path) -> dict:
