@@ -61,12 +61,16 @@ class Family:
         """The names of every option this family takes, common ones first."""
         return [*common_options(), *self.options, *(declared.name for declared in self.own())]
 
+    def foreign(self) -> list[DeclaredOption]:
+        """The SamplerOptions fields other families read and this one does not."""
+        return [declared for declared in declared_options(SamplerOptions)
+                if declared.name in family_options() and declared.name not in self.options]
+
     def check(self, options: SamplerOptions) -> None:
         """Refuse an option this family does not take (set away from its default), or an invalid own option."""
         own = {declared.name: declared for declared in self.own()}
-        for declared in declared_options(SamplerOptions):
-            if declared.name in family_options() and declared.name not in self.options \
-                    and getattr(options, declared.name) != declared.default:
+        for declared in self.foreign():
+            if getattr(options, declared.name) != declared.default:
                 raise self.no_option(declared.name)
         for name, value in options.extra.items():
             if name not in own:
@@ -80,8 +84,7 @@ class Family:
 
     def restrict(self, options: SamplerOptions) -> SamplerOptions:
         """``options`` with those this family does not take reset to their defaults (and foreign extras dropped)."""
-        foreign = {declared.name: declared.default for declared in declared_options(SamplerOptions)
-                   if declared.name in family_options() and declared.name not in self.options}
+        foreign = {declared.name: declared.default for declared in self.foreign()}
         own = {declared.name for declared in self.own()}
         extra = {name: value for name, value in options.extra.items() if name in own}
         return dataclasses.replace(options, **foreign, extra=extra)
