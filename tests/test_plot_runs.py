@@ -48,3 +48,19 @@ def test_runs_with_curves_give_no_warning(tmp_path, figures, capsys):
     assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
     assert capsys.readouterr().err.strip().splitlines() == [f"wrote {tmp_path / 'curves.png'}"]
     assert figures[0].axes[3].get_xlabel() == "training time (minutes)"
+
+
+def test_the_whole_validation_set_is_a_star_beside_the_periodic_curve(tmp_path, figures):
+    run = tmp_path / "run"
+    run.mkdir()
+    log = MetricsLog(run)
+    for step in (5, 10):
+        log.write(step=step, elapsed_s=step * 30.0, train_nelbo=4 / step, valid_nelbo=3 / step)
+    log.write(step=10, elapsed_s=300.0, final_valid_nelbo=0.5)
+    log.close()
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
+    validation = figures[0].axes[2].get_lines()  # bottom left: validation against steps
+    curve = next(line for line in validation if line.get_marker() == "o")
+    star = next(line for line in validation if line.get_marker() == "*" and len(line.get_xdata()))
+    assert list(curve.get_ydata()) == [0.6, 0.3] and list(star.get_ydata()) == [0.5]
+    assert star.get_color() == curve.get_color()

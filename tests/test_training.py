@@ -84,7 +84,7 @@ def test_resumed_log_keeps_one_row_per_step(tmp_path, corpus):
     with (run / "log.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(row["step"]) for row in rows if row["train_nelbo"]] == list(range(1, 13))
-    assert [int(row["step"]) for row in rows if row["valid_nelbo"]] == [6, 12]  # each export's final validation
+    assert [int(row["step"]) for row in rows if row["final_valid_nelbo"]] == [6, 12]  # each export's final validation
 
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, corpus, monkeypatch):
@@ -342,8 +342,24 @@ def test_the_progress_shows_every_step_and_the_final_validation_is_logged(tmp_pa
     with (tmp_path / "run" / "log.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(row["step"]) for row in rows if row["train_nelbo"]] == [1, 7]  # the first and the last step
-    assert [(int(row["step"]), float(row["valid_nelbo"])) for row in rows if row["valid_nelbo"]] == \
+    assert [(int(row["step"]), float(row["final_valid_nelbo"])) for row in rows if row["final_valid_nelbo"]] == \
         [(7, round(summary["final_valid_nelbo"], 4))]
+    assert not any(row["valid_nelbo"] for row in rows)  # no periodic estimate asked for (log.eval_every=0)
+
+
+def test_the_curve_ends_on_its_own_estimate_and_the_whole_set_has_its_column(tmp_path, corpus):
+    """The last periodic point uses the same batches as the others; the whole validation set is logged apart."""
+    config = load_config("tiny", overrides=["optim.max_steps=7", "log.eval_every=5", "log.eval_batches=1"])
+    trainer = prepare_training(config, tmp_path / "run", data=corpus, device="cpu", cache_dir=tmp_path / "cache",
+                               show_progress=False)
+    summary = trainer.train()
+    with (tmp_path / "run" / "log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    periodic = [(int(row["step"]), float(row["valid_nelbo"])) for row in rows if row["valid_nelbo"]]
+    assert [step for step, _ in periodic] == [5, 7]
+    assert periodic[-1][1] == round(trainer.evaluate(1), 4)  # the final step, on the periodic batches
+    assert [float(row["final_valid_nelbo"]) for row in rows if row["final_valid_nelbo"]] == \
+        [round(summary["final_valid_nelbo"], 4)]
 
 
 def test_the_time_budget_flag_and_key_are_one_setting():

@@ -15,9 +15,11 @@ from typing import Any
 from ddlm.errors import DDLMError
 from ddlm.fileio import error_reason, write_text_atomic
 
-# train_ar_nll: the autoregressive term of an adaptation run (adapt.ar_loss_weight > 0), empty otherwise; a log
-# written before it existed lacks that last column, and its rows are kept when the run resumes
-COLUMNS = ("step", "tokens", "elapsed_s", "lr", "train_nelbo", "valid_nelbo", "tokens_per_s", "train_ar_nll")
+# valid_nelbo: the periodic estimate (the first log.eval_batches batches); final_valid_nelbo: the whole validation
+# set, once, at the end. train_ar_nll: the autoregressive term of an adaptation run (adapt.ar_loss_weight > 0).
+# A log written before the last columns existed lacks them, and its rows are kept when the run resumes.
+COLUMNS = ("step", "tokens", "elapsed_s", "lr", "train_nelbo", "valid_nelbo", "tokens_per_s", "train_ar_nll",
+           "final_valid_nelbo")
 LOG_FILE = "log.csv"
 
 

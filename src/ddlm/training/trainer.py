@@ -406,6 +406,17 @@ class Trainer:
             "run_config": self.config.to_dict(),
         }
 
+    def log_final_validation(self, final: float) -> None:
+        """The last row of ``log.csv``: the whole validation set's NELBO in its own column, beside the periodic
+        estimate (the first ``log.eval_batches`` batches) at the last step, so that the curve ends on the
+        estimate its other points use."""
+        log = self.config.log
+        periodic = ""
+        if log.eval_every and self.state.step % log.eval_every != 0:  # not estimated at this step yet
+            periodic = f"{self.evaluate(log.eval_batches):.4f}"
+        self.log.write(step=self.state.step, tokens=self.state.tokens, elapsed_s=f"{self.state.elapsed:.1f}",
+                       valid_nelbo=periodic, final_valid_nelbo=f"{final:.4f}")
+
     def finish(self) -> dict[str, Any]:
         """Final validation over the whole validation set, then the model directory (rank 0)."""
         self.load_ema_into_eval_model()  # on every rank: sharded EMA weights are gathered
@@ -415,9 +426,8 @@ class Trainer:
         if self.valid_loader is not None:
             final = self.evaluate(draws=2, progress="final validation" if self.show_progress else None)
             self.state.best_valid = final if self.state.best_valid is None else min(final, self.state.best_valid)
-            if self.log is not None:  # the whole validation set: the last point of the run's curve
-                self.log.write(step=self.state.step, tokens=self.state.tokens, elapsed_s=f"{self.state.elapsed:.1f}",
-                               valid_nelbo=f"{final:.4f}")
+            if self.log is not None:
+                self.log_final_validation(final)
             summary = {**self.summary(), "final_valid_nelbo": final, "final_valid_bits": final / math.log(2)}
         else:
             summary = self.summary()

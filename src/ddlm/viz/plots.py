@@ -28,11 +28,12 @@ def pyplot():
 
 
 def read_log(run: str | Path) -> dict[str, list[tuple[float, float, float]]]:
-    """From a run's log.csv: (step, seconds, value) points of the training and validation NELBO."""
+    """From a run's log.csv: (step, seconds, value) points of the training NELBO, the periodic validation
+    estimate and the final validation over the whole set."""
     path = Path(run) / LOG_FILE
     if not path.is_file():
         raise DDLMError(f"no {LOG_FILE} in {run}; pass the --out folder of a `ddlm train` run")
-    curves: dict[str, list[tuple[float, float, float]]] = {"train_nelbo": [], "valid_nelbo": []}
+    curves: dict[str, list[tuple[float, float, float]]] = {"train_nelbo": [], "valid_nelbo": [], "final_valid_nelbo": []}
     with path.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             for name, points in curves.items():
@@ -40,7 +41,7 @@ def read_log(run: str | Path) -> dict[str, list[tuple[float, float, float]]]:
                 step, seconds = number(row.get("step")), number(row.get("elapsed_s"))
                 if not math.isnan(value) and not math.isnan(step):
                     points.append((step, seconds, value))
-    if not curves["train_nelbo"] and not curves["valid_nelbo"]:
+    if not any(curves.values()):
         raise DDLMError(f"{path} holds no logged losses yet; plot it after the first logging interval")
     return curves
 
@@ -96,14 +97,19 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[str]:
     longest = max((point[1] for curves in logs.values() for points in curves.values() for point in points), default=0)
     unit, unit_name = time_unit(longest)
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex="col", sharey="row")
-    for name, curves in logs.items():
+    for index, (name, curves) in enumerate(logs.items()):
+        color = f"C{index % 10}"
         for row, (metric, label) in enumerate([("train_nelbo", "training loss"), ("valid_nelbo", "validation NELBO")]):
             points = curves[metric]
             dots = metric == "valid_nelbo" or len(points) < 2
             style = {"marker": "o", "markersize": 3} if dots else {"linewidth": 1}
-            axes[row][0].plot([p[0] for p in points], [p[2] for p in points], label=name, **style)
-            axes[row][1].plot([p[1] / unit for p in points], [p[2] for p in points], label=name, **style)
+            axes[row][0].plot([p[0] for p in points], [p[2] for p in points], label=name, color=color, **style)
+            axes[row][1].plot([p[1] / unit for p in points], [p[2] for p in points], color=color, **style)
             axes[row][0].set_ylabel(f"{label} (nats/token)")
+        final = curves["final_valid_nelbo"]  # the whole validation set, once at the end: a star
+        for column, x in enumerate((lambda p: p[0], lambda p: p[1] / unit)):
+            axes[1][column].plot([x(p) for p in final], [p[2] for p in final], linestyle="none", marker="*",
+                                 markersize=9, color=color)
     for column, xlabel in enumerate(["optimizer step", f"training time ({unit_name})"]):
         axes[1][column].set_xlabel(xlabel)
     for axis in axes.flat:
@@ -113,11 +119,15 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[str]:
     for axis in axes[:, 0]:
         axis.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))  # step labels of 5 digits must not touch
     for row, label in enumerate(["training", "validation"]):
-        if not any(curves[("train_nelbo", "valid_nelbo")[row]] for curves in logs.values()):
+        if not any(curves[metric] for curves in logs.values() for metric in (("train_nelbo",),
+                                                                            ("valid_nelbo", "final_valid_nelbo"))[row]):
             for axis in axes[row]:
                 axis.text(0.5, 0.5, f"no {label} points logged", transform=axis.transAxes, ha="center", color="gray")
                 axis.set_yticks([])
     axes[0][0].legend(fontsize="small")
+    if any(curves["final_valid_nelbo"] for curves in logs.values()):
+        axes[1][0].plot([], [], linestyle="none", marker="*", markersize=9, color="gray", label="whole validation set, at the end")
+        axes[1][0].legend(fontsize="small")
     figure.suptitle("ddlm training curves")
     save_figure(figure, out)
     plt.close(figure)
