@@ -8,6 +8,7 @@ Transformer, so the two backends can be compared token for token.
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -399,6 +400,14 @@ def test_save_pretrained_keeps_the_transformers_format(pipes, kind, tmp_path):
     copy = DiffusionPipeline.from_pretrained(tmp_path / "copy", device="cpu", trust_remote_code=kind == "llada")
     arguments = dict(length=6, steps=6, seed=1, policy="confidence")
     assert torch.equal(copy.sample("the cat", **arguments).tokens, pipe.sample("the cat", **arguments).tokens)
+
+
+def test_a_trained_summary_survives_saving_a_transformers_directory_again(pipes, tmp_path):
+    pipe = copy.copy(pipes["bert"])
+    pipe.summary = {**pipe.summary, "final_valid_nelbo": 1.25, "steps": 7}  # as ddlm training leaves it
+    pipe.save_pretrained(tmp_path / "copy")
+    again = DiffusionPipeline.from_pretrained(tmp_path / "copy", device="cpu")
+    assert (again.summary["final_valid_nelbo"], again.summary["steps"]) == (1.25, 7)
 
 
 def test_tokenizer_code_never_runs_without_the_flag(model_dirs, tmp_path):

@@ -40,18 +40,17 @@ def write_model_directory(directory: Path, model: Transformer | HFDiffusionModel
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(model, HFDiffusionModel):
         model.save_pretrained(directory)
-        tokenizer.save(directory)
-        return
-    state = weights if weights is not None else model.state_dict()
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    write_json_atomic(directory / CONFIG_FILE, {
-        "library": "ddlm",
-        "ddlm_version": __version__,
-        "model": model.config.to_dict(),
-        "process": process.to_dict(),
-        "tokenizer_fingerprint": tokenizer.fingerprint(),
-    })
+    else:
+        state = weights if weights is not None else model.state_dict()
+        with atomic_path(directory / WEIGHTS_FILE) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
+        write_json_atomic(directory / CONFIG_FILE, {
+            "library": "ddlm",
+            "ddlm_version": __version__,
+            "model": model.config.to_dict(),
+            "process": process.to_dict(),
+            "tokenizer_fingerprint": tokenizer.fingerprint(),
+        })
     tokenizer.save(directory)
     if summary:
         write_json_atomic(directory / SUMMARY_FILE, summary)
