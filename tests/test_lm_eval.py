@@ -41,8 +41,8 @@ DOCS = [
 
 
 def tiny_pipe(kind: str, time_conditioning: bool = False, shift: bool = False) -> DiffusionPipeline:
-    """A random model over CHARS with peaked predictions (so that masks change the scores); ``shift``: position i
-    reads token i - 1."""
+    """A random model over CHARS with peaked predictions (so that masks change the scores), which, with
+    ``time_conditioning``, depends on the noise level; ``shift``: position i reads token i - 1."""
     tokenizer = CharTokenizer(list(CHARS))
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=tokenizer.vocab_size, context_length=CONTEXT, d_model=16, n_layers=1, n_heads=2,
@@ -51,6 +51,9 @@ def tiny_pipe(kind: str, time_conditioning: bool = False, shift: bool = False) -
     model = Transformer(config)
     with torch.no_grad():
         model.embed.weight.mul_(20)
+        for name, parameter in model.named_parameters():
+            if "modulation" in name:  # adaLN-Zero starts with no effect: make the noise level (and attention) count
+                parameter.normal_(0, 0.3)
     ids = dict(mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
     process = {"ar": lambda: Autoregressive(**ids),
                "masked": lambda: MaskedDiffusion(build_schedule("linear"), **ids),
@@ -179,14 +182,17 @@ def test_autoregressive_is_greedy_is_the_argmax_continuation():
 
 # ----- the Monte Carlo estimator against brute force -----
 
-def masked_value(pipe: DiffusionPipeline, context: list[int], continuation: list[int], subset: tuple[int, ...]) -> float:
-    """(|c| / l) sum over the masked continuation positions of log p, one row, computed directly."""
-    tokens = torch.tensor([[*context, *continuation]])
+def masked_value(pipe: DiffusionPipeline, context: list[int], continuation: list[int], subset: tuple[int, ...],
+                 future: int = 0) -> float:
+    """(|c| / l) sum over the masked continuation positions of log p, one row, computed directly; ``future``
+    MASK positions after the continuation, counted in the masked fraction the model is given."""
+    tokens = torch.tensor([[*context, *continuation, *[pipe.process.mask_id] * future]])
     positions = [len(context) + i for i in subset]
     xt = tokens.clone()
     xt[0, positions] = pipe.process.mask_id
+    noise = (len(subset) + future) / (len(continuation) + future)
     with torch.no_grad():
-        log_probs = pipe.process.log_probs(pipe.model(xt, torch.tensor([len(subset) / len(continuation)])))[0]
+        log_probs = pipe.process.log_probs(pipe.model(xt, torch.tensor([noise])))[0]
     return len(continuation) / len(subset) * sum(float(log_probs[p, tokens[0, p]]) for p in positions)
 
 
@@ -215,17 +221,20 @@ def exact_expectation(values: dict[tuple[int, ...], float], n: int) -> float:
     return sum(value / math.comb(n, len(subset)) for subset, value in values.items()) / n
 
 
-def test_masked_estimate_is_the_mean_of_its_draws_computed_one_by_one():
+@pytest.mark.parametrize("future", [False, True], ids=["canvas-ends", "masked-future"])
+def test_masked_estimate_is_the_mean_of_its_draws_computed_one_by_one(future):
     """Every draw's masks (l of |c| at random) scored in the batch as a direct one-row call scores them; padding
-    and the other pairs of a batch change nothing."""
+    and the other pairs of a batch change nothing. With ``masked_future`` the canvas runs on, masked, to the
+    model's context."""
     pipe = tiny_pipe("masked", time_conditioning=True)
-    scorer = Scorer(pipe, draws=6, seed=3)
+    scorer = Scorer(pipe, draws=6, seed=3, masked_future=future)
     context, continuation = pipe.tokenizer.encode("ab c\na"), pipe.tokenizer.encode("cba")
     masked, weight = draw_masks(torch.zeros(3, dtype=torch.long), 6,
                                 torch.Generator().manual_seed(context_seed(3, context)))
     assert sorted(masked.sum(dim=1).tolist()) == [1, 1, 2, 2, 3, 3]  # l stratified: each value equally often
     assert torch.equal(weight[masked], (3 / masked.sum(dim=1, keepdim=True).double().expand(-1, 3))[masked])
-    expected = sum(masked_value(pipe, context, continuation, tuple(row.nonzero().flatten().tolist()))
+    rest = CONTEXT - len(context) - len(continuation) if future else 0
+    expected = sum(masked_value(pipe, context, continuation, tuple(row.nonzero().flatten().tolist()), rest)
                    for row in masked) / 6
     alone = scorer.score([(context, continuation)], batch_size=1)[0][0]
     padded = scorer.score([(context, continuation), (context * 3, continuation)], batch_size=2)[0][0]
@@ -275,15 +284,17 @@ def test_draw_masks_per_block_masks_l_of_each_group():
 
 # ----- the fixed-order and random-order estimators against brute force -----
 
-def order_value(pipe: DiffusionPipeline, context: list[int], continuation: list[int], order: tuple[int, ...]) -> float:
+def order_value(pipe: DiffusionPipeline, context: list[int], continuation: list[int], order: tuple[int, ...],
+                future: int = 0) -> float:
     """log p of the continuation unmasked one token per step along ``order``, one direct model call per step:
-    step k hides order[k:], gives the model the masked fraction and scores the token at order[k]."""
+    step k hides order[k:] (and ``future`` MASK positions after the continuation), gives the model the masked
+    fraction after the context and scores the token at order[k]."""
     n, total = len(continuation), 0.0
     for k, position in enumerate(order):
-        xt = torch.tensor([[*context, *continuation]])
+        xt = torch.tensor([[*context, *continuation, *[pipe.process.mask_id] * future]])
         xt[0, [len(context) + i for i in order[k:]]] = pipe.process.mask_id
         with torch.no_grad():
-            log_probs = pipe.process.log_probs(pipe.model(xt, torch.tensor([(n - k) / n])))[0]
+            log_probs = pipe.process.log_probs(pipe.model(xt, torch.tensor([(n - k + future) / (n + future)])))[0]
         total += float(log_probs[len(context) + position, continuation[position]])
     return total
 
@@ -301,6 +312,24 @@ def test_left_to_right_is_the_one_token_per_step_log_likelihood_and_deterministi
         order_value(pipe, [], continuation, tuple(range(len(continuation)))), rel=1e-5)
 
 
+@pytest.mark.parametrize("time_conditioning", [False, True], ids=["plain", "noise-conditioned"])
+def test_left_to_right_with_a_masked_future_is_the_step_by_step_log_likelihood_of_the_full_canvas(time_conditioning):
+    """``masked_future``: MASK positions after the continuation up to the model's context, hidden at every step and
+    never scored; a pair that fills the context gets none (its canvas cut on the left as without the option)."""
+    pipe = tiny_pipe("masked", time_conditioning=time_conditioning)
+    scorer = Scorer(pipe, estimator="left_to_right", masked_future=True)
+    context, continuation = pipe.tokenizer.encode("ab c\na"), pipe.tokenizer.encode("cba b")
+    order = tuple(range(len(continuation)))
+    long_context = context * 5  # 30 tokens: the canvas keeps the last CONTEXT - 5 of them and has no future
+    alone, padded = (scorer.score([(context, continuation)], batch_size=1)[0][0],
+                     scorer.score([(context[:2], continuation[:2]), (context, continuation)], batch_size=2)[1][0])
+    expected = order_value(pipe, context, continuation, order, CONTEXT - len(context) - len(continuation))
+    assert alone == pytest.approx(expected, rel=1e-5) and padded == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(order_value(pipe, context, continuation, order), rel=1e-3)  # the future counts
+    assert scorer.score([(long_context, continuation)], batch_size=1)[0][0] == pytest.approx(
+        order_value(pipe, long_context[-(CONTEXT - len(continuation)) :], continuation, order), rel=1e-5)
+
+
 def test_the_harness_model_takes_the_estimator_from_model_args(model_dirs):
     model = DDLMHarnessModel.create_from_arg_string(f"pretrained={model_dirs['masked']},estimator=left_to_right,"
                                                     "greedy_check=false,precision=fp32")
@@ -308,6 +337,11 @@ def test_the_harness_model_takes_the_estimator_from_model_args(model_dirs):
     value, greedy = model.loglikelihood([Request("ab c\n", "cab")], disable_tqdm=True)[0]
     expected = order_value(model.pipe, tokenizer.encode("ab c\n"), tokenizer.encode("cab"), (0, 1, 2))
     assert value == pytest.approx(expected, rel=1e-5) and greedy is False
+    future = DDLMHarnessModel.create_from_arg_string(f"pretrained={model_dirs['masked']},estimator=left_to_right,"
+                                                     "masked_future=true,greedy_check=false,precision=fp32")
+    value = future.loglikelihood([Request("ab c\n", "cab")], disable_tqdm=True)[0][0]
+    assert value == pytest.approx(order_value(future.pipe, tokenizer.encode("ab c\n"), tokenizer.encode("cab"),
+                                              (0, 1, 2), CONTEXT - 8), rel=1e-5)
 
 
 def test_order_masks_hide_the_positions_not_yet_unmasked():
@@ -334,12 +368,12 @@ def test_random_orders_converge_to_the_monte_carlo_bound():
 
 
 @pytest.mark.parametrize("kind", ["ar", "block"])
-def test_the_estimator_changes_nothing_for_autoregressive_and_block_models(kind):
+def test_the_estimator_and_the_masked_future_change_nothing_for_autoregressive_and_block_models(kind):
     pipe = tiny_pipe(kind)
     pairs = [(pipe.tokenizer.encode("ab c\n"), pipe.tokenizer.encode("cbaab")), ([], pipe.tokenizer.encode("ab"))]
     reference = Scorer(pipe, draws=6).score(pairs, batch_size=2)
-    for estimator in ("left_to_right", "random_order"):
-        assert Scorer(pipe, draws=6, estimator=estimator).score(pairs, batch_size=2) == reference
+    for estimator, future in itertools.product(("monte_carlo", "left_to_right", "random_order"), (False, True)):
+        assert Scorer(pipe, draws=6, estimator=estimator, masked_future=future).score(pairs, batch_size=2) == reference
 
 
 # ----- generation, arguments and errors -----
@@ -363,6 +397,9 @@ def test_the_model_arguments_are_checked_in_one_line():
         DDLMHarnessModel(pipe, steps=0)
     with pytest.raises(DDLMError, match="estimator must be one of monte_carlo, left_to_right, random_order"):
         DDLMHarnessModel(pipe, estimator="exact")
+    with pytest.raises(DDLMError, match="masked_future must be true or false, got 'maybe'"):
+        DDLMHarnessModel.create_from_arg_string("masked_future=maybe")
+    assert DDLMHarnessModel(pipe, masked_future="True").masked_future is True
     model = DDLMHarnessModel.create_from_arg_string("batch_size=3,steps=5", {"batch_size": 1, "device": None})
     assert model.batch_size == 3 and model.options.steps == 5  # model_args win over the harness's --batch_size
     sedd = DiffusionPipeline(pipe.model, pipe.tokenizer, build_process({"name": "sedd-absorb"}, Vocabulary.of(pipe.tokenizer)))
@@ -402,16 +439,22 @@ def test_ddlm_lm_eval_runs_the_harness_command_line(model_dirs, task_dir, monkey
     assert "tiny_mc" in table and "acc" in table and "batch_size: 2" in table
 
 
-def test_the_bundled_task_asks_for_the_true_next_line_of_the_held_out_text():
-    from ddlm.bundled import bundled_model_path
-    from ddlm.data import builtin_text
-    from ddlm.tokenizers import load_tokenizer
-
+def bundled_task_module():
+    """The bundled task's question builder, ``next_line``."""
     sys.path.insert(0, str(TASKS_DIR / "shakespeare_next_line"))
     try:
         import next_line
     finally:
         sys.path.pop(0)
+    return next_line
+
+
+def test_the_bundled_task_asks_for_the_true_next_line_of_the_held_out_text():
+    from ddlm.bundled import bundled_model_path
+    from ddlm.data import builtin_text
+    from ddlm.tokenizers import load_tokenizer
+
+    next_line = bundled_task_module()
     questions = next_line.questions()
     assert questions == next_line.questions() and len(questions) == next_line.QUESTIONS
     text = builtin_text("shakespeare")
@@ -423,6 +466,23 @@ def test_the_bundled_task_asks_for_the_true_next_line_of_the_held_out_text():
         assert all(abs(len(choice) - len(true)) <= 0.2 * len(true) for choice in choices)
         assert set(question["context"] + "".join(choices)) <= vocabulary
     assert 0.2 < sum(question["label"] == 0 for question in questions) / len(questions) < 0.3
+
+
+def test_the_dev_questions_share_no_line_with_the_reported_test_questions():
+    """Built as the test questions from other lines of the held-out text: no non-blank line of a dev question's
+    context or choices is one of the first REPORTED test questions' lines; the dev task runs through the harness."""
+    next_line = bundled_task_module()
+    dev, test = next_line.dev_questions(), next_line.questions()[: next_line.REPORTED]
+    assert len(dev) == next_line.DEV_QUESTIONS and dev == next_line.dev_questions()
+    test_lines = {line for question in test for line in question["context"].split("\n") + question["choices"] if line}
+    held_out = "\n".join(next_line.held_out_lines())
+    for question in dev:
+        choices, true = question["choices"], question["choices"][question["label"]]
+        shown = [line for line in question["context"].split("\n") + choices if line]
+        assert not test_lines & set(shown)
+        assert len(set(choices)) == 4 and (question["context"] + true + "\n") in held_out
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    assert "shakespeare_next_line_dev" in manager.all_tasks
 
 
 def test_ddlm_lm_eval_refuses_another_model_in_one_line(capsys):

@@ -27,9 +27,17 @@ models ignore it):
   averaged: unbiased for the same bound as ``monte_carlo`` (over a random order, the token
   unmasked at the step with l masked is uniform among them), each draw using every token.
 
+``masked_future`` (masked models only; autoregressive and block models ignore it): the canvas goes on
+after the continuation with MASK positions up to the model's context, as every training window runs
+to its full length; they are hidden in every row and never scored, and the noise level the model is
+given is the masked fraction of everything after the context (continuation and future), as the
+sampler writing that whole canvas gives it. With any estimator; ``left_to_right`` so unmasks the
+continuation from the left with the rest of the window still masked.
+
 ``is_greedy`` of a diffusion model: ddlm's greedy sampler (temperature 0, confidence policy,
 one token per step) writes the continuation. ``greedy_check=false`` skips that check and
-reports False; multiple-choice tasks, which ignore it, run faster so.
+reports False; multiple-choice tasks, which ignore it, run faster so. It is decided on the canvas
+without the masked future.
 ``loglikelihood_rolling`` scores a document in windows of the model's context, each the
 continuation of the text before it (the last window is filled up with earlier text): the exact
 log-likelihood of an autoregressive model, a lower bound for a diffusion model.
@@ -73,8 +81,8 @@ DEFAULT_MAX_GEN_TOKS = 256
 HARNESS_DEVICE = "cuda:0"  # the device the harness's command line passes when given no --device
 GREEDY = SamplerOptions(temperature=0.0, policy="confidence", seed=0)  # the sampler that decides is_greedy
 ESTIMATORS = ("monte_carlo", "left_to_right", "random_order")  # of a masked model's log-likelihood
-MODEL_ARGS = ("pretrained", "estimator", "mc_draws", "batch_size", "device", "precision", "greedy_check",
-              "trust_remote_code")
+MODEL_ARGS = ("pretrained", "estimator", "masked_future", "mc_draws", "batch_size", "device", "precision",
+              "greedy_check", "trust_remote_code")
 
 Pair = tuple[list[int], list[int]]  # (context, continuation) token ids
 
@@ -121,7 +129,8 @@ def context_seed(seed: int, context: Sequence[int]) -> int:
 class Scorer:
     """log p(continuation | context) under a pipeline's model, as the module notes say, in batches."""
 
-    def __init__(self, pipe: DiffusionPipeline, draws: int = 32, seed: int = 0, estimator: str = "monte_carlo"):
+    def __init__(self, pipe: DiffusionPipeline, draws: int = 32, seed: int = 0, estimator: str = "monte_carlo",
+                 masked_future: bool = False):
         if pipe.process.name not in SCORED_PROCESSES:
             raise DDLMError(f"log-likelihoods need an autoregressive, masked or block model, not {pipe.process.name!r}; "
                             "score SEDD models with `ddlm eval` (their NELBO)")
@@ -129,22 +138,25 @@ class Scorer:
         check_estimator(estimator)
         self.pipe, self.draws, self.seed = pipe, draws, seed
         self.estimator = estimator if pipe.process.name == "masked" else "monte_carlo"  # the others have one
+        self.future = flag("masked_future", masked_future) and pipe.process.name == "masked"
         self.model, self.process, self.tokenizer = pipe.model, pipe.process, pipe.tokenizer
         self.exact = self.process.name == "ar"
         # text one canvas holds: the autoregressive model also reads one token it does not predict
         self.room = pipe.context_length + (1 if self.exact else 0)
 
-    def canvas(self, context: list[int], continuation: list[int]) -> tuple[list[int], int]:
-        """The tokens of a pair as the model reads them, and where the continuation starts among them.
+    def canvas(self, context: list[int], continuation: list[int]) -> tuple[list[int], int, int]:
+        """The tokens of a pair as the model reads them, and where the continuation starts and ends among them.
 
-        The autoregressive model reads end-of-text and then the text, one position behind its targets.
+        The autoregressive model reads end-of-text and then the text, one position behind its targets;
+        with ``masked_future`` MASK positions follow the continuation up to the model's context.
         """
         if len(continuation) > self.pipe.context_length:
             raise DDLMError(f"a continuation of {len(continuation)} tokens does not fit the model's context of "
                             f"{self.pipe.context_length}; shorten it or use a model with a longer context")
         text = [*context, *continuation]
         tokens = [self.tokenizer.eos_id, *text][-self.room:] if self.exact else text[-self.room:]
-        return tokens, len(tokens) - len(continuation)
+        start, end = len(tokens) - len(continuation), len(tokens)
+        return tokens + [self.process.mask_id] * (self.room - end if self.future else 0), start, end
 
     def windows(self, tokens: list[int]) -> list[Pair]:
         """A document as pairs: chunks of the model's context, each after as much of the text before it as fits."""
@@ -169,18 +181,19 @@ class Scorer:
     def score_batch(self, pairs: list[Pair]) -> list[tuple[float, bool | None]]:
         """One model call for ``pairs``, the rows of each as :meth:`plan` lays them out."""
         canvases = [self.canvas(*pair) for pair in pairs]
-        plans = [self.plan(context, start, len(tokens)) for (context, _), (tokens, start) in zip(pairs, canvases)]
-        rows, width = sum(len(hidden) for hidden, _ in plans), max(len(tokens) for tokens, _ in canvases)
+        plans = [self.plan(context, start, end) for (context, _), (_, start, end) in zip(pairs, canvases)]
+        rows, width = sum(len(hidden) for hidden, _ in plans), max(len(tokens) for tokens, _, _ in canvases)
         x0 = torch.full((rows, width), self.tokenizer.pad_id, dtype=torch.long)
         masked = torch.zeros((rows, width), dtype=torch.bool)
         weight = torch.zeros((rows, width), dtype=torch.float64)
-        span = torch.zeros(rows)  # continuation tokens of each row
+        span = torch.zeros(rows)  # positions after the context in each row: the continuation and any future
         owner = torch.zeros(rows, dtype=torch.long)  # the pair of each row
         first = 0
-        for index, ((tokens, start), (hidden, weights)) in enumerate(zip(canvases, plans)):
+        for index, ((tokens, start, end), (hidden, weights)) in enumerate(zip(canvases, plans)):
             own = slice(first, first + len(hidden))
             x0[own, : len(tokens)] = torch.tensor(tokens)
-            masked[own, start : len(tokens)], weight[own, start : len(tokens)] = hidden, weights
+            masked[own, start:end], weight[own, start:end] = hidden, weights
+            masked[own, end : len(tokens)] = True  # the masked future: hidden in every row, never scored
             span[own], owner[own], first = len(tokens) - start, index, first + len(hidden)
         device = self.pipe.device
         x0, masked, weight, span = x0.to(device), masked.to(device), weight.to(device), span.to(device)
@@ -191,7 +204,8 @@ class Scorer:
             else:
                 logits = self.diffusion_logits(x0, masked, span)
         log_probs = self.process.log_probs(logits)
-        picked = torch.where(weight != 0, log_probs.gather(-1, x0[..., None]).squeeze(-1), 0.0)
+        targets = torch.where(weight != 0, x0, 0)  # the future's MASK is never a target
+        picked = torch.where(weight != 0, log_probs.gather(-1, targets[..., None]).squeeze(-1), 0.0)
         per_row = (picked.double() * weight).sum(dim=1)
         values = torch.zeros(len(pairs), dtype=torch.float64, device=device).index_add_(0, owner.to(device), per_row)
         if not self.exact:
@@ -228,7 +242,7 @@ class Scorer:
         key_mask = None if bool(real.all()) else real
         xt = torch.where(masked, torch.full_like(x0, self.process.mask_id), x0)
         if self.process.name == "masked":
-            noise = masked.sum(dim=1) / span  # l / |c|: the masked fraction of the continuation
+            noise = masked.sum(dim=1) / span  # the masked fraction after the context (l / |c| with no future)
             return self.model(xt, noise.float(), key_mask=key_mask)
         length = x0.shape[1]  # block diffusion's one-pass layout [x_t, x_0], as in its training
         shifted = getattr(self.model, "shifted", False)  # position i reads token i - 1
@@ -247,7 +261,7 @@ class Scorer:
             if continuation:
                 by_length.setdefault(len(continuation), []).append(index)
         for length, indices in by_length.items():
-            rows = [[*self.canvas(*pairs[i])[0][:-length], *[None] * length] for i in indices]
+            rows = [[*tokens[:start], *[None] * length] for tokens, start, _ in (self.canvas(*pairs[i]) for i in indices)]
             for last in last_steps(self.pipe.run_batches(SamplerOptions.build(GREEDY, steps=length), rows, batch_size)):
                 for row in range(last.tokens.shape[0]):
                     index = indices[last.first_sample + row]
@@ -258,6 +272,16 @@ class Scorer:
 def generated_ids(step: SamplerStep, row: int) -> list[int]:
     """The tokens a sampler wrote in ``row`` of a pipeline's step (its canvas set)."""
     return step.tokens[row][step.canvas.generated[row]].tolist()
+
+
+def flag(name: str, value: bool | str) -> bool:
+    """A true/false model argument (a bool, or the words from a command line); a one-line error otherwise."""
+    words = {"true": True, "false": False}
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in words:
+        return words[value.strip().lower()]
+    raise DDLMError(f"{name} must be true or false, got {value!r}")
 
 
 def check_estimator(estimator: str) -> None:
@@ -289,7 +313,8 @@ class DDLMHarnessModel(LM):
     ``pretrained``: a model directory, a bundled model name or a local Hugging Face diffusion LM
     (or a :class:`DiffusionPipeline`, from Python). ``estimator``: how a masked model's
     log-likelihood is computed (``monte_carlo``, ``left_to_right`` or ``random_order``, see the
-    module notes). ``mc_draws``: Monte Carlo draws (masks or orders) per diffusion log-likelihood.
+    module notes). ``masked_future``: score a masked model's continuation with MASK positions after it
+    up to the model's context (see the module notes). ``mc_draws``: Monte Carlo draws (masks or orders) per diffusion log-likelihood.
     ``batch_size``: requests per model call, each ``mc_draws`` rows for a diffusion model (|c| rows
     left to right, ``mc_draws`` * |c| in random orders). ``greedy_check``: decide a diffusion
     model's ``is_greedy`` with the greedy sampler (see the module notes). Every other argument is a
@@ -301,7 +326,7 @@ class DDLMHarnessModel(LM):
     def __init__(self, pretrained: str | DiffusionPipeline = DEFAULT_MODEL, mc_draws: int = 32,
                  batch_size: int | str = 1, device: str = "auto", precision: str = "auto",
                  greedy_check: bool = True, trust_remote_code: bool = False, estimator: str = "monte_carlo",
-                 **sampler_options: Any):
+                 masked_future: bool | str = False, **sampler_options: Any):
         super().__init__()
         unknown = sorted(set(sampler_options) - set(option_table()))
         if unknown:
@@ -309,6 +334,7 @@ class DDLMHarnessModel(LM):
                             f"and the sampler options {', '.join(option_table())}")
         check_integer("mc_draws", mc_draws, minimum=1)
         check_estimator(estimator)
+        self.masked_future = flag("masked_future", masked_future)
         self.pipe = pretrained if isinstance(pretrained, DiffusionPipeline) else DiffusionPipeline.from_pretrained(
             str(pretrained), device=device, precision=precision, trust_remote_code=trust_remote_code)
         self.options = SamplerOptions.build(SamplerOptions(seed=0), **sampler_options)
@@ -337,7 +363,7 @@ class DDLMHarnessModel(LM):
 
     @functools.cached_property
     def scorer(self) -> Scorer:
-        return Scorer(self.pipe, self.mc_draws, self.options.seed, self.estimator)
+        return Scorer(self.pipe, self.mc_draws, self.options.seed, self.estimator, self.masked_future)
 
     def encode_pair(self, context: str, continuation: str) -> Pair:
         """Token ids of both parts, split where the context's own tokens end (as the whole text tokenises)."""

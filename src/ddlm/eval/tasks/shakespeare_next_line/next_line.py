@@ -4,6 +4,12 @@ Each question shows up to ``CONTEXT_CHARS`` characters of whole lines of the hel
 corpus's last 10%, which training runs hold out) and asks which of four lines comes next: the
 true one, or three verse lines of about its length taken from elsewhere in the held-out text.
 The questions depend only on ``SEED``; the harness's ``--limit N`` takes the first N.
+
+``dev_questions`` (the task ``shakespeare_next_line_dev``) are built the same way from other lines of
+the same held-out text, for choosing how to score (an estimator, its options) without looking at
+the test questions: no non-blank line of a dev question (its context or any of its four choices)
+is a line of the first ``REPORTED`` test questions, the ones the results report (``--limit 200``).
+The held-out text is too short for dev questions that avoid all 500 test questions' lines.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ LINE_CHARS = (20, 70)  # lengths of the lines asked for
 LENGTH_SLACK = 0.2  # a wrong line is within 20% of the true line's length
 NEIGHBOURHOOD = 20  # wrong lines come from at least this many lines away
 SEED = 0
+DEV_QUESTIONS = 100
+DEV_SEED = 1
+REPORTED = 200  # the test questions results are reported on, which the dev questions avoid
 
 
 def held_out_lines() -> list[str]:
@@ -44,12 +53,29 @@ def context_before(lines: list[str], index: int) -> str:
     return "".join(line + "\n" for line in kept)
 
 
+def question_lines(question: dict[str, Any]) -> set[str]:
+    """The non-blank lines a question shows: its context's and its four choices."""
+    return {line for line in [*question["context"].split("\n"), *question["choices"]] if line}
+
+
 def questions() -> list[dict[str, Any]]:
     """QUESTIONS questions: ``context``, ``choices`` (four lines) and ``label`` (the index of the true one)."""
-    rng = random.Random(SEED)
+    return build(QUESTIONS, SEED)
+
+
+def dev_questions() -> list[dict[str, Any]]:
+    """DEV_QUESTIONS questions as :func:`questions`, none sharing a non-blank line with the first REPORTED of them."""
+    avoid = set().union(*(question_lines(question) for question in questions()[:REPORTED]))
+    return build(DEV_QUESTIONS, DEV_SEED, avoid)
+
+
+def build(count: int, seed: int, avoid: frozenset[str] | set[str] = frozenset()) -> list[dict[str, Any]]:
+    """``count`` questions drawn with ``seed``, showing no line of ``avoid`` (in context or choices)."""
+    rng = random.Random(seed)
     lines = held_out_lines()
-    verse = [index for index, line in enumerate(lines) if is_verse(line)]
-    asked = rng.sample([index for index in verse if index >= 4], QUESTIONS)  # in random order: --limit N samples
+    verse = [index for index, line in enumerate(lines) if is_verse(line) and line not in avoid]
+    asked = rng.sample([index for index in verse if index >= 4
+                        and avoid.isdisjoint(context_before(lines, index).split("\n"))], count)  # --limit N samples
     items = []
     for index in asked:
         true = lines[index]
@@ -63,6 +89,16 @@ def questions() -> list[dict[str, Any]]:
 
 def dataset(**metadata: Any):
     """The task's test split, for the harness (``custom_dataset``; the model arguments it passes are ignored)."""
+    return as_split(questions())
+
+
+def dev_dataset(**metadata: Any):
+    """The dev task's questions as its test split, for the harness (as :func:`dataset`)."""
+    return as_split(dev_questions())
+
+
+def as_split(items: list[dict[str, Any]]):
+    """``items`` as the harness's dataset: one split, ``test``."""
     import datasets
 
-    return {"test": datasets.Dataset.from_list(questions())}
+    return {"test": datasets.Dataset.from_list(items)}
