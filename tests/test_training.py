@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -371,3 +372,21 @@ def test_the_time_budget_flag_and_key_are_one_setting():
     assert load_config("char-small", None, []).optim.step_limit() == DEFAULT_MAX_STEPS
     capped = load_config("char-small", None, ["optim.time_budget=1m", "optim.max_steps=7"])
     assert capped.optim.step_limit() == 7
+
+
+def test_a_padded_layout_counts_the_tokens_trained_on_not_the_padding(tmp_path, shakespeare_text, monkeypatch):
+    from ddlm.data import BatchLoader
+
+    data = tmp_path / "speeches.jsonl"
+    speeches = [speech for speech in shakespeare_text[:20000].split("\n\n") if speech.strip()]
+    data.write_text("".join(json.dumps({"text": speech}) + "\n" for speech in speeches), encoding="utf-8")
+    served = []
+    following = BatchLoader.__next__
+    monkeypatch.setattr(BatchLoader, "__next__", lambda self: served.append(following(self)) or served[-1])
+    config = load_config("tiny", overrides=["optim.max_steps=3", "data.layout=padded", "data.valid_fraction=0",
+                                            "log.eval_every=0"])
+    trainer = prepare_training(config, tmp_path / "run", data=data, device="cpu", cache_dir=tmp_path / "cache",
+                               show_progress=False)
+    summary = trainer.train()
+    pad = trainer.tokenizer.pad_id
+    assert summary["tokens"] == sum(int((batch != pad).sum()) for batch in served) < sum(b.numel() for b in served)

@@ -316,9 +316,10 @@ class Trainer:
         return nelbo_sum / token_count, lr, int(trained)
 
     def batch_loss(self) -> tuple[LossOutput, int]:
-        """The loss of the next training micro-batch, and the number of tokens it holds."""
+        """The loss of the next training micro-batch, and the number of tokens it holds (padding not counted)."""
         batch = next(self.train_loader).to(self.device)
-        return self.with_ar_term(self.process.loss(self.trained_model, batch, self.random.noise), batch), batch.numel()
+        output = self.process.loss(self.trained_model, batch, self.random.noise)
+        return self.with_ar_term(output, batch), output.num_tokens
 
     def with_ar_term(self, output: LossOutput, x0: torch.Tensor) -> LossOutput:
         """``output`` with ``adapt.ar_loss_weight`` times the clean batch's next-token NLL added to its loss (its
