@@ -102,6 +102,14 @@ class CountedModel:
         return self.forward(*args, **kwargs)
 
 
+def wait_for_a_cancelled_run(pool, seconds: float = 30) -> None:
+    """Wait until the pool holds a run that Stop cancelled (fail after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while not any(run.cancelled.is_set() for run in list(pool.runs)):
+        assert time.monotonic() < deadline, "Stop did not cancel the run"
+        time.sleep(0.02)
+
+
 def errors_shown(page) -> list[str]:
     return page.locator("[data-testid=toast-body]").all_inner_texts()
 
@@ -168,10 +176,7 @@ def test_stop_keeps_the_partial_run_to_scrub_and_animate_and_masks_wrap_on_a_pho
     page.click("#generate")
     page.wait_for_selector(f"#canvas [data-step='{shown[-1].index + 1}']", timeout=WAIT_MS)
     page.click("#stop")
-    deadline = time.monotonic() + 30
-    while not any(run.cancelled.is_set() for run in list(pool.runs)):
-        assert time.monotonic() < deadline, "Stop did not cancel the run"
-        time.sleep(0.02)
+    wait_for_a_cancelled_run(pool)
     model.gate.set()
     page.wait_for_selector("#status [data-state=stopped]", timeout=WAIT_MS)
     status = page.inner_text("#status")
@@ -216,10 +221,7 @@ def test_stop_ends_a_comparison_with_both_sides_stopped(browser, url, app, model
     page.click("#compare")
     page.wait_for_selector("#compare-status-a [data-state=denoising]", timeout=WAIT_MS)
     page.click("#compare-stop")
-    deadline = time.monotonic() + 30
-    while not any(run.cancelled.is_set() for run in list(pool.runs)):
-        assert time.monotonic() < deadline, "Stop did not cancel the comparison"
-        time.sleep(0.02)
+    wait_for_a_cancelled_run(pool)
     model.gate.set()
     for side in "ab":
         page.wait_for_selector(f"#compare-status-{side} [data-state=stopped]", timeout=WAIT_MS)
