@@ -6,7 +6,8 @@ the training text, for a few sampler settings, next to the samples' unigram entr
 A word is a maximal run of letters and apostrophes, compared in lower case. Character-level
 models write many near-words ("shausir") that this counts as not real. The last row scores
 random stretches of the text itself (words cut at the edges count as not real), the ceiling.
-Prints a markdown table.
+Settings the model's sampler does not take are left out (policies for the autoregressive model,
+LLaDA-style blocks for block diffusion). Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import statistics
 from ddlm import DiffusionPipeline
 from ddlm.device import describe_machine
 from ddlm.eval.diversity import unigram_entropy
+from ddlm.families import get_family
 
 WORD = re.compile(r"[A-Za-z']+")
 
@@ -28,6 +30,7 @@ SETTINGS = {
     "ancestral, temperature 0.8": {"temperature": 0.8},
     "ancestral, temperature 0.5": {"temperature": 0.5},
     "confidence, blocks of 32": {"policy": "confidence", "block_length": 32},
+    "confidence, one token per step": {"policy": "confidence", "steps": None},
 }
 
 
@@ -60,9 +63,12 @@ def main() -> None:
     print(f"{args.num_samples} samples of {args.length} tokens, {args.steps} steps, prompt {args.prompt!r}, "
           f"seed {args.seed}; machine: {describe_machine()}\n")
     print("| sampler | real words | unigram entropy (nats) |\n|---|---|---|")
+    offered = get_family(pipe.process.name).offered()
     for name, options in SETTINGS.items():
-        output = pipe.sample(args.prompt, num_samples=args.num_samples, length=args.length, steps=args.steps,
-                             seed=args.seed, **options)
+        if not set(options) <= set(offered):
+            continue  # a setting this model's sampler does not take (the AR model has no policy)
+        options = {**options, "steps": options.get("steps", args.steps) or args.length}  # None: one per token
+        output = pipe.sample(args.prompt, num_samples=args.num_samples, length=args.length, seed=args.seed, **options)
         texts = [pipe.decode(output, row) for row in range(args.num_samples)]
         generated = [text[len(args.prompt):] for text in texts]
         entropy = statistics.mean(unigram_entropy(output.tokens[row][output.canvas.generated[row]].tolist())
