@@ -22,7 +22,7 @@ from ddlm.bundled import bundled_models  # noqa: E402
 from ddlm.cli import main  # noqa: E402
 from ddlm.errors import DDLMError  # noqa: E402
 from ddlm.samplers import SamplerOptions  # noqa: E402
-from ddlm.viz.tokens import TokenPieces  # noqa: E402
+from ddlm.viz.tokens import TokenPieces, step_views  # noqa: E402
 from tests.servers import live_server, trained_models  # noqa: E402
 
 LIMITS = Limits(max_samples=2, max_length=24, max_steps=64, max_seconds=30, workers=1, queue_size=2)
@@ -125,9 +125,32 @@ def test_a_length_past_the_context_says_how_much_room_the_prompt_leaves(client):
 
 def test_planned_steps_count_tokens_for_a_left_to_right_model_and_the_budget_otherwise(models):
     masked, ar = models.get("tiny-masked"), models.get("tiny-ar")
-    assert planned_steps(masked, SamplerOptions(steps=16), generated=26) == 16
-    assert planned_steps(masked, SamplerOptions(steps=16, policy="first-hitting"), generated=26) == 26
-    assert planned_steps(ar, SamplerOptions(steps=16), generated=26) == 26  # AR ignores the budget
+    generated = [[False] * 4 + [True] * 26]
+    assert planned_steps(masked, SamplerOptions(steps=16), generated) == 16
+    assert planned_steps(masked, SamplerOptions(steps=16, policy="first-hitting"), generated) == 26
+    assert planned_steps(ar, SamplerOptions(steps=16), generated) == 26  # AR ignores the budget
+
+
+def test_planned_steps_of_a_block_model_bound_the_steps_its_sampler_takes(tmp_path):
+    """The budget's share per block times the blocks: reached when every block has a position per step,
+    else an upper bound (a block ends once all its positions are revealed). No end-of-text (min_length):
+    a sample's end takes a step of its own, writing PAD after it."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("ROMEO: what light through yonder window breaks\n" * 40, encoding="utf-8")
+    assert main(["train", "--data", str(corpus), "--preset", "tiny", "--max-steps", "1", "--out", str(tmp_path / "run"),
+                 "--no-progress", "--cache-dir", str(tmp_path / "cache"), "process.name=block",
+                 "process.block_size=4"]) == 0
+    model = Models.load([str(tmp_path / "run")]).get("run")
+
+    def steps_and_plan(prompt: str, length: int, options: SamplerOptions) -> tuple[int, int]:
+        steps = list(model.pipe.stream(prompt, options, num_samples=2, length=length, stop_at_eos=False))
+        generated = [view.generated for view in step_views(steps[-1])]
+        return steps[-1].index + 1, planned_steps(model, options, generated)
+
+    taken, planned = steps_and_plan("ROME", 12, SamplerOptions(steps=12, seed=0, policy="confidence", min_length=12))
+    assert planned == 3 * 4 and taken == planned  # columns 4-15: blocks 1-3, 4 steps each, one position per step
+    taken, planned = steps_and_plan("RO", 13, SamplerOptions(steps=16, seed=0, min_length=13))
+    assert planned == 4 * 5 and 4 <= taken <= planned  # block 0 holds 2 of the 13 positions: ancestral may end it early
 
 
 @pytest.mark.skipif(not bundled_models()[0].installed, reason="the bundled model's weights are not installed")

@@ -78,11 +78,6 @@ class Frame:
     seconds: float  # computing time so far
     noise: float
 
-    @property
-    def longest(self) -> int:
-        """The most positions a sample of this frame generates."""
-        return max(sum(row) for row in self.generated)
-
 
 class FrameMaker:
     """Turns the steps of a run into :class:`Frame` s, remembering each position's confidence."""

@@ -23,6 +23,7 @@ from ddlm.families import get_family
 from ddlm.pipeline import DiffusionPipeline, resolve_model_directory
 from ddlm.pipeline.canvas import with_length
 from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep
+from ddlm.samplers.block import steps_per_block
 from ddlm.schema import check_integer
 from ddlm.viz.tokens import step_views
 
@@ -268,14 +269,18 @@ def run_result(model: Model, options: SamplerOptions, last_steps: list[SamplerSt
                      round(sum(map(unigram_entropy, generated)) / len(generated), 4))
 
 
-def planned_steps(model: Model, options: SamplerOptions, generated: int) -> int | None:
-    """The steps a run of ``options`` takes to write ``generated`` positions, where that is known before it
-    ends: one per token left to right and with the first-hitting policy, else the step budget (a threshold
-    or an entropy bound may finish sooner); None for block diffusion, whose blocks round their shares."""
-    process = model.pipe.process
+def planned_steps(model: Model, options: SamplerOptions, generated: list[list[bool]]) -> int:
+    """The steps a run of ``options`` plans for the ``generated`` positions of each sample's canvas (columns
+    from the first): one per token left to right and with the first-hitting policy, else the step budget, for
+    block diffusion its share per block times the blocks. A run may take fewer (a threshold or an entropy
+    bound, a block whose positions are all revealed early) or, for block diffusion, one more where samples end."""
+    process, longest = model.pipe.process, max(sum(row) for row in generated)
     if process.causal or ("policy" in model.default_options() and options.policy == "first-hitting"):
-        return generated
-    return None if process.name == "block" else options.steps
+        return longest
+    if process.name != "block":
+        return options.steps
+    blocks = {column // process.block_size for row in generated for column, filled in enumerate(row) if filled}
+    return len(blocks) * steps_per_block(options.steps, process.block_size, longest)
 
 
 def step_event(step: SamplerStep, seconds: float) -> dict[str, Any]:

@@ -411,7 +411,7 @@ class Page:
                 if control.stop_requested:
                     break
                 frame = make_frame(step, seconds)
-                last.total_steps = planned_steps(model, options, frame.longest)
+                last.total_steps = planned_steps(model, options, frame.generated)
                 last.frames.append(frame)
                 last.steps.append(step)
                 if any(frame.new):  # steps that change nothing are not drawn
@@ -568,7 +568,7 @@ class CompareSide:
         mask_id = self.model.pipe.tokenizer.mask_id
         if self.frame is None:
             return [status_html(None, "waiting"), canvas_html(None, self.pieces, mask_id, "waiting...")]
-        total = planned_steps(self.model, self.options, self.frame.longest)
+        total = planned_steps(self.model, self.options, self.frame.generated)
         note = ""
         if state == "done":
             result = run_result(self.model, self.options, [self.last_step], self.frame.seconds)

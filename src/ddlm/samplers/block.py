@@ -108,11 +108,10 @@ def whole_blocks(canvas: Canvas, block_size: int, pad_id: int) -> Canvas:
                   F.pad(canvas.active, (0, extra), value=False))
 
 
-def block_step_counts(options: SamplerOptions, canvas: Canvas, block_size: int) -> int:
-    """Steps per block: the budget ``options.steps`` for all generated positions, given to each block in
+def steps_per_block(steps: int, block_size: int, longest: int) -> int:
+    """The step budget ``steps`` for a sample's ``longest`` generated positions, given to each block in
     proportion to its width (at least one step), the same for every block and every batch."""
-    generated = int(canvas.generated.sum(dim=1).max())
-    return max(1, round(options.steps * block_size / generated))
+    return max(1, round(steps * block_size / longest))
 
 
 def check_canvas(canvas: Canvas, block_size: int) -> None:
@@ -202,7 +201,7 @@ def block_steps(
     """Fill the MASK positions of ``canvas`` block by block, one yielded step per change.
 
     ``options.steps`` is the step budget for all generated positions; each block gets its share
-    (at least one step; see :func:`block_step_counts`); ``first-hitting`` ignores it. ``min_length``:
+    (at least one step; see :func:`steps_per_block`); ``first-hitting`` ignores it. ``min_length``:
     the first ``min_length`` generated positions cannot be end-of-text. Given positions never
     change; no MASK survives. Sample i depends only on (seed, first_row + i).
     """
@@ -216,7 +215,7 @@ def block_steps(
     canvas = Canvas(canvas.tokens.to(device), canvas.generated.to(device), canvas.active.to(device))
     check_canvas(canvas, process.block_size)
     sampler = BlockSampler(model, process, canvas, options, first_row)
-    steps = block_step_counts(options, canvas, process.block_size)
+    steps = steps_per_block(options.steps, process.block_size, int(canvas.generated.sum(dim=1).max()))
     for start in sampler.block_columns():
         if not bool(sampler.generated[:, start:].any()):
             return  # every row has ended
