@@ -411,7 +411,8 @@ class Page:
                 if control.stop_requested:
                     break
                 frame = make_frame(step, seconds)
-                last.total_steps = planned_steps(model, options, frame.generated)
+                if last.total_steps is None:  # the plan is fixed by the first frame's layout
+                    last.total_steps = planned_steps(model, options, frame.generated)
                 last.frames.append(frame)
                 last.steps.append(step)
                 if any(frame.new):  # steps that change nothing are not drawn
@@ -557,10 +558,13 @@ class CompareSide:
     def __init__(self, model: Model, options: SamplerOptions, pieces: TokenPieces, stream: Iterator[Any]):
         self.model, self.options, self.pieces, self.stream = model, options, pieces, stream
         self.make_frame, self.frame, self.last_step = FrameMaker(), None, None
+        self.total_steps: int | None = None
 
     def advance(self, step: SamplerStep, seconds: float) -> bool:
         """Take a step; whether it changed the canvas."""
         self.frame, self.last_step = self.make_frame(step, seconds), step
+        if self.total_steps is None:  # the plan is fixed by the first frame's layout
+            self.total_steps = planned_steps(self.model, self.options, self.frame.generated)
         return any(self.frame.new)
 
     def views(self, seed: int, state: str = "denoising") -> list[str]:
@@ -568,12 +572,11 @@ class CompareSide:
         mask_id = self.model.pipe.tokenizer.mask_id
         if self.frame is None:
             return [status_html(None, "waiting"), canvas_html(None, self.pieces, mask_id, "waiting...")]
-        total = planned_steps(self.model, self.options, self.frame.generated)
         note = ""
         if state == "done":
             result = run_result(self.model, self.options, [self.last_step], self.frame.seconds)
             note = f"entropy {result.entropy:.2f} nats"
-        return [status_html(self.frame, state, total, seed, note),
+        return [status_html(self.frame, state, self.total_steps, seed, note),
                 canvas_html(self.frame, self.pieces, mask_id)]
 
 
