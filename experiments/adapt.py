@@ -42,7 +42,6 @@ from ddlm.data import builtin_text
 from ddlm.device import describe_machine
 from ddlm.eval import DDLMJudge, unigram_entropy
 from ddlm.eval.report import EvalSettings, evaluate
-from ddlm.samplers import SamplerOptions
 from ddlm.viz.plots import plot_runs
 
 # Settings of every adaptation run: a lower peak learning rate than from scratch, the source's dropout.
@@ -120,7 +119,7 @@ def tinystories(args: argparse.Namespace, out: Path) -> None:
     for name in ("ar-full", "ar-half", "masked-scratch", "block4-scratch", "masked-adapted", "block4-adapted"):
         pipe = DiffusionPipeline.from_pretrained(out / name)
         like = likelihood(pipe, valid, args)
-        options = SamplerOptions(seed=0, steps=pipe.context_length) if pipe.process.name != "ar" else SamplerOptions(seed=0)
+        options = {"seed": 0, "steps": pipe.context_length} if pipe.process.name != "ar" else {"seed": 0}
         samples = evaluate(pipe, None, judge, EvalSettings(metrics=("samples",), num_samples=args.samples,
                                                           sampler=options))["samples"]
         results[name] = {"likelihood": like, "samples": samples}

@@ -30,7 +30,6 @@ from ddlm import DiffusionPipeline
 from ddlm.device import describe_machine
 from ddlm.eval import DDLMJudge, unigram_entropy
 from ddlm.eval.report import EvalSettings, evaluate, evaluation_rows
-from ddlm.samplers import SamplerOptions
 
 METHODS: dict[str, list[str]] = {
     "autoregressive": ["process.name=ar"],
@@ -107,7 +106,7 @@ def evaluate_method(pipe: DiffusionPipeline, judge: DDLMJudge, args: argparse.Na
     block_size = getattr(pipe.process, "block_size", 0)
     samples = {}
     for name, options in sampler_settings(pipe.process.name, block_size, pipe.context_length).items():
-        settings = EvalSettings(metrics=("samples",), num_samples=args.samples, sampler=SamplerOptions(seed=0, **options))
+        settings = EvalSettings(metrics=("samples",), num_samples=args.samples, sampler={"seed": 0, **options})
         samples[name] = row = evaluate(pipe, None, judge, settings)["samples"]
         print(f"  {name}: {row['model_calls']} calls, {row['tokens_per_second']:,.0f} tokens/s, "
               f"judge NLL {row['judge_nll']:.3f}, entropy {row['unigram_entropy']:.3f}", flush=True)

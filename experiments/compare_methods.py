@@ -27,7 +27,6 @@ from ddlm import DiffusionPipeline
 from ddlm.device import describe_machine
 from ddlm.eval import DDLMJudge
 from ddlm.eval.report import EvalSettings, evaluate
-from ddlm.samplers import SamplerOptions
 
 METHODS: dict[str, list[str]] = {
     "masked, linear (MDLM)": ["process.name=masked", "process.schedule.name=linear"],
@@ -75,7 +74,7 @@ def main() -> None:
         for steps in step_counts:
             settings = EvalSettings(metrics=("likelihood", "samples") if likelihood is None else ("samples",),
                                     draws=args.draws, max_sequences=args.max_sequences, num_samples=args.samples,
-                                    sampler=SamplerOptions(steps=steps, seed=0))
+                                    sampler={"steps": steps, "seed": 0})
             result = evaluate(pipe, args.valid or args.data, judge, settings)
             likelihood = likelihood or result["likelihood"]
             samples[steps] = result["samples"]

@@ -13,7 +13,6 @@ from ddlm.eval import DDLMJudge, distinct_n, evaluate_likelihood, load_judge, re
 from ddlm.eval.report import EvalSettings, evaluate
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Autoregressive, MaskedDiffusion, build_schedule
-from ddlm.samplers import SamplerOptions
 from ddlm.tokenizers import BPETokenizer, CharTokenizer
 from tests.helpers import IIDOracle
 from tests.test_stream import pipeline as stream_pipeline
@@ -170,7 +169,7 @@ def test_the_sampling_bar_has_a_total_and_reaches_it(process):
         bars[what] = (total, unit, ticks)
         return lambda amount=1: ticks.append(amount)
 
-    settings = EvalSettings(metrics=("samples",), num_samples=3, sampler=SamplerOptions(steps=8, seed=0))
+    settings = EvalSettings(metrics=("samples",), num_samples=3, sampler={"steps": 8, "seed": 0})
     evaluate(pipe, None, None, settings, progress)
     total, unit, ticks = bars["sampling"]
     assert (total, unit) == (3, "samples") and len(ticks) > 1 and all(tick > 0 for tick in ticks)

@@ -9,6 +9,7 @@ import torch
 
 from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
+from ddlm.eval.report import EvalSettings, sample_metrics
 from ddlm.families import build_process, get_family
 from ddlm.processes import Vocabulary
 from ddlm.samplers import SamplerOptions
@@ -174,8 +175,12 @@ def test_a_canvas_the_options_do_not_fit_raises_before_the_first_step():
 
 
 def test_eval_options_drop_what_does_not_apply_to_the_process():
-    options = SamplerOptions(policy="confidence", method="euler", steps=9)
-    assert get_family("ar").restrict(options) == SamplerOptions(steps=9)
+    changes = {"policy": "confidence", "method": "euler", "steps": 9, "seed": 0}
+    settings = EvalSettings(metrics=("samples",), num_samples=1, sampler=changes)
+    reported = sample_metrics(pipeline("ar"), None, settings)["sampler"]
+    assert reported["steps"] == 9 and "policy" not in reported and "method" not in reported
+    assert sample_metrics(pipeline("masked"), None, settings)["sampler"]["policy"] == "confidence"
+    options = SamplerOptions(**changes)
     masked = get_family("masked").applicable(options)
     assert masked["policy"] == "confidence" and "method" not in masked
     assert get_family("sedd-uniform").applicable(options)["method"] == "euler"

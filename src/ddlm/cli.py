@@ -14,14 +14,10 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ddlm import __version__
 from ddlm.bundled import DEFAULT_JUDGE, DEFAULT_MODEL
 from ddlm.errors import DDLMError
-
-if TYPE_CHECKING:
-    from ddlm.samplers.options import SamplerOptions
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
@@ -70,14 +66,15 @@ def add_sampler_flags(parser: argparse.ArgumentParser, defaults: dict[str, objec
                       notes: dict[str, str] | None = None) -> None:
     """One flag per sampler option (every registered family's), generated from the options' declarations.
 
-    A flag left unset is None, so the option keeps its declared default, unless the command gives
+    A flag left unset is None, so the option keeps the model's default, unless the command gives
     its own in ``defaults`` (``ddlm animate``: 64 steps); ``notes`` add a command's remark to a help text.
     """
     from ddlm.families import offered_options, option_help
 
     defaults, notes = defaults or {}, notes or {}
     parser.set_defaults(sampler_flags=True)
-    group = parser.add_argument_group("sampling")
+    group = parser.add_argument_group("sampling", "an option left unset takes the model's own default (its "
+                                      "sampler_config.json, where it has one), else the default shown")
     for declared in offered_options():
         default = defaults.get(declared.name)
         shown = declared if default is None else dataclasses.replace(declared, default=default)
@@ -91,14 +88,13 @@ def add_sampler_flags(parser: argparse.ArgumentParser, defaults: dict[str, objec
                                choices=declared.option.choices, help=text)
 
 
-def sampler_options_from_args(args: argparse.Namespace) -> SamplerOptions:
-    """The validated SamplerOptions of the parsed flags: each option from the flag of its name where one was set."""
+def sampler_changes(args: argparse.Namespace) -> dict[str, object]:
+    """The sampler options set by flags (or by the command's own defaults), by name: they replace the model's
+    sampler defaults (``DiffusionPipeline.sampler_options``), which are checked with them."""
     from ddlm.families import offered_options
-    from ddlm.samplers.options import SamplerOptions
 
-    given = {declared.name: getattr(args, declared.name) for declared in offered_options()
-             if getattr(args, declared.name, None) is not None}
-    return SamplerOptions.build(**given)
+    return {declared.name: getattr(args, declared.name) for declared in offered_options()
+            if getattr(args, declared.name, None) is not None}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -391,7 +387,7 @@ def run_sample(args: argparse.Namespace) -> int:
     from ddlm.viz.terminal import LiveView, SamplingProgress
 
     prompts = args.prompt[0] if args.prompt and len(args.prompt) == 1 else args.prompt
-    options = sampler_options_from_args(args).with_seed()
+    options = pipe.sampler_options(**sampler_changes(args)).with_seed()
     steps = pipe.stream(
         prompts, options, num_samples=args.num_samples, length=args.length, infill=args.infill, suffix=args.suffix,
         batch_size=args.batch_size, texts=False, chat=args.chat,
@@ -420,7 +416,7 @@ def run_animate(args: argparse.Namespace) -> int:
         frames = forward_frames(pipe.process, pipe.tokenizer, args.forward, args.steps + 1, args.seed or 0)
         legend = legend_for(None)
     else:
-        options = sampler_options_from_args(args).with_seed()
+        options = pipe.sampler_options(**sampler_changes(args)).with_seed()
         steps = list(pipe.stream(args.prompt, options, length=args.length, infill=args.infill, suffix=args.suffix,
                                  texts=False))
         frames, legend = denoising_frames(steps, pipe.tokenizer, args.color), legend_for(args.color)
@@ -465,7 +461,7 @@ def run_eval(args: argparse.Namespace) -> int:
         check_writable_file(args.json, "the --json file")  # before the work, not after the table
     settings = EvalSettings(
         metrics=tuple(args.metrics), draws=args.draws, max_sequences=args.max_sequences,
-        num_samples=args.num_samples, sampler=sampler_options_from_args(args), seed=args.seed,
+        num_samples=args.num_samples, sampler=sampler_changes(args), seed=args.seed,
         detokenizer=args.detokenizer,
     )
     pipes = {model: DiffusionPipeline.from_pretrained(model, device=args.device, precision=args.precision,

@@ -82,13 +82,6 @@ class Family:
     def no_option(self, name: str) -> DDLMError:
         return DDLMError(f"the {self.name} sampler has no option {name}; drop it for this model", field=name)
 
-    def restrict(self, options: SamplerOptions) -> SamplerOptions:
-        """``options`` with those this family does not take reset to their defaults (and foreign extras dropped)."""
-        foreign = {declared.name: declared.default for declared in self.foreign()}
-        own = {declared.name for declared in self.own()}
-        extra = {name: value for name, value in options.extra.items() if name in own}
-        return dataclasses.replace(options, **foreign, extra=extra)
-
     def applicable(self, options: SamplerOptions) -> dict[str, Any]:
         """The options this family takes, with their values (defaults for own options not given): for reports."""
         values = options.to_dict()

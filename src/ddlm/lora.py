@@ -139,4 +139,4 @@ def load_adapted(directory: Path, **loading: Any) -> Any:
     summary_path = directory / SUMMARY_FILE
     summary = read_json(summary_path, what="training summary") if summary_path.is_file() else {}
     return DiffusionPipeline(merged(pipe.model), pipe.tokenizer, pipe.process, summary, pipe.precision,
-                             loading.get("compile_model", False))
+                             loading.get("compile_model", False), pipe.sampler_defaults)

@@ -46,7 +46,7 @@ class GenerationRequest:
     """One generation, as the API's JSON or the web page's form gives it.
 
     ``options``: the sampler options the caller set (fields of :class:`SamplerOptions`);
-    the others keep their defaults. ``length`` None fills the context, up to the server's cap.
+    the others keep the model's defaults. ``length`` None fills the context, up to the server's cap.
     """
 
     model: str | None = None
@@ -74,8 +74,8 @@ class Model:
         return self.pipe.process.name
 
     def default_options(self) -> dict[str, Any]:
-        """The sampler options that apply to this model's process, with their defaults."""
-        return get_family(self.process).applicable(SamplerOptions())
+        """The sampler options that apply to this model's process, with the model's defaults."""
+        return get_family(self.process).applicable(self.pipe.sampler_options())
 
     @property
     def held_out_nelbo(self) -> float | None:
@@ -179,7 +179,8 @@ def open_stream(model: Model, request: GenerationRequest, limits: Limits) -> tup
         raise over_limit("num_samples", request.num_samples, limits.max_samples)
     try:
         given = {key: value for key, value in request.options.items() if value is not None}
-        options = SamplerOptions.build(**{"steps": min(SamplerOptions.steps, limits.max_steps), **given})
+        options = model.pipe.sampler_options(**{"steps": min(model.pipe.sampler_options().steps, limits.max_steps),
+                                                **given})
         if options.steps > limits.max_steps:
             raise over_limit("steps", options.steps, limits.max_steps)
         rows = request_rows(model.pipe, request, limits)

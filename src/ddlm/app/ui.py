@@ -92,10 +92,21 @@ def option_input(declared: DeclaredOption, step_cap: int, **keywords: Any) -> gr
                      **shown)
 
 
-def option_inputs(step_cap: int, offered: set[str]) -> dict[str, gr.components.Component]:
-    """One control per sampler option but the seed (the page has its own), shown if ``offered``."""
-    return {declared.name: option_input(declared, step_cap, visible=declared.name in offered)
+def option_inputs(step_cap: int, offered: set[str], values: dict[str, Any] | None = None
+                  ) -> dict[str, gr.components.Component]:
+    """One control per sampler option but the seed (the page has its own), shown if ``offered``, showing its
+    value in ``values`` (a model's: :func:`control_values`) or its declared default."""
+    values = values or {}
+    return {declared.name: option_input(declared, step_cap, visible=declared.name in offered,
+                                        **({"value": values[declared.name]} if declared.name in values else {}))
             for declared in offered_options() if declared.name != "seed"}
+
+
+def control_values(model: Model) -> dict[str, Any]:
+    """What each control of an option ``model`` takes shows: the model's default (its sampler_config.json's, else
+    the declared one), an option that is off as its 'off' value."""
+    table = option_table()
+    return {name: table[name].option.off if value is None else value for name, value in model.default_options().items()}
 
 
 def controls_for(model: Model) -> set[str]:
@@ -321,11 +332,14 @@ class Page:
         return page
 
     def switch_model(self, name: str, prompt: str, suffix: str, length: float) -> list[Any]:
-        """A model chosen: its card, the room its context leaves, its chat format, and the sampler options it takes."""
+        """A model chosen: its card, the room its context leaves, its chat format, and the sampler options it takes,
+        set to its defaults."""
         model = self.models.get(name)
-        offered, chat = controls_for(model), model.pipe.has_chat_format
+        offered, chat, values = controls_for(model), model.pipe.has_chat_format, control_values(model)
+        shown = [gr.update(visible=True, value=min(values[option], self.step_cap) if option == "steps" else values[option])
+                 if option in offered else gr.update(visible=False) for option in self.option_names]
         return [card_markdown(model), length_slider([model], prompt, suffix, length, self.limits),
-                gr.update(visible=chat, value=chat), *[gr.update(visible=option in offered) for option in self.option_names]]
+                gr.update(visible=chat, value=chat), *shown]
 
     # ----- generate -----
 
@@ -358,8 +372,8 @@ class Page:
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", elem_id="stop")
-                with gr.Accordion("Sampler options (defaults of the model's process)", open=False, elem_id="options"):
-                    options = option_inputs(self.step_cap, controls_for(first))
+                with gr.Accordion("Sampler options (the model's defaults)", open=False, elem_id="options"):
+                    options = option_inputs(self.step_cap, controls_for(first), control_values(first))
                     self.option_names = list(options)
             with gr.Column(scale=3, min_width=300):
                 status = gr.HTML(status_html(None, note="Press Generate to start."), elem_id="status")

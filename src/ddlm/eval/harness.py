@@ -318,8 +318,8 @@ class DDLMHarnessModel(LM):
     ``batch_size``: requests per model call, each ``mc_draws`` rows for a diffusion model (|c| rows
     left to right, ``mc_draws`` * |c| in random orders). ``greedy_check``: decide a diffusion
     model's ``is_greedy`` with the greedy sampler (see the module notes). Every other argument is a
-    :class:`SamplerOptions` field (``steps``, ``policy``, ``block_length``, ``seed``, ...), the defaults of
-    ``generate_until``, whose ``gen_kwargs`` replace them per request; ``seed`` (default 0)
+    :class:`SamplerOptions` field (``steps``, ``policy``, ``block_length``, ``seed``, ...), over the
+    model's own sampler defaults: the defaults of ``generate_until``, whose ``gen_kwargs`` replace them per request; ``seed`` (default 0)
     also seeds the Monte Carlo draws.
     """
 
@@ -337,7 +337,7 @@ class DDLMHarnessModel(LM):
         self.masked_future = flag("masked_future", masked_future)
         self.pipe = pretrained if isinstance(pretrained, DiffusionPipeline) else DiffusionPipeline.from_pretrained(
             str(pretrained), device=device, precision=precision, trust_remote_code=trust_remote_code)
-        self.options = SamplerOptions.build(SamplerOptions(seed=0), **sampler_options)
+        self.options = self.pipe.sampler_options(**{"seed": 0, **sampler_options})
         get_family(self.pipe.process.name).check(self.options)
         self.mc_draws, self.batch_size, self.greedy_check = mc_draws, batch_size_of(batch_size), bool(greedy_check)
         self.estimator = estimator

@@ -19,7 +19,7 @@ from ddlm.eval.diversity import distinct_n, repetition_rate, unigram_entropy
 from ddlm.eval.judge import Judge
 from ddlm.eval.likelihood import evaluate_likelihood
 from ddlm.families import get_family
-from ddlm.samplers import SampleOutput, SamplerOptions, SamplerStep
+from ddlm.samplers import SampleOutput, SamplerStep
 
 METRICS = ("likelihood", "samples")
 
@@ -32,7 +32,8 @@ class EvalSettings:
     draws: int = 16  # NELBO time draws per sequence
     max_sequences: int = 64  # held-out rows scored (0: all)
     num_samples: int = 16
-    sampler: SamplerOptions = field(default_factory=lambda: SamplerOptions(seed=0))  # steps, policy, seed, ...
+    # the sampler options set (steps, policy, seed, ...): each model's own defaults fill in the rest
+    sampler: dict[str, Any] = field(default_factory=lambda: {"seed": 0})
     seed: int = 0  # of the NELBO time draws
     detokenizer: str | None = None  # of the held-out text (ddlm.data.zero_shot.DETOKENIZERS); a corpus's own if None
 
@@ -91,7 +92,8 @@ def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings,
                    tick: Callable[[float], Any] | None = None) -> dict:
     """Speed, diversity and (with a judge) generative perplexity of unconditional samples; ``tick`` with the
     samples' progress at each step (see :func:`counted`)."""
-    options = get_family(pipe.process.name).restrict(settings.sampler)  # one command may compare models of several processes
+    family = get_family(pipe.process.name)  # one command may compare models of several processes
+    options = pipe.sampler_options(**{name: value for name, value in settings.sampler.items() if name in family.offered()})
     start = time.perf_counter()
     steps = pipe.stream(options=options, num_samples=settings.num_samples, texts=False)
     output = SampleOutput.of_stream(counted(steps, tick), pipe.tokenizer.pad_id)
@@ -100,7 +102,7 @@ def sample_metrics(pipe, judge: Judge | None, settings: EvalSettings,
     ids = [pipe.tokenizer.encode(text) for text in texts]
     generated = int(output.canvas.generated.sum())
     metrics = {
-        "sampler": get_family(pipe.process.name).applicable(options),  # the options that apply to this model's sampler
+        "sampler": family.applicable(options),  # the options that apply to this model's sampler
         "model_calls": output.model_calls,
         "seconds": seconds,
         "tokens_per_second": generated / seconds,

@@ -1,7 +1,9 @@
 """A model directory on disk: where it is (a folder, a bundled name, a Hub id), and writing and reading it.
 
 A model directory holds ``config.json``, ``model.safetensors`` (EMA weights by default), the tokenizer
-files and ``training_summary.json``: the layout the Hugging Face Hub hosts. Loading never unpickles.
+files, ``training_summary.json`` and, where the model has sampler defaults of its own,
+``sampler_config.json`` (the counterpart of a ``transformers`` model's ``generation_config.json``):
+the layout the Hugging Face Hub hosts. Loading never unpickles.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from ddlm import __version__
 from ddlm.bundled import DESCRIPTIONS, bundled_model_path
 from ddlm.device import resolve_device
 from ddlm.errors import DDLMError
-from ddlm.families import build_process
+from ddlm.families import build_process, get_family
 from ddlm.fileio import atomic_path, write_json_atomic
 from ddlm.hf import HFDiffusionModel, is_transformers_config, load_transformers_model
 from ddlm.model import ModelConfig, Transformer
 from ddlm.processes import Process, Vocabulary
+from ddlm.samplers import SamplerOptions
 from ddlm.tokenizers import Tokenizer, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")  # refused: loading a pickle can run code
 SUMMARY_FILE = "training_summary.json"
+SAMPLER_FILE = "sampler_config.json"
 
 LoadedModel = tuple[Transformer | HFDiffusionModel, Tokenizer, Process, dict[str, Any]]
 
@@ -99,6 +103,38 @@ def read_model_directory(directory: Path, device: str, precision: str, trust_rem
         raise DDLMError(f"{weights_path} holds NaN or infinite weights ({', '.join(broken[:3])}"
                         f"{', ...' if len(broken) > 3 else ''}); re-export the model from a healthy checkpoint")
     return model.to(resolve_device(device)), tokenizer, process, read_summary(directory)
+
+
+def write_sampler_defaults(directory: Path, defaults: dict[str, Any]) -> None:
+    """Write the model's sampler defaults to ``sampler_config.json`` (none: remove a stale file)."""
+    path = directory / SAMPLER_FILE
+    if defaults:
+        write_json_atomic(path, defaults)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def read_sampler_defaults(directory: Path, process_name: str) -> dict[str, Any]:
+    """The sampler defaults in ``directory``'s ``sampler_config.json`` (none where there is no such file),
+    checked as options of the model's sampler."""
+    path = directory / SAMPLER_FILE
+    if not path.is_file():
+        return {}
+    defaults = read_json(path, what="sampler config")
+    try:
+        check_sampler_defaults(defaults, process_name)
+    except DDLMError as error:
+        raise DDLMError(f"{path}: {error}; fix or delete the file") from None
+    return defaults
+
+
+def check_sampler_defaults(defaults: dict[str, Any], process_name: str) -> None:
+    """Raise a DDLMError unless ``defaults`` are valid options of the ``process_name`` sampler, without a seed
+    (a model-wide seed would make every sample the same)."""
+    if "seed" in defaults:
+        raise DDLMError("a model's sampler defaults cannot fix the seed (every sample would be the same)",
+                        field="seed")
+    get_family(process_name).check(SamplerOptions.build(**defaults))
 
 
 def read_summary(directory: Path) -> dict[str, Any]:

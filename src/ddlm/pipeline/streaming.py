@@ -3,7 +3,7 @@ each step with its texts; ``sample`` and ``generate`` drain the stream."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ class Streaming(CanvasBuilding):
     """The part of :class:`~ddlm.pipeline.DiffusionPipeline` that generates, on the canvases it lays out."""
 
     sampling_model: torch.nn.Module
+    sampler_options: Callable[..., SamplerOptions]
     precision: str
     device: torch.device
 
@@ -46,13 +47,15 @@ class Streaming(CanvasBuilding):
         each). ``infill``: a template such as ``"The [MASK*5] sat on the [MASK] mat"`` instead
         of a prompt. ``suffix``: text fixed after the generated positions. ``chat``: each prompt
         is a user turn in the tokenizer's chat template (Hugging Face chat models). ``options``: a
-        :class:`SamplerOptions`; keywords (``steps=64, policy="confidence"``, any field of it)
-        build one or replace its fields. Samples are drawn ``batch_size`` at a time, batch
+        :class:`SamplerOptions`, taken as it is; keywords (``steps=64, policy="confidence"``, any
+        field of it) replace its fields, or without ``options`` those of the model's sampler
+        defaults (:meth:`sampler_options`). Samples are drawn ``batch_size`` at a time, batch
         after batch (a step's ``first_sample`` says which); sample i is the same for every
         batch size. Without a seed one is drawn and reported in every step's ``seed``.
         Bad input raises here, before the first step.
         """
-        options = self.checked_options(SamplerOptions.build(options, **option_keywords), batch_size)
+        base = options if options is not None else self.sampler_options()
+        options = self.checked_options(SamplerOptions.build(base, **option_keywords), batch_size)
         rows = self.canvas_rows(prompt, num_samples, length, infill, suffix, chat)
         return self.stream_rows(rows, options, batch_size=batch_size, stop_at_eos=stop_at_eos, texts=texts)
 
