@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -340,6 +341,16 @@ def test_finetune_cli_exports_a_model_directory_that_samples_in_its_chat_format(
         assert "embed.weight" in changed
     text = pipe.generate("hello", chat=True, length=6, steps=6, seed=0)[0]
     assert text.startswith("ROMEO:\nhello\n\nJULIET:\n")
+
+
+@pytest.mark.parametrize("lora", [[], ["--lora-rank", "4", "--lora-save", "adapter"]], ids=["full", "adapter"])
+def test_a_fine_tuned_model_keeps_the_sampler_defaults_of_its_source(ddlm_models, tmp_path, lora):
+    source = tmp_path / "source"
+    shutil.copytree(ddlm_models / "masked", source)
+    defaults = {"policy": "confidence", "temperature": 0.7}
+    (source / "sampler_config.json").write_text(json.dumps(defaults))
+    assert main(finetune_args(ddlm_models, tmp_path / "ft", *lora, model=str(source))) == 0  # (an absolute path)
+    assert DiffusionPipeline.from_pretrained(tmp_path / "ft").sampler_defaults == defaults
 
 
 def test_lora_adapter_alone_loads_as_the_merged_model(ddlm_models, tmp_path):

@@ -189,6 +189,7 @@ class FineTuneTrainer(Trainer):
         self.lora_config: Any = None
         self.truncated_rows = 0  # examples cut to the context (set by prepare_finetune)
         self.chat = False  # whether the examples include chat turns (set by prepare_finetune)
+        self.sampler_defaults = dict(source.sampler_defaults)  # the fine-tuned model keeps the source's
         super().__init__(config, source.tokenizer, train_rows, valid_rows, out_dir, device, show_progress)
         self.source = None  # its weights are in the model now
         if settings.gradient_checkpointing:
@@ -236,7 +237,8 @@ class FineTuneTrainer(Trainer):
     def pipeline(self) -> DiffusionPipeline:
         model = self.load_ema_into_eval_model()
         return DiffusionPipeline(merged(model) if self.settings.lora_rank else model, self.tokenizer, self.process,
-                                 summary=self.summary(), precision=self.precision)
+                                 summary=self.summary(), precision=self.precision,
+                                 sampler_defaults=self.sampler_defaults)
 
     def summary(self) -> dict[str, Any]:
         """The run's summary, with the fine-tuning settings and, for ddlm tokenizers trained on chat turns, the
