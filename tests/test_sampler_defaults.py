@@ -103,11 +103,18 @@ def test_the_server_and_the_page_start_from_the_model_defaults(model_dir):
     from ddlm.app.limits import Limits
     from ddlm.app.server import create_app
     from ddlm.app.service import Models
-    from ddlm.app.ui import control_values
+    from ddlm.app.api import Server
+    from ddlm.app.ui import Page, control_values
 
-    models = Models.load([str(model_dir)])
+    models = Models.load([str(model_dir), str(trained_models()["tiny-masked"])])
     assert control_values(models.get(None))["policy"] == "confidence"
     limits = Limits(max_samples=2, max_length=24, max_steps=64, max_seconds=30, workers=1, queue_size=2)
+    page = Page(Server(models, limits))
+    page.build()  # the controls show the first model's defaults; choosing another shows its own
+    shown = dict(zip(page.option_names, page.switch_model("tiny-masked", "ab", "", 12)[3:]))
+    assert shown["policy"]["value"] == "ancestral" and shown["temperature"]["value"] == 1.0
+    shown = dict(zip(page.option_names, page.switch_model("model", "ab", "", 12)[3:]))
+    assert shown["policy"]["value"] == "confidence" and shown["temperature"]["value"] == 0.5
     with TestClient(create_app(models, limits, web_page=False)) as client:
         card = client.get("/v1/models").json()["models"][0]
         assert card["sampler_defaults"]["policy"] == "confidence"

@@ -179,8 +179,8 @@ def open_stream(model: Model, request: GenerationRequest, limits: Limits) -> tup
         raise over_limit("num_samples", request.num_samples, limits.max_samples)
     try:
         given = {key: value for key, value in request.options.items() if value is not None}
-        options = model.pipe.sampler_options(**{"steps": min(model.pipe.sampler_options().steps, limits.max_steps),
-                                                **given})
+        defaults = model.pipe.sampler_options()  # the model's, its step budget within the server's cap
+        options = SamplerOptions.build(defaults, **{"steps": min(defaults.steps, limits.max_steps), **given})
         if options.steps > limits.max_steps:
             raise over_limit("steps", options.steps, limits.max_steps)
         rows = request_rows(model.pipe, request, limits)

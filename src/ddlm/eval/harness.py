@@ -319,8 +319,8 @@ class DDLMHarnessModel(LM):
     left to right, ``mc_draws`` * |c| in random orders). ``greedy_check``: decide a diffusion
     model's ``is_greedy`` with the greedy sampler (see the module notes). Every other argument is a
     :class:`SamplerOptions` field (``steps``, ``policy``, ``block_length``, ``seed``, ...), over the
-    model's own sampler defaults: the defaults of ``generate_until``, whose ``gen_kwargs`` replace them per request; ``seed`` (default 0)
-    also seeds the Monte Carlo draws.
+    model's own sampler defaults: the defaults of ``generate_until``, whose ``gen_kwargs`` replace
+    them per request; ``seed`` (default 0) also seeds the Monte Carlo draws.
     """
 
     def __init__(self, pretrained: str | DiffusionPipeline = DEFAULT_MODEL, mc_draws: int = 32,
