@@ -369,11 +369,46 @@ def test_random_orders_converge_to_the_monte_carlo_bound():
 
 @pytest.mark.parametrize("kind", ["ar", "block"])
 def test_the_estimator_and_the_masked_future_change_nothing_for_autoregressive_and_block_models(kind):
+    """(A block model takes the left-to-right estimator, tested below, and refuses random orders.)"""
     pipe = tiny_pipe(kind)
     pairs = [(pipe.tokenizer.encode("ab c\n"), pipe.tokenizer.encode("cbaab")), ([], pipe.tokenizer.encode("ab"))]
     reference = Scorer(pipe, draws=6).score(pairs, batch_size=2)
-    for estimator, future in itertools.product(("monte_carlo", "left_to_right", "random_order"), (False, True)):
+    estimators = ("monte_carlo", "left_to_right", "random_order") if kind == "ar" else ("monte_carlo",)
+    for estimator, future in itertools.product(estimators, (False, True)):
         assert Scorer(pipe, draws=6, estimator=estimator, masked_future=future).score(pairs, batch_size=2) == reference
+    if kind == "block":
+        with pytest.raises(DDLMError, match="random_order estimator is for masked models"):
+            Scorer(pipe, estimator="random_order")
+
+
+def block_left_to_right_value(pipe: DiffusionPipeline, context: list[int], continuation: list[int]) -> float:
+    """log p of the continuation written one token per step from each block's left, one scorer row per position:
+    the position's block holds MASK from it on, every other position is clean."""
+    scorer, start, total = Scorer(pipe), len(context), 0.0
+    x0 = torch.tensor([[*context, *continuation]])
+    for position in range(start, start + len(continuation)):
+        block_end = (position // BLOCK + 1) * BLOCK
+        masked = torch.zeros_like(x0, dtype=torch.bool)
+        masked[0, position:block_end] = True
+        with torch.no_grad():
+            log_probs = pipe.process.log_probs(scorer.diffusion_logits(x0, masked, torch.ones(1)))[0]
+        total += float(log_probs[position, x0[0, position]])
+    return total
+
+
+@pytest.mark.parametrize("shift", [False, True], ids=["plain", "shifted"])
+def test_left_to_right_for_a_block_model_is_the_log_likelihood_of_a_sampler_and_sums_to_one(shift):
+    pipe = tiny_pipe("block", shift=shift)
+    scorer = Scorer(pipe, estimator="left_to_right")
+    context = pipe.tokenizer.encode("ab ")  # the continuation ends block 0 and fills most of block 1
+    tokens = [token for token in range(pipe.tokenizer.vocab_size) if token not in (pipe.process.mask_id, pipe.process.pad_id)]
+    continuations = [list(tokens) for tokens in itertools.product(tokens, repeat=4)]
+    scores = [value for value, _ in scorer.score([(context, continuation) for continuation in continuations], 256)]
+    assert math.fsum(math.exp(value) for value in scores) == pytest.approx(1.0, abs=1e-6)  # a distribution
+    for index in (0, 17, len(continuations) - 1):
+        assert scores[index] == pytest.approx(block_left_to_right_value(pipe, context, continuations[index]), rel=1e-5)
+    bound = Scorer(pipe, draws=8, estimator="monte_carlo").score([(context, continuations[17])], 1)[0][0]
+    assert bound != pytest.approx(scores[17], rel=1e-3)  # a different estimate, not the same rows
 
 
 # ----- generation, arguments and errors -----

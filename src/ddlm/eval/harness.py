@@ -15,17 +15,19 @@ the continuation's, cut from the left to the model's context:
 - block diffusion: the same estimator inside each block the continuation reaches, the
   earlier blocks clean (blocks start at the canvas's first position): the block-wise bound.
 
-``estimator`` picks how a masked model's log-likelihood is computed (block and autoregressive
-models ignore it):
+``estimator`` picks how a diffusion model's log-likelihood is computed (autoregressive models
+ignore it):
 
 - ``monte_carlo`` (the default): LLaDA's estimator above, ``mc_draws`` draws.
 - ``left_to_right``: the continuation unmasked one token per step from the left, the log p of
   each true token summed: the exact log-likelihood of the one-token-per-step sampler with that
   order (the model given the masked fraction, as the sampler gives it). Deterministic, |c| rows
-  per request; the documented choice for multiple choice.
-- ``random_order``: the same along ``mc_draws`` uniformly random orders (seeded by the context),
-  averaged: unbiased for the same bound as ``monte_carlo`` (over a random order, the token
-  unmasked at the step with l masked is uniform among them), each draw using every token.
+  per request; the documented choice for multiple choice. For a block model, left to right
+  inside every block at once, the earlier blocks clean: block-size rows per request, the exact
+  log-likelihood of the block sampler writing one token per step from each block's left.
+- ``random_order`` (masked models): the same along ``mc_draws`` uniformly random orders (seeded by
+  the context), averaged: unbiased for the same bound as ``monte_carlo`` (over a random order, the
+  token unmasked at the step with l masked is uniform among them), each draw using every token.
 
 ``masked_future`` (masked models only; autoregressive and block models ignore it): the canvas goes on
 after the continuation with MASK positions up to the model's context, as every training window runs
@@ -137,7 +139,10 @@ class Scorer:
         check_integer("mc_draws", draws, minimum=1)
         check_estimator(estimator)
         self.pipe, self.draws, self.seed = pipe, draws, seed
-        self.estimator = estimator if pipe.process.name == "masked" else "monte_carlo"  # the others have one
+        if estimator == "random_order" and pipe.process.name == "block":
+            raise DDLMError("the random_order estimator is for masked models; score a block model with "
+                            "left_to_right or monte_carlo", field="estimator")
+        self.estimator = estimator if pipe.process.name != "ar" else "exact"
         self.future = flag("masked_future", masked_future) and pipe.process.name == "masked"
         self.model, self.process, self.tokenizer = pipe.model, pipe.process, pipe.tokenizer
         self.exact = self.process.name == "ar"
@@ -219,8 +224,10 @@ class Scorer:
         n = end - start
         if self.exact:
             return torch.zeros((1, n), dtype=torch.bool), torch.ones((1, n), dtype=torch.float64)
-        if self.estimator == "left_to_right":
-            return order_masks(torch.arange(n)[None])
+        if self.estimator == "left_to_right":  # row k hides the positions from the k-th of each group on
+            rank = self.rank_in_group(start, end)
+            steps = torch.arange(int(rank.max()) + 1)[:, None]
+            return rank >= steps, (rank == steps).double()
         generator = torch.Generator().manual_seed(context_seed(self.seed, context))
         if self.estimator == "random_order":
             masked, weight = order_masks(torch.stack([torch.randperm(n, generator=generator) for _ in range(self.draws)]))
@@ -235,6 +242,12 @@ class Scorer:
             return torch.zeros_like(positions)
         blocks = positions // self.process.block_size
         return blocks - blocks[0]
+
+    def rank_in_group(self, start: int, end: int) -> torch.Tensor:
+        """Where each continuation position stands in its group, counted from the left: in the whole continuation
+        for masked diffusion, in its block (from the block's first position, context or not) for a block model."""
+        positions = torch.arange(start, end)
+        return positions % self.process.block_size if self.process.name == "block" else positions - start
 
     def diffusion_logits(self, x0: torch.Tensor, masked: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
         """Scores at every position of ``x0`` with the ``masked`` positions hidden (and padding)."""
