@@ -64,3 +64,18 @@ def test_the_whole_validation_set_is_a_star_beside_the_periodic_curve(tmp_path, 
     star = next(line for line in validation if line.get_marker() == "*" and len(line.get_xdata()))
     assert list(curve.get_ydata()) == [0.6, 0.3] and list(star.get_ydata()) == [0.5]
     assert star.get_color() == curve.get_color()
+
+
+def test_the_autoregressive_term_of_an_adaptation_run_is_dashed_beside_its_training_loss(tmp_path, figures):
+    run = tmp_path / "adapted"
+    run.mkdir()
+    log = MetricsLog(run)
+    for step in (5, 10, 15):
+        log.write(step=step, elapsed_s=step * 30.0, train_nelbo=4 / step, train_ar_nll=2 / step)
+    log.close()
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
+    training = figures[0].axes[0].get_lines()  # top left: training against steps
+    solid = next(line for line in training if line.get_linestyle() == "-" and len(line.get_xdata()))
+    dashed = next(line for line in training if line.get_linestyle() == "--" and len(line.get_xdata()))
+    assert list(dashed.get_ydata()) == pytest.approx([0.4, 0.2, 2 / 15]) and dashed.get_color() == solid.get_color()
+    assert "autoregressive term" in [text.get_text() for text in figures[0].axes[0].get_legend().get_texts()][-1]

@@ -29,11 +29,13 @@ def pyplot():
 
 def read_log(run: str | Path) -> dict[str, list[tuple[float, float, float]]]:
     """From a run's log.csv: (step, seconds, value) points of the training NELBO, the periodic validation
-    estimate and the final validation over the whole set."""
+    estimate, the final validation over the whole set and, in an adaptation run that keeps one, the
+    autoregressive loss term (``adapt.ar_loss_weight``)."""
     path = Path(run) / LOG_FILE
     if not path.is_file():
         raise DDLMError(f"no {LOG_FILE} in {run}; pass the --out folder of a `ddlm train` run")
-    curves: dict[str, list[tuple[float, float, float]]] = {"train_nelbo": [], "valid_nelbo": [], "final_valid_nelbo": []}
+    curves: dict[str, list[tuple[float, float, float]]] = {"train_nelbo": [], "valid_nelbo": [], "final_valid_nelbo": [],
+                                                           "train_ar_nll": []}
     with path.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             for name, points in curves.items():
@@ -106,6 +108,10 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[str]:
             axes[row][0].plot([p[0] for p in points], [p[2] for p in points], label=name, color=color, **style)
             axes[row][1].plot([p[1] / unit for p in points], [p[2] for p in points], color=color, **style)
             axes[row][0].set_ylabel(f"{label} (nats/token)")
+        ar_term = curves["train_ar_nll"]  # an adaptation run's autoregressive term: dashed beside its training loss
+        for column, x in enumerate((lambda p: p[0], lambda p: p[1] / unit)):
+            axes[0][column].plot([x(p) for p in ar_term], [p[2] for p in ar_term], linestyle="--", linewidth=1,
+                                 color=color)
         final = curves["final_valid_nelbo"]  # the whole validation set, once at the end: a star
         for column, x in enumerate((lambda p: p[0], lambda p: p[1] / unit)):
             axes[1][column].plot([x(p) for p in final], [p[2] for p in final], linestyle="none", marker="*",
@@ -124,6 +130,8 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path) -> list[str]:
             for axis in axes[row]:
                 axis.text(0.5, 0.5, f"no {label} points logged", transform=axis.transAxes, ha="center", color="gray")
                 axis.set_yticks([])
+    if any(curves["train_ar_nll"] for curves in logs.values()):
+        axes[0][0].plot([], [], linestyle="--", linewidth=1, color="gray", label="autoregressive term (adapt.ar_loss_weight)")
     axes[0][0].legend(fontsize="small")
     if any(curves["final_valid_nelbo"] for curves in logs.values()):
         axes[1][0].plot([], [], linestyle="none", marker="*", markersize=9, color="gray", label="whole validation set, at the end")
