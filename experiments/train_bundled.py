@@ -1,14 +1,17 @@
-"""Train and export the two bundled models, `shakespeare` and `shakespeare-ar`, with their model cards.
+"""Train and export the bundled models, with their model cards: `shakespeare` and `shakespeare-ar` from
+scratch, then `shakespeare-block` adapted from the exported `shakespeare-ar`.
 
-    python experiments/train_bundled.py                       # both: train, then export
-    python experiments/train_bundled.py --export-only         # export runs/bundled/* again
+    python experiments/train_bundled.py                                # all: train, then export
+    python experiments/train_bundled.py --only shakespeare-block       # one of them
+    python experiments/train_bundled.py --export-only                  # export runs/bundled/* again
 
 Each model trains on the first 90% of the built-in tiny Shakespeare with its configuration in
-experiments/bundled/NAME.yaml, for a fixed time (the published models: the two side by side, one
-CPU thread each, on a 2-core machine). The export then scores the whole held-out 10% with the
-EMA weights in float32 and in bfloat16 (same noise draws), keeps bf16 when the two NELBOs differ
-by less than 0.005 nats, measures the share of real words in samples (masked model) and writes
-the model directory, with a model card, into src/ddlm/bundled/NAME.
+experiments/bundled/NAME.yaml, for a fixed time, one CPU thread each (the published models: the
+two from scratch side by side on a 2-core machine; the adapted one beside another run). The
+export then scores the whole held-out 10% with the EMA weights in float32 and in bfloat16 (same
+noise draws), keeps bf16 when the two NELBOs differ by less than 0.005 nats, measures the share of
+real words in samples drawn with the model's sampler defaults and writes the model directory, with
+those defaults (sampler_config.json) and a model card, into src/ddlm/bundled/NAME.
 """
 
 from __future__ import annotations
@@ -60,8 +63,17 @@ class Stage:
 # with peak lr 1e-3. shakespeare-ar: 80 minutes, then a warm restart towards 210 minutes stopped at
 # step 6,000, its best logged validation (it overfits after), averaging the EMA weights of its last
 # 2,000 steps.
+# shakespeare-block: 60 minutes from the AR model's weights (the adaptation budget of issue #25).
 MODELS = {"shakespeare": (Stage(120), Stage(225, lr=1e-3), Stage(355, lr=1e-3)),
-          "shakespeare-ar": (Stage(80), Stage(210, lr=1e-3, stop_after=6000, average=(4000, 4500, 5000, 5500, 6000)))}
+          "shakespeare-ar": (Stage(80), Stage(210, lr=1e-3, stop_after=6000, average=(4000, 4500, 5000, 5500, 6000))),
+          "shakespeare-block": (Stage(60),)}
+INIT = {"shakespeare-block": "shakespeare-ar"}  # ddlm train --init: the bundled model a run starts from
+# How each model samples unless told otherwise (its sampler_config.json), the settings its card's figures use.
+# A block model writes one token per step (256 steps over blocks of 4) by confidence: at two tokens per step,
+# or drawn in random order (ancestral), its samples fall to about 43% real words.
+SAMPLER_DEFAULTS = {"shakespeare": {"steps": 256, "temperature": 0.8},
+                    "shakespeare-ar": {"temperature": 0.8},
+                    "shakespeare-block": {"policy": "confidence", "steps": 256, "temperature": 0.8}}
 KEPT = "averaged"  # the run directory's folder of kept EMA weights, one file per step
 
 
@@ -76,6 +88,7 @@ def train(name: str, threads: int) -> int:
                 command = ["ddlm", "train", "--out", str(out), "--time-budget", f"{stage.minutes}m", "--no-progress"]
                 if first:
                     command += ["--config", str(ROOT / "experiments" / "bundled" / f"{name}.yaml"), "--data", "shakespeare"]
+                    command += ["--init", INIT[name]] if name in INIT else []
                 else:
                     command += ["--resume"]
                 command += [f"optim.lr={stage.lr}"] if stage.lr is not None else []
@@ -119,10 +132,10 @@ def held_out_nelbo(pipe: DiffusionPipeline, draws: int) -> tuple[float, float]:
 
 
 def sample_figures(pipe: DiffusionPipeline) -> dict:
-    """Real-word share and entropy at temperature 0.8 (experiments/real_words.py's setting), and one sample."""
+    """Real-word share and entropy with the model's sampler defaults (experiments/real_words.py's count), and one
+    sample."""
     vocabulary = set(words(builtin_text("shakespeare")))
-    options = {"temperature": 0.8} if pipe.process.name == "ar" else {"temperature": 0.8, "steps": 256}
-    output = pipe.sample(PROMPT, num_samples=16, length=224, seed=0, **options)
+    output = pipe.sample(PROMPT, num_samples=16, length=224, seed=0)
     texts = [pipe.decode(output, row) for row in range(16)]
     entropy = sum(unigram_entropy(output.tokens[row][output.canvas.generated[row]].tolist()) for row in range(16)) / 16
     return {"real_words": real_word_share([text[len(PROMPT):] for text in texts], vocabulary),
@@ -133,6 +146,7 @@ def export(name: str) -> dict:
     """Score the run's EMA weights in fp32 and bf16 and write the bundled model directory."""
     run = ROOT / "runs" / "bundled" / name
     pipe = DiffusionPipeline.from_pretrained(run, device="cpu", precision="fp32")
+    pipe.sampler_defaults = SAMPLER_DEFAULTS[name]
     averaged = average_kept_weights(pipe, run)
     draws = 1 if pipe.process.name == "ar" else 8
     fp32_state = {key: value.clone() for key, value in pipe.model.state_dict().items()}
@@ -158,9 +172,11 @@ def model_card(name: str, summary: dict, figures: dict, history: list[dict]) -> 
     """The model directory's README.md; ``history``: the run's resumptions with changed settings (run.json)."""
     config = summary["run_config"]
     model, optim = config["model"], config["optim"]
-    kind = "an autoregressive (causal)" if config["process"]["name"] == "ar" else "a masked-diffusion (linear schedule)"
-    unit = "NLL (exact)" if config["process"]["name"] == "ar" else f"NELBO ({figures['draws']} stratified time draws per row)"
-    sampler = "temperature 0.8" if config["process"]["name"] == "ar" else "ancestral, 256 steps, temperature 0.8"
+    process = config["process"]["name"]
+    kind = {"ar": "an autoregressive (causal)", "masked": "a masked-diffusion (linear schedule)",
+            "block": f"a block-diffusion (blocks of {config['process'].get('block_size')})"}[process]
+    unit = "NLL (exact)" if process == "ar" else f"NELBO ({figures['draws']} stratified time draws per row)"
+    sampler = sampler_words(SAMPLER_DEFAULTS[name])
     context = config["data"]["context_length"]
     conditioning = f", adaLN noise conditioning (width {model['cond_dim']})" if model.get("time_conditioning") else ""
     rows = {
@@ -170,8 +186,14 @@ def model_card(name: str, summary: dict, figures: dict, history: list[dict]) -> 
         "training": f"{summary['steps']:,} steps of {optim['batch_size']} x {context} characters ({summary['tokens']:,} tokens), "
                     f"{summary['train_seconds'] / 60:.0f} minutes, AdamW, cosine learning rate by time, EMA {optim['ema']}, "
                     f"{summary['precision']} autocast; " + schedule_history(optim, history) + early_stop_words(summary, optim),
-        "machine": f"{summary['machine']}; the two bundled models trained side by side, one thread each, sharing the 2 cores "
-                   f"with other work ({summary['tokens'] / summary['train_seconds']:,.0f} tokens/s on average, about 4,000 alone)",
+        **({"adapted from": f"the bundled `{config['init']['source']}` (fingerprint {config['init']['fingerprint']}): "
+                            "its weights under the shift (position i-1 predicts token i), no noise conditioning"}
+           if config.get("init") else {}),
+        "machine": f"{summary['machine']}; " + (
+            "one thread, beside another training run on the other core" if config.get("init") else
+            "the two from-scratch models trained side by side, one thread each, sharing the 2 cores with other work")
+                   + f" ({summary['tokens'] / summary['train_seconds']:,.0f} tokens/s on average)",
+        "sampler defaults": f"{sampler} (`sampler_config.json`; flags and options replace them)",
         f"held-out {unit}": f"**{summary['held_out_nelbo']:.4f} nats/char** (± {figures['standard_error']:.4f}) "
                             "on the last 10% of the corpus",
         "weights": f"{figures['weights']} safetensors{averaged_words(figures['averaged'])}: "
@@ -189,7 +211,7 @@ def model_card(name: str, summary: dict, figures: dict, history: list[dict]) -> 
 |---|---|
 {table}
 
-Reproduce: `python experiments/train_bundled.py` (trains both bundled models, then exports them here).
+Reproduce: `python experiments/train_bundled.py --only {name}` (trains the model, then exports it here).
 Evaluation on this machine: {describe_machine()}.
 
 A sample (seed 0, {sampler}):
@@ -198,6 +220,13 @@ A sample (seed 0, {sampler}):
 {figures['sample']}
 ```
 """
+
+
+def sampler_words(defaults: dict) -> str:
+    """A model's sampler defaults in words: "confidence, 256 steps, temperature 0.8"."""
+    words = [defaults.get("policy", "ancestral")] if "steps" in defaults else []
+    words += [f"{defaults['steps']} steps"] if "steps" in defaults else []
+    return ", ".join([*words, f"temperature {defaults.get('temperature', 1.0):g}"])
 
 
 def averaged_words(steps: list[int]) -> str:
@@ -232,20 +261,21 @@ def schedule_history(optim: dict, history: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export-only", action="store_true", help="export the finished runs in runs/bundled")
-    parser.add_argument("--only", choices=sorted(MODELS), help="one model instead of both")
+    parser.add_argument("--only", choices=sorted(MODELS), help="one model instead of all")
     args = parser.parse_args()
     names = [args.only] if args.only else list(MODELS)
-    if not args.export_only:
-        (ROOT / "runs" / "bundled").mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(len(names)) as pool:  # side by side, one thread each
-            if any(pool.map(lambda name: train(name, threads=1), names)):
-                sys.exit(f"training failed; see {ROOT / 'runs' / 'bundled'}/*.log")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)))  # all cores unless told
-    for name in names:
-        figures = export(name)
-        print(f"{name}: held-out {figures['nelbo_fp32']:.4f} (fp32 weights) / {figures['nelbo_bf16']:.4f} (bf16), "
-              f"real words {figures['real_words']:.1%}, kept {figures['weights']}")
-
+    # the models from scratch first (side by side), then those adapted from their exported weights
+    for group in ([name for name in names if name not in INIT], [name for name in names if name in INIT]):
+        if group and not args.export_only:
+            (ROOT / "runs" / "bundled").mkdir(parents=True, exist_ok=True)
+            with ThreadPoolExecutor(len(group)) as pool:  # side by side, one thread each
+                if any(pool.map(lambda name: train(name, threads=1), group)):
+                    sys.exit(f"training failed; see {ROOT / 'runs' / 'bundled'}/*.log")
+        for name in group:
+            figures = export(name)
+            print(f"{name}: held-out {figures['nelbo_fp32']:.4f} (fp32 weights) / {figures['nelbo_bf16']:.4f} (bf16), "
+                  f"real words {figures['real_words']:.1%}, kept {figures['weights']}")
 
 if __name__ == "__main__":
     main()

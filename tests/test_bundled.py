@@ -48,6 +48,18 @@ def test_every_bundled_model_is_installed_and_samples(capsys):
         assert pipe.summary["held_out_nelbo"] > 0
 
 
+def test_each_bundled_model_ships_the_sampler_defaults_its_recipe_measured_with(monkeypatch):
+    """The figures of a model card are measured with train_bundled.SAMPLER_DEFAULTS; the model samples with them."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))
+    import train_bundled
+
+    assert set(train_bundled.SAMPLER_DEFAULTS) == {model.name for model in bundled_models()}
+    for model in bundled_models():
+        defaults = train_bundled.SAMPLER_DEFAULTS[model.name]
+        assert DiffusionPipeline.from_pretrained(model.name).sampler_defaults == defaults
+        assert train_bundled.sampler_words(defaults) in (model.path / "README.md").read_text(encoding="utf-8")
+
+
 def test_the_bundled_models_share_one_vocabulary_so_the_ar_model_judges_the_masked_one():
     masked = DiffusionPipeline.from_pretrained(DEFAULT_MODEL)
     judge = DiffusionPipeline.from_pretrained(DEFAULT_JUDGE)
