@@ -110,11 +110,15 @@ def test_the_server_and_the_page_start_from_the_model_defaults(model_dir):
     assert control_values(models.get(None))["policy"] == "confidence"
     limits = Limits(max_samples=2, max_length=24, max_steps=64, max_seconds=30, workers=1, queue_size=2)
     page = Page(Server(models, limits))
-    page.build()  # the controls show the first model's defaults; choosing another shows its own
+    blocks = page.build()  # the controls show the first model's defaults; choosing another shows its own
+    first_steps = next(block for block in blocks.blocks.values() if getattr(block, "elem_id", None) == "option-steps")
+    assert first_steps.value == DEFAULTS["steps"] and f"default {DEFAULTS['steps']})" in first_steps.info
     shown = dict(zip(page.option_names, page.switch_model("tiny-masked", "ab", "", 12)[3:]))
     assert shown["policy"]["value"] == "ancestral" and shown["temperature"]["value"] == 1.0
+    assert f"default {SamplerOptions().steps})" in shown["steps"]["info"]  # the help text names the model's default
     shown = dict(zip(page.option_names, page.switch_model("model", "ab", "", 12)[3:]))
     assert shown["policy"]["value"] == "confidence" and shown["temperature"]["value"] == 0.5
+    assert "default 0.5" in shown["temperature"]["info"] and "default confidence" in shown["policy"]["info"]
     with TestClient(create_app(models, limits, web_page=False)) as client:
         card = client.get("/v1/models").json()["models"][0]
         assert card["sampler_defaults"]["policy"] == "confidence"

@@ -11,7 +11,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +69,14 @@ curl -sN localhost:8000/v1/generate/stream -H 'content-type: application/json' \
 The full schema is at [/docs](/docs).
 """
 
-def option_input(declared: DeclaredOption, step_cap: int, **keywords: Any) -> gr.components.Component:
+def option_input(declared: DeclaredOption, step_cap: int, default: Any, **keywords: Any) -> gr.components.Component:
     """The page's control for one sampler option, from its declaration: a checkbox, a list of choices, a slider
-    over its range, or a number box; an option that is off by default shows its 'off' value (0, or 1 for top-p)."""
+    over its range, or a number box, set to ``default``; an option that is off by default shows its 'off' value
+    (0, or 1 for top-p)."""
     option, name = declared.option, declared.name
-    value = declared.default if declared.default is not None else option.off
-    info = option_help(declared) + (f"; {option.off}: off" if option.off not in (None, "off") else "")
-    shown = {"label": name.replace("_", " "), "info": info, "elem_id": f"option-{name}", "value": value, **keywords}
+    value = default if default is not None else option.off
+    shown = {"label": name.replace("_", " "), "info": option_info(declared, default), "elem_id": f"option-{name}",
+             "value": value, **keywords}
     bounds = option.bounds
     if declared.kind is bool:
         return gr.Checkbox(**shown)
@@ -92,13 +93,19 @@ def option_input(declared: DeclaredOption, step_cap: int, **keywords: Any) -> gr
                      **shown)
 
 
-def option_inputs(step_cap: int, offered: set[str], values: dict[str, Any] | None = None
+def option_info(declared: DeclaredOption, default: Any) -> str:
+    """The help text under an option's control, naming ``default`` (the chosen model's) as the default."""
+    off = declared.option.off
+    return option_help(replace(declared, default=default)) + (f"; {off}: off" if off not in (None, "off") else "")
+
+
+def option_inputs(step_cap: int, offered: set[str], defaults: dict[str, Any] | None = None
                   ) -> dict[str, gr.components.Component]:
-    """One control per sampler option but the seed (the page has its own), shown if ``offered``, showing its
-    value in ``values`` (a model's: :func:`control_values`) or its declared default."""
-    values = values or {}
-    return {declared.name: option_input(declared, step_cap, visible=declared.name in offered,
-                                        **({"value": values[declared.name]} if declared.name in values else {}))
+    """One control per sampler option but the seed (the page has its own), shown if ``offered``, set to its value
+    in ``defaults`` (a model's: ``Model.default_options()``) or its declared default, named in its help text."""
+    defaults = defaults or {}
+    return {declared.name: option_input(declared, step_cap, defaults.get(declared.name, declared.default),
+                                        visible=declared.name in offered)
             for declared in offered_options() if declared.name != "seed"}
 
 
@@ -336,7 +343,9 @@ class Page:
         set to its defaults."""
         model = self.models.get(name)
         offered, chat, values = controls_for(model), model.pipe.has_chat_format, control_values(model)
-        shown = [gr.update(visible=True, value=min(values[option], self.step_cap) if option == "steps" else values[option])
+        table, defaults = option_table(), model.default_options()
+        shown = [gr.update(visible=True, value=min(values[option], self.step_cap) if option == "steps" else values[option],
+                           info=option_info(table[option], defaults[option]))
                  if option in offered else gr.update(visible=False) for option in self.option_names]
         return [card_markdown(model), length_slider([model], prompt, suffix, length, self.limits),
                 gr.update(visible=chat, value=chat), *shown]
@@ -373,7 +382,7 @@ class Page:
                     generate = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Stop", elem_id="stop")
                 with gr.Accordion("Sampler options (the model's defaults)", open=False, elem_id="options"):
-                    options = option_inputs(self.step_cap, controls_for(first), control_values(first))
+                    options = option_inputs(self.step_cap, controls_for(first), first.default_options())
                     self.option_names = list(options)
             with gr.Column(scale=3, min_width=300):
                 status = gr.HTML(status_html(None, note="Press Generate to start."), elem_id="status")
@@ -510,7 +519,7 @@ class Page:
                         side_model = gr.Dropdown(self.models.names, value=first.name, label="model",
                                                  visible=len(self.models.names) > 1, elem_id=f"compare-model-{side}")
                         side_policy, side_steps, side_temperature = (
-                            option_input(table[name], self.step_cap, value=value, visible=name in offered,
+                            option_input(table[name], self.step_cap, value, visible=name in offered,
                                          elem_id=f"compare-{name}-{side}", info=None)
                             for name, value in (("policy", policy), ("steps", steps), ("temperature", 1.0)))
                     views += [gr.HTML(status_html(None), elem_id=f"compare-status-{side}"),
