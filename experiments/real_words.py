@@ -21,6 +21,7 @@ from ddlm import DiffusionPipeline
 from ddlm.device import describe_machine
 from ddlm.eval.diversity import unigram_entropy
 from ddlm.families import get_family
+from ddlm.samplers import SamplerOptions
 
 WORD = re.compile(r"[A-Za-z']+")
 
@@ -31,6 +32,8 @@ SETTINGS = {
     "ancestral, temperature 0.5": {"temperature": 0.5},
     "confidence, blocks of 32": {"policy": "confidence", "block_length": 32},
     "confidence, one token per step": {"policy": "confidence", "steps": None},
+    "confidence, one token per step, temperature 0.8": {"policy": "confidence", "steps": None, "temperature": 0.8},
+    "left to right, one token per step, temperature 0.8": {"policy": "left-to-right", "steps": None, "temperature": 0.8},
 }
 
 
@@ -67,8 +70,10 @@ def main() -> None:
     for name, options in SETTINGS.items():
         if not set(options) <= set(offered):
             continue  # a setting this model's sampler does not take (the AR model has no policy)
-        options = {**options, "steps": options.get("steps", args.steps) or args.length}  # None: one per token
-        output = pipe.sample(args.prompt, num_samples=args.num_samples, length=args.length, seed=args.seed, **options)
+        # The options whole, so that what a row leaves unset takes the declared default, not the model's.
+        steps = options.get("steps", args.steps) or args.length  # None: one per token
+        options = SamplerOptions.build(**{**options, "steps": steps, "seed": args.seed})
+        output = pipe.sample(args.prompt, options, num_samples=args.num_samples, length=args.length)
         texts = [pipe.decode(output, row) for row in range(args.num_samples)]
         generated = [text[len(args.prompt):] for text in texts]
         entropy = statistics.mean(unigram_entropy(output.tokens[row][output.canvas.generated[row]].tolist())

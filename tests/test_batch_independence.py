@@ -25,7 +25,7 @@ MIXED_PROMPTS = ["a", "bcd", "", "abcdef"]  # different lengths: every row but t
 POLICIES = [
     {"policy": "ancestral"}, {"policy": "ancestral", "remask": "cap", "remask_eta": 0.3}, {"policy": "first-hitting"},
     {"policy": "confidence"}, {"policy": "margin"}, {"policy": "entropy"}, {"policy": "random"},
-    {"policy": "threshold", "threshold": 0.3}, {"policy": "confidence", "entropy_bound": 0.5},
+    {"policy": "left-to-right"}, {"policy": "threshold", "threshold": 0.3}, {"policy": "confidence", "entropy_bound": 0.5},
 ]
 BLOCKS_AND_CACHES = [{}, {"prefix_cache": True}, {"block_length": 4}, {"block_length": 4, "prefix_cache": True},
                      {"block_length": 4, "dual_cache": True}]

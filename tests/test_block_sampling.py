@@ -18,7 +18,7 @@ from tests.test_block import EOS, MASK, PAD, block_process, tiny_model
 POLICY_OPTIONS = [
     {"policy": "ancestral"}, {"policy": "ancestral", "remask": "cap", "remask_eta": 0.2}, {"policy": "first-hitting"},
     {"policy": "confidence"}, {"policy": "margin"}, {"policy": "entropy"}, {"policy": "random"},
-    {"policy": "threshold", "threshold": 0.2}, {"policy": "random", "threshold": 0.15},
+    {"policy": "left-to-right"}, {"policy": "threshold", "threshold": 0.2}, {"policy": "random", "threshold": 0.15},
 ]
 
 

@@ -69,15 +69,17 @@ def reference_semi_autoregressive(
                 elif score == "margin":
                     top = sorted(p.tolist(), reverse=True)
                     value = top[0] - top[1]
-                else:  # entropy
+                elif score == "entropy":
                     value = float(sum(q * torch.log(q) for q in p if q > 0))
+                else:  # left-to-right: the leftmost masked positions first
+                    value = -i
                 candidates.append((-value, i))
             for _, i in sorted(candidates)[: counts[j]]:
                 x[0, i] = chosen[i]
     return x[0].tolist()
 
 
-@pytest.mark.parametrize("score", ["confidence", "margin", "entropy"])
+@pytest.mark.parametrize("score", ["confidence", "margin", "entropy", "left-to-right"])
 @pytest.mark.parametrize(("block_length", "steps"), [(12, 12), (4, 6), (6, 4), (3, 8)])
 def test_semi_autoregressive_greedy_matches_the_reference(score, block_length, steps):
     model = tiny_model()
@@ -99,6 +101,16 @@ def test_blocks_fill_left_to_right():
         assert len(changed) == 2
         assert ((changed >= 1 + 4 * block) & (changed < 5 + 4 * block)).all()
 
+
+
+def test_left_to_right_reveals_the_leftmost_masked_positions_first():
+    out = run_steps(tiny_model(), process(), canvas=prompt_canvas(2, [0, 3], 12), steps=8, policy="left-to-right",
+                    seed=0)
+    revealed = [step.changed[row].nonzero()[:, 0].tolist() for step in out.trace for row in range(2)]
+    assert revealed[0::2] == revealed[1::2]  # both rows reveal the same positions in the same order
+    counts = [2, 2, 2, 2, 1, 1, 1, 1]  # 12 masked positions over 8 steps, the remainder first
+    starts = [2 + sum(counts[:index]) for index in range(8)]
+    assert revealed[0::2] == [list(range(start, start + count)) for start, count in zip(starts, counts)]
 
 # ----- first-hitting and exactness against a toy distribution with dependencies -----
 

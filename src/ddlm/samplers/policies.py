@@ -12,7 +12,7 @@ from ddlm.errors import DDLMError
 from ddlm.samplers.canvas import Canvas
 
 TIME_POLICIES = ("ancestral", "first-hitting")
-RANKED_POLICIES = ("confidence", "margin", "entropy", "random")
+RANKED_POLICIES = ("confidence", "margin", "entropy", "random", "left-to-right")
 POLICIES = (*TIME_POLICIES, *RANKED_POLICIES, "threshold")
 REMASK_SCHEDULES = ("cap", "rescale")
 DEFAULT_THRESHOLD = 0.9
@@ -60,8 +60,11 @@ def confidence_scores(policy: str, log_probs: torch.Tensor, tokens: torch.Tensor
 
     ``log_probs`` (N, V) of the model, ``tokens`` (N,) the drawn tokens, ``uniform`` (N,) noise
     for the random policy. confidence: p(token); margin: top-1 minus top-2 probability;
-    entropy: minus the entropy of p; random: the uniform noise.
+    entropy: minus the entropy of p; random: the uniform noise; left-to-right: one score for all,
+    so that :func:`ranking` takes the candidates in reading order.
     """
+    if policy == "left-to-right":
+        return torch.zeros(tokens.shape, dtype=torch.float64, device=tokens.device)
     probs = log_probs.double().exp()
     if policy in ("confidence", "threshold"):
         return probs.gather(-1, tokens[:, None])[:, 0]
