@@ -69,11 +69,12 @@ MODELS = {"shakespeare": (Stage(120), Stage(225, lr=1e-3), Stage(355, lr=1e-3)),
           "shakespeare-block": (Stage(60),)}
 INIT = {"shakespeare-block": "shakespeare-ar"}  # ddlm train --init: the bundled model a run starts from
 # How each model samples unless told otherwise (its sampler_config.json), the settings its card's figures use.
-# A block model writes one token per step (256 steps over blocks of 4) by confidence: at two tokens per step,
-# or drawn in random order (ancestral), its samples fall to about 43% real words.
+# The block model, adapted from the AR one, writes one token per step (256 steps over blocks of 4) left to right,
+# the order its weights learned first: about 95% real words, against 75% by confidence and about 45% at two
+# tokens per step or in random order (ancestral).
 SAMPLER_DEFAULTS = {"shakespeare": {"steps": 256, "temperature": 0.8},
                     "shakespeare-ar": {"temperature": 0.8},
-                    "shakespeare-block": {"policy": "confidence", "steps": 256, "temperature": 0.8}}
+                    "shakespeare-block": {"policy": "left-to-right", "steps": 256, "temperature": 0.8}}
 KEPT = "averaged"  # the run directory's folder of kept EMA weights, one file per step
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ddlm import DiffusionPipeline
-from ddlm.bundled import DEFAULT_JUDGE, DEFAULT_MODEL, bundled_models
+from ddlm.bundled import DEFAULT_JUDGE, DEFAULT_MODEL, SERVED_FIRST, bundled_models
 from ddlm.cli import main
 from ddlm.errors import DDLMError
 from ddlm.tokenizers import CharTokenizer
@@ -47,6 +47,17 @@ def test_every_bundled_model_is_installed_and_samples(capsys):
         assert "held-out" in card and "experiments/train_bundled.py" in card
         assert pipe.summary["held_out_nelbo"] > 0
 
+
+
+def test_the_web_app_serves_every_bundled_model_the_diffusion_model_with_the_best_samples_first():
+    pytest.importorskip("fastapi", reason="the app extra is not installed")
+    from ddlm.app.service import Models
+
+    models = Models.load([], device="cpu")
+    assert models.names[0] == SERVED_FIRST and set(models.names) == {model.name for model in bundled_models()}
+    real_words = {name: models.get(name).pipe.summary["real_words_t08"] for name in models.names
+                  if models.get(name).pipe.process.name != "ar"}
+    assert max(real_words, key=real_words.get) == SERVED_FIRST  # the figure of its model card
 
 def test_each_bundled_model_ships_the_sampler_defaults_its_recipe_measured_with(monkeypatch):
     """The figures of a model card are measured with train_bundled.SAMPLER_DEFAULTS; the model samples with them."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ddlm.app.limits import Limits
-from ddlm.bundled import DEFAULT_MODEL, bundled_models
+from ddlm.bundled import DEFAULT_MODEL, SERVED_FIRST, bundled_models
 from ddlm.errors import DDLMError
 from ddlm.eval.diversity import unigram_entropy
 from ddlm.families import get_family
@@ -119,8 +119,10 @@ class Models:
              trust_remote_code: bool = False, compile_model: bool = False) -> Models:
         """Load model directories, bundled names or Hugging Face models (``trust_remote_code`` for those that
         ship their own code); without any, every installed bundled model."""
-        if not sources:  # the installed bundled models, else the default one, whose loading says what is missing
-            sources = [model.name for model in bundled_models() if model.installed] or [DEFAULT_MODEL]
+        if not sources:  # the installed bundled models, the best sampler first, else the default one, whose
+            # loading says what is missing
+            installed = sorted((model.name for model in bundled_models() if model.installed), key=lambda name: name != SERVED_FIRST)
+            sources = installed or [DEFAULT_MODEL]
         models, names = [], set()
         for source in sources:
             name = unique_name(Path(source).name or source, names)

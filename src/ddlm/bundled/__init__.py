@@ -19,6 +19,7 @@ DESCRIPTIONS = {
 }
 DEFAULT_MODEL = "shakespeare"
 DEFAULT_JUDGE = "shakespeare-ar"
+SERVED_FIRST = "shakespeare-block"  # the web app's default: the diffusion model with the best samples (its card)
 
 
 @dataclass(frozen=True)
