@@ -51,10 +51,11 @@ EXAMPLE_TEMPLATES = [DEFAULT_TEMPLATE, "ROMEO:\nBut soft, what light through [MA
 
 INTRO = """
 # ddlm: watch a diffusion language model write
-A diffusion language model does not write left to right. It starts from a canvas of **masked
-positions** (grey boxes) and, step by step, fills some of them in, in any order, each time
-looking at everything written so far. Type a prompt, press **Generate** and watch the masks
-resolve; then scrub back through the steps, or compare two settings on the same seed.
+A diffusion language model need not write left to right. It starts from a canvas of **masked
+positions** (grey boxes) and, step by step, fills some of them in, in the order its sampler's
+policy chooses, each time looking at everything written so far (a block-diffusion model does so
+a few positions at a time, block after block). Type a prompt, press **Generate** and watch the
+masks resolve; then scrub back through the steps, or compare two settings on the same seed.
 """
 
 API_HELP = """
