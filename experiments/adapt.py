@@ -7,8 +7,8 @@
 shakespeare: from the bundled ``shakespeare-ar``, adapt to masked diffusion and to block diffusion
 with blocks of 4 (``ddlm train --init shakespeare-ar``) for ``--minutes`` each; report the held-out
 NELBO (the last 10% of the built-in corpus, ``ddlm eval --data shakespeare``'s rows and draws), the
-share of real words at temperature 0.8 (``experiments/real_words.py``) and the learning curves
-against minutes (``curves.png``).
+share of real words at temperature 0.8 (``experiments/real_words.py``) drawn in random order and left
+to right, and the learning curves against minutes (``curves.png``).
 
 tinystories (preset bpe-small): an AR model for half the minutes, then each adaptation for the other
 half, against masked and block 4 from scratch and an AR model for all the minutes; held-out bits per
@@ -85,18 +85,28 @@ def shakespeare(args: argparse.Namespace, out: Path) -> None:
     for name in ("shakespeare-ar", "shakespeare", *(name for name, _ in jobs)):
         pipe = DiffusionPipeline.from_pretrained(name if name.startswith("shakespeare") else out / name)
         like = likelihood(pipe, "shakespeare", args)
-        output = pipe.sample("ROMEO:", num_samples=args.samples, length=224, steps=256, seed=0, temperature=0.8)
-        texts = [pipe.decode(output, row)[len("ROMEO:"):] for row in range(args.samples)]
-        rows.append((name, like, real_word_share(texts, vocabulary), texts[0]))
+        # 256 steps for 224 tokens: at most one token per step (a block model's blocks may start in the prompt)
+        orders = {"random order": {"policy": "ancestral", "steps": 256}, "left to right": {"policy": "left-to-right", "steps": 256}}
+        if pipe.process.name == "ar":
+            orders = {"left to right": {}}
+        shares, first = {}, ""
+        for order, options in orders.items():
+            output = pipe.sample("ROMEO:", num_samples=args.samples, length=224, seed=0, temperature=0.8, **options)
+            texts = [pipe.decode(output, row)[len("ROMEO:"):] for row in range(args.samples)]
+            shares[order], first = real_word_share(texts, vocabulary), first or texts[0]
+        rows.append((name, like, shares, first))
         print(f"{name}: {like['nats_per_token']:.4f} ± {like['standard_error']:.4f} nats/char, "
-              f"real words {rows[-1][2]:.1%}", flush=True)
+              f"real words {', '.join(f'{share:.1%} {order}' for order, share in shares.items())}", flush=True)
     plot_runs([out / name for name, _ in jobs], out / "curves.png")
     print(f"\nmachine: {describe_machine()}; {args.minutes} minutes of adaptation each, one thread\n")
-    print("| model | held-out nats/char | real words (T = 0.8) | sample |\n|---|---|---|---|")
-    for name, like, real, text in rows:
+    print("| model | held-out nats/char | real words (T = 0.8), random order | left to right | sample |")
+    print("|---|---|---|---|---|")
+    for name, like, shares, text in rows:
         bound = "=" if like["exact"] else "<="
         sample = text.replace("\n", " / ").replace("|", "\\|")[:70]
-        print(f"| {name} | {bound} {like['nats_per_token']:.4f} ± {like['standard_error']:.4f} | {real:.1%} | `{sample}` |")
+        random_order = f"{shares['random order']:.1%}" if "random order" in shares else "-"
+        print(f"| {name} | {bound} {like['nats_per_token']:.4f} ± {like['standard_error']:.4f} | {random_order} "
+              f"| {shares['left to right']:.1%} | `{sample}` |")
 
 
 def tinystories(args: argparse.Namespace, out: Path) -> None:
