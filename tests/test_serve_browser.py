@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("gradio", reason="the app extra is not installed")
-sync_playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").sync_playwright
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+sync_playwright, PlaywrightTimeout = playwright_api.sync_playwright, playwright_api.TimeoutError
 
 from ddlm.app.limits import Limits  # noqa: E402
 from ddlm.app.server import create_app  # noqa: E402
@@ -66,11 +67,21 @@ def slider_max(page, selector: str) -> int:
     return int(page.get_attribute(f"{selector} input[type=range]", "max"))
 
 
-def set_number(page, selector: str, value: str) -> None:
-    """Type into a slider's or number's box and leave it, as a user does."""
-    box = page.locator(f"{selector} input[type=number]")
-    box.fill(value)
-    box.press("Tab")
+def set_number(page, selector: str, value: str, shown: str | None = None) -> None:
+    """Type ``value`` into a slider's or number's box and leave it, as a user does, until the box and the
+    slider's track hold ``shown`` (the value clamped into the range; default ``value``). Typed again if a
+    control that was still being drawn (an accordion opening) dropped it."""
+    box, expected = page.locator(f"{selector} input[type=number]"), shown or value
+    holds = f"""() => [...document.querySelectorAll('{selector} input')].every(input => input.value === '{expected}')"""
+    for _ in range(3):
+        box.fill(value)
+        box.press("Tab")
+        try:
+            page.wait_for_function(holds, timeout=2_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"{selector} does not hold {expected} after typing {value}")
 
 
 def generate(page, state: str = "done") -> str:
@@ -151,7 +162,7 @@ def test_one_step_finishes_and_the_length_slider_leaves_room_for_the_prompt(brow
                            timeout=WAIT_MS)
     set_number(page, "#length", str(context - 9))  # all the room there is
     page.click("#options")
-    set_number(page, "#option-steps", "0")  # clamped to one step
+    set_number(page, "#option-steps", "0", shown="1")  # clamped to one step
     status = generate(page)
     assert status.startswith("done · 1 step · ") and not errors_shown(page)
     assert 'class="t m' not in page.inner_html("#canvas")
