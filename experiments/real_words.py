@@ -65,10 +65,10 @@ def sample_figures(pipe: DiffusionPipeline, options: dict, args: argparse.Namesp
 
 def spread(values: list[float], percent: bool = False) -> str:
     """The mean of ``values``, with its standard error where there are several."""
-    scale, unit = (100, "%") if percent else (1, "")
-    text = f"{statistics.mean(values) * scale:.{1 if percent else 3}f}{unit}"
+    scale, digits, unit = (100, 1, "%") if percent else (1, 3, "")
+    text = f"{statistics.mean(values) * scale:.{digits}f}{unit}"
     if len(values) > 1:
-        text += f" ± {statistics.stdev(values) / len(values) ** 0.5 * scale:.{1 if percent else 3}f}"
+        text += f" ± {statistics.stdev(values) / len(values) ** 0.5 * scale:.{digits}f}"
     return text
 
 

@@ -75,9 +75,8 @@ def option_input(declared: DeclaredOption, step_cap: int, default: Any, **keywor
     over its range, or a number box, set to ``default``; an option that is off by default shows its 'off' value
     (0, or 1 for top-p)."""
     option, name = declared.option, declared.name
-    value = default if default is not None else option.off
     shown = {"label": name.replace("_", " "), "info": option_info(declared, default), "elem_id": f"option-{name}",
-             "value": value, **keywords}
+             "value": control_value(declared, default), **keywords}
     bounds = option.bounds
     if declared.kind is bool:
         return gr.Checkbox(**shown)
@@ -110,11 +109,16 @@ def option_inputs(step_cap: int, offered: set[str], defaults: dict[str, Any] | N
             for declared in offered_options() if declared.name != "seed"}
 
 
+def control_value(declared: DeclaredOption, default: Any) -> Any:
+    """What an option's control shows for ``default``: the value, or the option's 'off' value for None."""
+    return declared.option.off if default is None else default
+
+
 def control_values(model: Model) -> dict[str, Any]:
     """What each control of an option ``model`` takes shows: the model's default (its sampler_config.json's, else
     the declared one), an option that is off as its 'off' value."""
     table = option_table()
-    return {name: table[name].option.off if value is None else value for name, value in model.default_options().items()}
+    return {name: control_value(table[name], value) for name, value in model.default_options().items()}
 
 
 def controls_for(model: Model) -> set[str]:
@@ -343,8 +347,8 @@ class Page:
         """A model chosen: its card, the room its context leaves, its chat format, and the sampler options it takes,
         set to its defaults."""
         model = self.models.get(name)
-        offered, chat, values = controls_for(model), model.pipe.has_chat_format, control_values(model)
-        table, defaults = option_table(), model.default_options()
+        offered, chat, defaults, table = controls_for(model), model.pipe.has_chat_format, model.default_options(), option_table()
+        values = {option: control_value(table[option], default) for option, default in defaults.items()}
         shown = [gr.update(visible=True, value=min(values[option], self.step_cap) if option == "steps" else values[option],
                            info=option_info(table[option], defaults[option]))
                  if option in offered else gr.update(visible=False) for option in self.option_names]
