@@ -278,3 +278,12 @@ def test_train_on_an_unreachable_dataset_is_a_one_line_cli_error(datasets, tmp_p
     code, err = train(["--data", "hf:ddlm-tests/no-such-dataset", "--out", str(tmp_path / "run")], tmp_path, capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: cannot load Hugging Face data set 'ddlm-tests/no-such-dataset'")
+
+
+def test_a_dataset_loading_script_is_a_one_line_cli_error(datasets, tmp_path, capsys) -> None:
+    script = tmp_path / "scripted"
+    script.mkdir()
+    (script / "scripted.py").write_text("import datasets\n", encoding="utf-8")  # datasets 4 and later refuse to run it
+    code, err = train(["--data", f"hf:{script}", "--out", str(tmp_path / "run")], tmp_path, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "Dataset scripts are no longer supported" in err and "refs/convert/parquet" in err

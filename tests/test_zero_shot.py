@@ -3,6 +3,7 @@ from their rules, the corpus table through a stand-in for ``datasets.load_datase
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 from pathlib import Path
@@ -92,10 +93,26 @@ def test_a_corpus_name_streams_its_split_from_the_hub_detokenised(name, monkeypa
     assert detokenizer == corpus.detokenizer and source.kind == "hf" and name in source.label
     detokenize = DETOKENIZERS[corpus.detokenizer] or (lambda text: text)
     assert list(source.read()) == [detokenize(text) for text in texts]
-    revision = {"revision": corpus.revision} if corpus.revision else {}
-    assert hub.calls == [((corpus.path, corpus.config), {"split": corpus.split, "streaming": True, **revision})]
+    if corpus.parquet_export:  # a loading script on the Hub: its Parquet export, the configuration as a folder
+        export = {"revision": "refs/convert/parquet", "data_dir": corpus.config}
+        assert hub.calls == [((corpus.path,), {"split": corpus.split, "streaming": True, **export})]
+    else:
+        assert hub.calls == [((corpus.path, corpus.config), {"split": corpus.split, "streaming": True})]
     other = "none" if corpus.detokenizer != "none" else "ptb"
     assert evaluation_source(name, detokenizer=other)[0].identity != source.identity  # cached apart
+
+
+def test_a_corpus_from_the_parquet_export_reads_only_its_configuration(tmp_path):
+    """The real ``datasets.load_dataset`` on a local folder laid out as the Hub's Parquet export (CONFIG/SPLIT/0000.parquet,
+    no configuration names): pubmed's validation split, not arXiv's nor pubmed's training split."""
+    pyarrow, parquet = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    for config, split in (("pubmed", "validation"), ("arxiv", "validation"), ("pubmed", "train")):
+        (tmp_path / config / split).mkdir(parents=True)
+        table = pyarrow.table({"article": [f"{config} {split} {i} @-@ 1" for i in range(2)], "abstract": ["-", "-"]})
+        parquet.write_table(table, tmp_path / config / split / "0000.parquet")
+    corpus = dataclasses.replace(ZERO_SHOT_CORPORA["pubmed"], path=str(tmp_path))
+    assert corpus.parquet_export
+    assert list(corpus.source().read()) == ["pubmed validation 0 @-@ 1", "pubmed validation 1 @-@ 1"]
 
 
 def test_without_network_a_corpus_says_how_to_use_a_local_copy(monkeypatch):

@@ -42,27 +42,42 @@ LOCAL_COPY_HINT = "check the name and your network, or pass --data a local folde
 class HubDocuments:
     """The documents of a data set's split, streamed (``streaming=True``): nothing is held in
     memory, and each pass streams the rows again. Hub names need a network or a cached copy.
-    ``hint``: what the error says to do when the data set cannot be loaded; ``revision``: a Hub branch."""
+    ``hint``: what the error says to do when the data set cannot be loaded; ``revision``: a Hub branch;
+    ``config_folder``: read the configuration from its folder (``data_dir``), as in the Hub's Parquet export
+    (``refs/convert/parquet``: ``CONFIG/SPLIT/0000.parquet``), where ``datasets`` knows no configuration names."""
 
     def __init__(self, name: str, selection: HFSelection, separator: str | None, hint: str = LOCAL_COPY_HINT,
-                 revision: str | None = None) -> None:
+                 revision: str | None = None, config_folder: bool = False) -> None:
         self.name, self.selection, self.separator = name, selection, separator
-        self.hint, self.revision = hint, revision
+        self.hint, self.revision, self.config_folder = hint, revision, config_folder
+
+    def load_arguments(self) -> tuple[tuple[str | None, ...], dict[str, Any]]:
+        """The positional and keyword arguments of the ``datasets.load_dataset`` call that streams the split."""
+        config, split = self.selection.config, self.selection.split
+        keywords: dict[str, Any] = {"split": split, "streaming": True}
+        keywords |= {"revision": self.revision} if self.revision else {}
+        if self.config_folder and config:
+            return (self.name,), keywords | {"data_dir": config}
+        return (self.name, config), keywords
 
     def __iter__(self) -> Iterator[str]:
         datasets = import_datasets()
         where = f"Hugging Face data set {self.name!r}"
-        config, split, field = self.selection.config, self.selection.split, self.selection.field
-        branch = {"revision": self.revision} if self.revision else {}
+        arguments, keywords = self.load_arguments()
         try:
-            rows = datasets.load_dataset(self.name, config, split=split, streaming=True, **branch)
-            yield from iter_documents(texts_of(rows, field, where), self.separator)
+            rows = datasets.load_dataset(*arguments, **keywords)
+            yield from iter_documents(texts_of(rows, self.selection.field, where), self.separator)
         except ValueError as error:  # an unknown configuration or split
             raise DDLMError(
                 f"{where}: {first_line(error)}; set data.hf_config / data.hf_split to one it has"
             ) from None
         except (OSError, datasets.exceptions.DatasetsError) as error:
             raise DDLMError(f"cannot load {where} ({first_line(error)}); {self.hint}") from None
+        except RuntimeError as error:  # a loading script, which datasets 4 and later no longer runs
+            if "scripts are no longer supported" not in str(error):
+                raise
+            raise DDLMError(f"cannot load {where} ({first_line(error)}); save a copy with an older datasets, "
+                            f"or use a Parquet copy of it (on the Hub: its refs/convert/parquet branch)") from None
 
 
 class SavedDocuments:

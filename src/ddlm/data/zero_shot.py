@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ddlm.data.huggingface import HFSelection, HubDocuments
+from ddlm.data.huggingface import LOCAL_COPY_HINT, HFSelection, HubDocuments
 from ddlm.data.sources import TextSource, resolve_source
 from ddlm.errors import DDLMError
 
@@ -122,6 +122,9 @@ DETOKENIZERS: dict[str, Callable[[str], str] | None] = {
 }
 
 
+PARQUET_EXPORT = "refs/convert/parquet"  # the Hub's Parquet copy of a data set, one folder per configuration
+
+
 @dataclass(frozen=True)
 class ZeroShotCorpus:
     """One corpus of the papers' zero-shot tables: where it is on the Hub and how it is read."""
@@ -132,16 +135,26 @@ class ZeroShotCorpus:
     split: str
     field: str  # the text column
     detokenizer: str  # a DETOKENIZERS name
-    revision: str | None = None  # the Hub's Parquet copy of a data set that was a loading script
+    # Read from the Hub's Parquet export: the data set is a loading script, which ``datasets`` 4 and later
+    # no longer run; the export's folders are its configurations.
+    parquet_export: bool = False
 
     @property
     def selection(self) -> HFSelection:
         return HFSelection(self.config, self.split, self.field)
 
+    def documents(self, separator: str | None = None, hint: str = LOCAL_COPY_HINT) -> HubDocuments:
+        """The split's documents, streamed from the Hub (not yet detokenised)."""
+        return HubDocuments(self.path, self.selection, separator, hint=hint,
+                            revision=PARQUET_EXPORT if self.parquet_export else None, config_folder=self.parquet_export)
+
     def load_call(self) -> str:
         """The ``datasets.load_dataset`` call that reads the split, as Python."""
-        keywords = f", split={self.split!r}" + (f", revision={self.revision!r}" if self.revision else "")
-        return f"datasets.load_dataset({self.path!r}{f', {self.config!r}' if self.config else ''}{keywords})"
+        arguments, keywords = self.documents().load_arguments()
+        keywords.pop("streaming")
+        written = [repr(argument) for argument in arguments if argument is not None]
+        written += [f"{key}={value!r}" for key, value in keywords.items()]
+        return f"datasets.load_dataset({', '.join(written)})"
 
     def offline_hint(self) -> str:
         """How to evaluate on the corpus without network, in one line."""
@@ -153,23 +166,20 @@ class ZeroShotCorpus:
 
     def source(self, separator: str | None = None) -> TextSource:
         """The split streamed from the Hub (not yet detokenised)."""
-        documents = HubDocuments(self.path, self.selection, separator, hint=self.offline_hint(), revision=self.revision)
-        identity = json.dumps(["hf", self.path, self.config, self.split, self.field, self.revision, separator])
+        documents = self.documents(separator, hint=self.offline_hint())
+        identity = json.dumps(["hf", self.path, self.config, self.split, self.field, self.parquet_export, separator])
         return TextSource(f"{self.name} (hf:{self.path})", "hf", lambda: documents, identity)
 
 
 ZERO_SHOT_CORPORA: dict[str, ZeroShotCorpus] = {corpus.name: corpus for corpus in (
-    ZeroShotCorpus("ptb", "ptb-text-only/ptb_text_only", "penn_treebank", "validation", "sentence", "ptb",
-                   "refs/convert/parquet"),
+    ZeroShotCorpus("ptb", "ptb-text-only/ptb_text_only", "penn_treebank", "validation", "sentence", "ptb", True),
     ZeroShotCorpus("wikitext2", "Salesforce/wikitext", "wikitext-2-raw-v1", "validation", "text", "wikitext"),
     ZeroShotCorpus("wikitext103", "Salesforce/wikitext", "wikitext-103-raw-v1", "validation", "text", "wikitext"),
-    ZeroShotCorpus("lm1b", "billion-word-benchmark/lm1b", "plain_text", "test", "text", "lm1b", "refs/convert/parquet"),
-    ZeroShotCorpus("lambada", "EleutherAI/lambada_openai", "default", "test", "text", "lambada"),
+    ZeroShotCorpus("lm1b", "billion-word-benchmark/lm1b", "plain_text", "test", "text", "lm1b", True),
+    ZeroShotCorpus("lambada", "EleutherAI/lambada_openai", "default", "test", "text", "lambada", True),
     ZeroShotCorpus("ag_news", "fancyzhx/ag_news", None, "test", "text", "none"),
-    ZeroShotCorpus("pubmed", "armanc/scientific_papers", "pubmed", "validation", "article", "scientific_papers",
-                   "refs/convert/parquet"),
-    ZeroShotCorpus("arxiv", "armanc/scientific_papers", "arxiv", "validation", "article", "scientific_papers",
-                   "refs/convert/parquet"),
+    ZeroShotCorpus("pubmed", "armanc/scientific_papers", "pubmed", "validation", "article", "scientific_papers", True),
+    ZeroShotCorpus("arxiv", "armanc/scientific_papers", "arxiv", "validation", "article", "scientific_papers", True),
 )}
 
 
