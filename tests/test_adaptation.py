@@ -258,9 +258,9 @@ def test_an_adaptation_run_with_annealing_resumes_exactly(tmp_path, shakespeare_
 # ----- the autoregressive loss term (adapt.ar_loss_weight) -----
 
 def adaptation_trainer(path, shakespeare_path, ar_source, *overrides: str):
-    """A masked run from the tiny AR model (no gradient clipping: gradients compare linearly)."""
-    config = load_config("tiny", None, ["process.name=masked", "optim.max_steps=2", "log.eval_every=0",
-                                        "log.sample_every=0", "data.context_length=32", "optim.grad_clip=0", *overrides])
+    """A masked run from the tiny AR model (no gradient clipping and fp32 on every CPU: gradients compare linearly)."""
+    config = load_config("tiny", None, ["process.name=masked", "optim.max_steps=2", "log.eval_every=0", "log.sample_every=0",
+                                        "data.context_length=32", "optim.grad_clip=0", "optim.precision=fp32", *overrides])
     return prepare_training(config, path, data=shakespeare_path, init=str(ar_source), show_progress=False)
 
 
