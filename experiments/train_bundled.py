@@ -190,7 +190,7 @@ def model_card(name: str, summary: dict, figures: dict, history: list[dict]) -> 
         **({"adapted from": f"the bundled `{config['init']['source']}` (fingerprint {config['init']['fingerprint']}): "
                             "its weights under the shift (position i-1 predicts token i), no noise conditioning"}
            if config.get("init") else {}),
-        "machine": f"{summary['machine']}; " + (
+        "machine": f"{summary['machine']}{native_bf16_words(summary)}; " + (
             "one thread, beside another training run on the other core" if config.get("init") else
             "the two from-scratch models trained side by side, one thread each, sharing the 2 cores with other work")
                    + f" ({summary['tokens'] / summary['train_seconds']:,.0f} tokens/s on average)",
@@ -228,6 +228,13 @@ def sampler_words(defaults: dict) -> str:
     words = [defaults.get("policy", "ancestral")] if "steps" in defaults else []
     words += [f"{defaults['steps']} steps"] if "steps" in defaults else []
     return ", ".join([*words, f"temperature {defaults.get('temperature', 1.0):g}"])
+
+
+def native_bf16_words(summary: dict) -> str:
+    """", which multiplies bf16 natively" for a run whose `precision: auto` picked bf16, as it does only on such a
+    machine (in the same minutes about 1.5x the steps of fp32); "" otherwise."""
+    chosen = summary["run_config"]["optim"].get("precision", "auto")
+    return ", which multiplies bf16 natively" if summary["precision"] == "bf16" and chosen == "auto" else ""
 
 
 def averaged_words(steps: list[int]) -> str:
