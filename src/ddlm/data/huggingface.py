@@ -77,7 +77,7 @@ class HubDocuments:
             if "scripts are no longer supported" not in str(error):
                 raise
             raise DDLMError(f"cannot load {where} ({first_line(error)}); save a copy with an older datasets, "
-                            f"or use a Parquet copy of it (on the Hub: its refs/convert/parquet branch)") from None
+                            "or use a Parquet copy of it (on the Hub: its refs/convert/parquet branch)") from None
 
 
 class SavedDocuments:

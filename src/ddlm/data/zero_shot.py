@@ -172,14 +172,17 @@ class ZeroShotCorpus:
 
 
 ZERO_SHOT_CORPORA: dict[str, ZeroShotCorpus] = {corpus.name: corpus for corpus in (
-    ZeroShotCorpus("ptb", "ptb-text-only/ptb_text_only", "penn_treebank", "validation", "sentence", "ptb", True),
+    ZeroShotCorpus("ptb", "ptb-text-only/ptb_text_only", "penn_treebank", "validation", "sentence", "ptb",
+                   parquet_export=True),
     ZeroShotCorpus("wikitext2", "Salesforce/wikitext", "wikitext-2-raw-v1", "validation", "text", "wikitext"),
     ZeroShotCorpus("wikitext103", "Salesforce/wikitext", "wikitext-103-raw-v1", "validation", "text", "wikitext"),
-    ZeroShotCorpus("lm1b", "billion-word-benchmark/lm1b", "plain_text", "test", "text", "lm1b", True),
-    ZeroShotCorpus("lambada", "EleutherAI/lambada_openai", "default", "test", "text", "lambada", True),
+    ZeroShotCorpus("lm1b", "billion-word-benchmark/lm1b", "plain_text", "test", "text", "lm1b", parquet_export=True),
+    ZeroShotCorpus("lambada", "EleutherAI/lambada_openai", "default", "test", "text", "lambada", parquet_export=True),
     ZeroShotCorpus("ag_news", "fancyzhx/ag_news", None, "test", "text", "none"),
-    ZeroShotCorpus("pubmed", "armanc/scientific_papers", "pubmed", "validation", "article", "scientific_papers", True),
-    ZeroShotCorpus("arxiv", "armanc/scientific_papers", "arxiv", "validation", "article", "scientific_papers", True),
+    ZeroShotCorpus("pubmed", "armanc/scientific_papers", "pubmed", "validation", "article", "scientific_papers",
+                   parquet_export=True),
+    ZeroShotCorpus("arxiv", "armanc/scientific_papers", "arxiv", "validation", "article", "scientific_papers",
+                   parquet_export=True),
 )}
 
 
