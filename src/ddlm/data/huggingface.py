@@ -18,6 +18,7 @@ from ddlm.errors import DDLMError
 SAVED_DATASET_FILES = ("state.json", "dataset_info.json")  # written by Dataset.save_to_disk
 SAVED_DATASET_DICT_FILE = "dataset_dict.json"  # written by DatasetDict.save_to_disk
 ROWS_PER_READ = 1024
+PARQUET_EXPORT = "refs/convert/parquet"  # the Hub's Parquet copy of a data set, one folder per configuration
 
 
 @dataclass(frozen=True)
@@ -42,22 +43,21 @@ LOCAL_COPY_HINT = "check the name and your network, or pass --data a local folde
 class HubDocuments:
     """The documents of a data set's split, streamed (``streaming=True``): nothing is held in
     memory, and each pass streams the rows again. Hub names need a network or a cached copy.
-    ``hint``: what the error says to do when the data set cannot be loaded; ``revision``: a Hub branch;
-    ``config_folder``: read the configuration from its folder (``data_dir``), as in the Hub's Parquet export
-    (``refs/convert/parquet``: ``CONFIG/SPLIT/0000.parquet``), where ``datasets`` knows no configuration names."""
+    ``hint``: what the error says to do when the data set cannot be loaded; ``parquet_export``: read the Hub's
+    Parquet copy of the data set (PARQUET_EXPORT: ``CONFIG/SPLIT/0000.parquet``, for a data set that is a loading
+    script), where ``datasets`` knows no configuration names, so the configuration is read as its folder."""
 
     def __init__(self, name: str, selection: HFSelection, separator: str | None, hint: str = LOCAL_COPY_HINT,
-                 revision: str | None = None, config_folder: bool = False) -> None:
+                 parquet_export: bool = False) -> None:
         self.name, self.selection, self.separator = name, selection, separator
-        self.hint, self.revision, self.config_folder = hint, revision, config_folder
+        self.hint, self.parquet_export = hint, parquet_export
 
     def load_arguments(self) -> tuple[tuple[str | None, ...], dict[str, Any]]:
         """The positional and keyword arguments of the ``datasets.load_dataset`` call that streams the split."""
         config, split = self.selection.config, self.selection.split
         keywords: dict[str, Any] = {"split": split, "streaming": True}
-        keywords |= {"revision": self.revision} if self.revision else {}
-        if self.config_folder and config:
-            return (self.name,), keywords | {"data_dir": config}
+        if self.parquet_export:
+            return (self.name,), keywords | {"revision": PARQUET_EXPORT} | ({"data_dir": config} if config else {})
         return (self.name, config), keywords
 
     def __iter__(self) -> Iterator[str]:
@@ -77,7 +77,7 @@ class HubDocuments:
             if "scripts are no longer supported" not in str(error):
                 raise
             raise DDLMError(f"cannot load {where} ({first_line(error)}); save a copy with an older datasets, "
-                            "or use a Parquet copy of it (on the Hub: its refs/convert/parquet branch)") from None
+                            f"or use a Parquet copy of it (on the Hub: its {PARQUET_EXPORT} branch)") from None
 
 
 class SavedDocuments:

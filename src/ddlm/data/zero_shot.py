@@ -122,9 +122,6 @@ DETOKENIZERS: dict[str, Callable[[str], str] | None] = {
 }
 
 
-PARQUET_EXPORT = "refs/convert/parquet"  # the Hub's Parquet copy of a data set, one folder per configuration
-
-
 @dataclass(frozen=True)
 class ZeroShotCorpus:
     """One corpus of the papers' zero-shot tables: where it is on the Hub and how it is read."""
@@ -145,8 +142,7 @@ class ZeroShotCorpus:
 
     def documents(self, separator: str | None = None, hint: str = LOCAL_COPY_HINT) -> HubDocuments:
         """The split's documents, streamed from the Hub (not yet detokenised)."""
-        return HubDocuments(self.path, self.selection, separator, hint=hint,
-                            revision=PARQUET_EXPORT if self.parquet_export else None, config_folder=self.parquet_export)
+        return HubDocuments(self.path, self.selection, separator, hint=hint, parquet_export=self.parquet_export)
 
     def load_call(self) -> str:
         """The ``datasets.load_dataset`` call that reads the split, as Python."""
