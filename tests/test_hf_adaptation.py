@@ -255,17 +255,32 @@ def test_an_adaptation_run_resumes_exactly(sources, corpus, tmp_path, ar_term):
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
 
-def test_a_checkpoint_with_other_optimizer_groups_is_refused_in_one_line(sources, corpus, tmp_path, monkeypatch):
-    """A checkpoint of the grouping before commit a3dc7a4 (a network's embeddings took weight decay) names the problem
-    and the fix on resume, instead of torch's ValueError."""
-    with monkeypatch.context() as earlier:
-        earlier.setattr("ddlm.training.trainer.embedding_parameters", lambda model: set())
+def reversed_decay_group(build):
+    """An optimizer whose weight-decay group holds the same matrices in reverse order: torch's own check (group
+    sizes) passes, yet each saved moment would meet a parameter of another shape."""
+    def build_reversed(model, config):
+        optimizer = build(model, config)
+        optimizer.param_groups[0]["params"].reverse()
+        return optimizer
+    return build_reversed
+
+
+@pytest.mark.parametrize("earlier", ["embeddings-decayed", "order-reversed"])
+def test_a_checkpoint_with_other_optimizer_groups_is_refused_in_one_line(sources, corpus, tmp_path, monkeypatch, earlier):
+    """A checkpoint of another grouping (before commit a3dc7a4 a network's embeddings took weight decay; or the same
+    group sizes in another order) names the problem and the fix on resume, instead of torch's error or a silent mix-up."""
+    with monkeypatch.context() as other:
+        if earlier == "embeddings-decayed":
+            other.setattr("ddlm.training.trainer.embedding_parameters", lambda model: set())
+        else:
+            other.setattr("ddlm.training.trainer.build_optimizer", reversed_decay_group(build_optimizer))
         prepare_training(load_config(None, None, ["process.name=masked", *TRAIN]), tmp_path / "run", data=corpus,
                          init=str(sources["gpt2"]), show_progress=False).train(stop_after=1)
     with pytest.raises(DDLMError, match="groups its optimizer's parameters otherwise .*start the run again, or resume "
                                         "it with the ddlm that wrote it") as error:
         prepare_training(saved_config(tmp_path / "run"), tmp_path / "run", resume=True, show_progress=False)
     assert "\n" not in str(error.value)
+    assert ("has shape" in str(error.value)) == (earlier == "order-reversed")
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.0])

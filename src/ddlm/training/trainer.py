@@ -500,18 +500,31 @@ class Trainer:
         self.state.load_state_dict(state["train"])
 
     def check_optimizer_groups(self, state: dict[str, Any]) -> None:
-        """A one-line error when the checkpoint's optimizer groups its parameters otherwise than this ddlm does
-        (as before commit a3dc7a4 for a Hugging Face network, whose embeddings then took weight decay)."""
+        """A one-line error when the checkpoint's optimizer groups or orders its parameters otherwise than this ddlm
+        does (as before commit a3dc7a4 for a Hugging Face network, whose embeddings then took weight decay): torch
+        checks only the group sizes, and would pair saved moments with parameters of another shape."""
         saved = state.get("optimizer", {}).get("param_groups")  # none before a sharded run's first step
         if saved is None:
             return
         sizes, own = [len(group["params"]) for group in saved], [len(group["params"]) for group in self.optimizer.param_groups]
-        if sizes != own:
+        problem = f"{sizes} per weight-decay group, this ddlm {own}" if sizes != own else None
+        if problem is None and SHARDS_KEY not in state:  # a sharded run's moments are keyed by name
+            problem = self.moment_shape_mismatch(saved, state["optimizer"].get("state", {}))
+        if problem is not None:
             raise DDLMError(
-                f"checkpoint {self.checkpoint_path} groups its optimizer's parameters otherwise ({sizes} per weight-decay "
-                f"group, this ddlm {own}): an earlier ddlm wrote it; start the run again, or resume it with the ddlm that "
-                "wrote it"
+                f"checkpoint {self.checkpoint_path} groups its optimizer's parameters otherwise ({problem}): an earlier "
+                "ddlm wrote it; start the run again, or resume it with the ddlm that wrote it"
             )
+
+    def moment_shape_mismatch(self, saved_groups: list[dict[str, Any]], moments: dict[Any, Any]) -> str | None:
+        """The first parameter whose saved Adam moment has another shape than the parameter in its place, or None."""
+        for group_index, (group, own) in enumerate(zip(saved_groups, self.optimizer.param_groups)):
+            for place, (index, parameter) in enumerate(zip(group["params"], own["params"])):
+                moment = moments.get(str(index), moments.get(index, {})).get("exp_avg")
+                if moment is not None and tuple(moment.shape) != tuple(parameter.shape):
+                    return (f"parameter {place} of group {group_index} has shape {list(moment.shape)} there, "
+                            f"{list(parameter.shape)} here")
+        return None
 
     def check_unsharded(self, state: dict[str, Any]) -> None:
         """A one-line error for an unsharded checkpoint this run cannot continue: another number of processes
