@@ -102,14 +102,17 @@ def test_a_corpus_name_streams_its_split_from_the_hub_detokenised(name, monkeypa
     assert evaluation_source(name, detokenizer=other)[0].identity != source.identity  # cached apart
 
 
-def test_a_corpus_from_the_parquet_export_reads_only_its_configuration(tmp_path):
+@pytest.mark.parametrize("exported", ["whole", "partial"])
+def test_a_corpus_from_the_parquet_export_reads_only_its_configuration(tmp_path, exported):
     """The real ``datasets.load_dataset`` on a local folder laid out as the Hub's Parquet export (CONFIG/SPLIT/0000.parquet,
-    no configuration names): pubmed's validation split, not arXiv's nor pubmed's training split."""
+    no configuration names): pubmed's validation split, not arXiv's nor pubmed's training split. A split over the
+    export's size limit is a folder partial-SPLIT holding its start; it is read as that split."""
     pyarrow, parquet = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    prefix = "partial-" if exported == "partial" else ""
     for config, split in (("pubmed", "validation"), ("arxiv", "validation"), ("pubmed", "train")):
-        (tmp_path / config / split).mkdir(parents=True)
+        (tmp_path / config / (prefix + split)).mkdir(parents=True)
         table = pyarrow.table({"article": [f"{config} {split} {i} @-@ 1" for i in range(2)], "abstract": ["-", "-"]})
-        parquet.write_table(table, tmp_path / config / split / "0000.parquet")
+        parquet.write_table(table, tmp_path / config / (prefix + split) / "0000.parquet")
     corpus = dataclasses.replace(ZERO_SHOT_CORPORA["pubmed"], path=str(tmp_path))
     assert corpus.parquet_export
     assert list(corpus.source().read()) == ["pubmed validation 0 @-@ 1", "pubmed validation 1 @-@ 1"]
