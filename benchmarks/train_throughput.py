@@ -1,10 +1,12 @@
 """Training throughput in fp32 and bf16, and model FLOPs utilisation, side by side.
 
     python benchmarks/train_throughput.py --preset char-small
+    python benchmarks/train_throughput.py --preset char-small process.name=block --vary model.dropout=0,0.1
 
 Runs the real Trainer step (forward, NELBO, backward, clipping, AdamW, EMA) on random
 tokens, then measures the matrix-multiply peak of this machine in the same run, and
-prints tokens/s, achieved TFLOP/s and MFU = achieved / peak for each precision.
+prints tokens/s, achieved TFLOP/s and MFU = achieved / peak for each precision; with
+``--vary KEY=A,B,...`` for each value of that setting too, and the ratios to the first value.
 """
 
 from __future__ import annotations
@@ -64,8 +66,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--max-seconds", type=float, default=60, help="stop timing a precision after this long")
+    parser.add_argument("--vary", metavar="KEY=A,B,...", help="measure each of these values of one setting, side by side")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
+    variants = [[]]
+    if args.vary:
+        key, equals, values = args.vary.partition("=")
+        if not equals or not values:
+            parser.error(f"--vary takes KEY=A,B,... (e.g. model.dropout=0,0.1), got {args.vary!r}")
+        variants = [[f"{key}={value}"] for value in values.split(",")]
 
     tokenizer = CharTokenizer.from_texts([ALPHABET])
     tokens = np.random.default_rng(0).integers(0, len(ALPHABET), 2_000_000).astype(np.uint16)
@@ -74,26 +83,36 @@ def main() -> None:
     native = "native" if has_fast_bf16("cpu") else "emulated (no bf16 matrix instructions): precision=auto uses fp32"
     print(f"bf16 on this CPU: {native}")
     rows = {}
-    for precision in ("fp32", "bf16"):
-        config = load_config(args.preset, overrides=[*args.overrides, f"optim.precision={precision}"])
-        with tempfile.TemporaryDirectory() as out:
-            trainer = Trainer(config, tokenizer, corpus, None, out, device="cpu", show_progress=False)
-            durations = timed_repeats(trainer.train_step, args.steps, args.warmup, args.max_seconds)
-        step_tokens = config.optim.batch_size * config.optim.grad_accum * config.data.context_length
-        tokens_per_s = step_tokens / statistics.median(durations)
-        achieved = tokens_per_s * model_flops_per_token(trainer)
-        peak = matmul_peak(precision)
-        rows[precision] = (tokens_per_s, achieved, peak, len(durations))
-        if precision == "fp32":
-            print(f"model: {trainer.model.num_parameters():,} parameters, preset {args.preset}, "
-                  f"batch {config.optim.batch_size} x context {config.data.context_length}, "
-                  f"median of up to {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'precision':<10}{'tokens/s':>12}{'model TFLOP/s':>15}{'matmul peak':>13}{'MFU':>8}{'steps':>7}")
-    for precision, (tokens_per_s, achieved, peak, steps) in rows.items():
-        print(f"{precision:<10}{tokens_per_s:>12,.0f}{achieved / 1e12:>15.3f}{peak / 1e12:>13.3f}{achieved / peak:>8.1%}"
-              f"{steps:>7}")
-    print(f"bf16 / fp32 training throughput: {rows['bf16'][0] / rows['fp32'][0]:.2f}x")
-
+    for variant in variants:
+        for precision in ("fp32", "bf16"):
+            config = load_config(args.preset, overrides=[*args.overrides, *variant, f"optim.precision={precision}"])
+            with tempfile.TemporaryDirectory() as out:
+                trainer = Trainer(config, tokenizer, corpus, None, out, device="cpu", show_progress=False)
+                durations = timed_repeats(trainer.train_step, args.steps, args.warmup, args.max_seconds)
+            step_tokens = config.optim.batch_size * config.optim.grad_accum * config.data.context_length
+            tokens_per_s = step_tokens / statistics.median(durations)
+            achieved = tokens_per_s * model_flops_per_token(trainer)
+            peak = matmul_peak(precision)
+            rows[(" ".join(variant), precision)] = (tokens_per_s, achieved, peak, len(durations))
+            if len(rows) == 1:
+                print(f"model: {trainer.model.num_parameters():,} parameters, preset {args.preset}, "
+                      f"batch {config.optim.batch_size} x context {config.data.context_length}, "
+                      f"median of up to {args.steps} steps after {args.warmup} warm-up")
+    width = max(len("setting"), *(len(setting) for setting, _ in rows)) + 2
+    print(f"{'setting':<{width}}{'precision':<10}{'tokens/s':>12}{'model TFLOP/s':>15}{'matmul peak':>13}{'MFU':>8}"
+          f"{'steps':>7}")
+    for (setting, precision), (tokens_per_s, achieved, peak, steps) in rows.items():
+        print(f"{setting or '-':<{width}}{precision:<10}{tokens_per_s:>12,.0f}{achieved / 1e12:>15.3f}{peak / 1e12:>13.3f}"
+              f"{achieved / peak:>8.1%}{steps:>7}")
+    first = " ".join(variants[0])
+    for variant in variants:
+        setting = " ".join(variant)
+        print(f"bf16 / fp32 training throughput{' with ' + setting if setting else ''}: "
+              f"{rows[(setting, 'bf16')][0] / rows[(setting, 'fp32')][0]:.2f}x")
+        if setting != first:
+            for precision in ("fp32", "bf16"):
+                print(f"{setting} / {first} training throughput in {precision}: "
+                      f"{rows[(setting, precision)][0] / rows[(first, precision)][0]:.2f}x")
 
 if __name__ == "__main__":
     main()
