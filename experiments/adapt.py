@@ -45,7 +45,7 @@ from ddlm.eval.report import EvalSettings, evaluate
 from ddlm.viz.plots import plot_runs
 
 # Settings of every adaptation run: a lower peak learning rate than from scratch, no dropout (on a CPU attention
-# dropout costs a third of the step, and short adaptations do not overfit: docs/results.md).
+# dropout costs about 30% of the step, and short adaptations do not overfit: docs/results.md).
 ADAPT = ["optim.batch_size=16", "optim.lr=5e-4", "optim.warmup_steps=100", "optim.min_lr_ratio=0.1", "model.dropout=0"]
 MASKED = ["process.name=masked", "process.estimator=count"]
 BLOCK4 = ["process.name=block", "process.block_size=4", "process.estimator=count"]
