@@ -22,7 +22,7 @@ import torch
 from ddlm.data import TokenizedCorpus
 from ddlm.device import autocast, describe_machine, has_fast_bf16
 from ddlm.tokenizers import CharTokenizer
-from ddlm.training import Trainer, load_config
+from ddlm.training import RunConfig, Trainer, load_config
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\n-&3$"  # 65 symbols, as tiny Shakespeare
 
@@ -60,6 +60,18 @@ def matmul_peak(precision: str, size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 / statistics.median(durations)
 
 
+def measure(config: RunConfig, tokenizer: CharTokenizer, corpus: TokenizedCorpus, precision: str,
+            args: argparse.Namespace) -> tuple[float, float, float, int, int]:
+    """One configuration's training step: tokens/s, achieved FLOP/s, the matmul peak, steps timed, parameters."""
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(config, tokenizer, corpus, None, out, device="cpu", show_progress=False)
+        durations = timed_repeats(trainer.train_step, args.steps, args.warmup, args.max_seconds)
+    step_tokens = config.optim.batch_size * config.optim.grad_accum * config.data.context_length
+    tokens_per_s = step_tokens / statistics.median(durations)
+    achieved = tokens_per_s * model_flops_per_token(trainer)
+    return tokens_per_s, achieved, matmul_peak(precision), len(durations), trainer.model.num_parameters()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="char-small")
@@ -86,16 +98,10 @@ def main() -> None:
     for variant in variants:
         for precision in ("fp32", "bf16"):
             config = load_config(args.preset, overrides=[*args.overrides, *variant, f"optim.precision={precision}"])
-            with tempfile.TemporaryDirectory() as out:
-                trainer = Trainer(config, tokenizer, corpus, None, out, device="cpu", show_progress=False)
-                durations = timed_repeats(trainer.train_step, args.steps, args.warmup, args.max_seconds)
-            step_tokens = config.optim.batch_size * config.optim.grad_accum * config.data.context_length
-            tokens_per_s = step_tokens / statistics.median(durations)
-            achieved = tokens_per_s * model_flops_per_token(trainer)
-            peak = matmul_peak(precision)
-            rows[(" ".join(variant), precision)] = (tokens_per_s, achieved, peak, len(durations))
+            *row, parameters = measure(config, tokenizer, corpus, precision, args)
+            rows[(" ".join(variant), precision)] = tuple(row)
             if len(rows) == 1:
-                print(f"model: {trainer.model.num_parameters():,} parameters, preset {args.preset}, "
+                print(f"model: {parameters:,} parameters, preset {args.preset}, "
                       f"batch {config.optim.batch_size} x context {config.data.context_length}, "
                       f"median of up to {args.steps} steps after {args.warmup} warm-up")
     width = max(len("setting"), *(len(setting) for setting, _ in rows)) + 2

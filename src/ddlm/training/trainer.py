@@ -520,7 +520,7 @@ class Trainer:
         """The first parameter whose saved Adam moment has another shape than the parameter in its place, or None."""
         for group_index, (group, own) in enumerate(zip(saved_groups, self.optimizer.param_groups)):
             for place, (index, parameter) in enumerate(zip(group["params"], own["params"])):
-                moment = moments.get(str(index), moments.get(index, {})).get("exp_avg")
+                moment = moments.get(str(index), {}).get("exp_avg")  # JSON keys: the indices as strings
                 if moment is not None and tuple(moment.shape) != tuple(parameter.shape):
                     return (f"parameter {place} of group {group_index} has shape {list(moment.shape)} there, "
                             f"{list(parameter.shape)} here")
