@@ -125,6 +125,12 @@ def test_clip_range_is_checked():
         block_process(4, clip_min=0.8, clip_max=0.3)
 
 
+@pytest.mark.parametrize("clip", [{"clip_min": 0.3}, {"clip_max": 0.8}, {"clip_min": 0.3, "clip_max": 0.8}])
+def test_a_clip_is_refused_by_the_count_estimator_which_would_ignore_it(clip):
+    with pytest.raises(DDLMError, match="count estimator never draws"):
+        block_process(4, estimator="count", **clip)
+
+
 def gradient_variance(process: BlockDiffusion, model: Transformer, x0: torch.Tensor, draws: int) -> float:
     """Total variance over draws of the gradient of the training loss (sum over parameters)."""
     generator = torch.Generator().manual_seed(0)

@@ -78,6 +78,11 @@ class BlockDiffusion(MaskedDiffusion):
                 f"the clipped noise range [{low:g}, {high:g}] must satisfy 0 < clip_min < clip_max <= 1; "
                 "fix process.clip_min / process.clip_max"
             )
+        if self.estimator == "count" and (clip_min is not None or clip_max is not None):
+            raise DDLMError(
+                "process.clip_min / process.clip_max clip the noise level t, which the count estimator never draws "
+                "(it draws how many tokens to mask); set process.estimator=time or remove the clip"
+            )
 
     @classmethod
     def from_config(cls, config: dict[str, Any], vocab: Vocabulary) -> BlockDiffusion:
