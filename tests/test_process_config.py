@@ -121,6 +121,28 @@ def test_bad_settings_are_refused_before_training(override, message):
         load_config("tiny", overrides=[override])
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["process.name=masked", "process.clip_min=0.3"], "process.clip_min is not a setting of the masked process"),
+    # the default process is masked: before, this trained a masked model and ignored the block size
+    (["process.block_size=8"], "process.block_size is not a setting of the masked process"),
+    (["process.name=ar", "process.estimator=count"], "process.estimator is not a setting of the ar process"),
+    (["process.name=sedd-absorb", "process.estimator=count"], "process.estimator is not a setting of the sedd-absorb"),
+])
+def test_a_process_setting_the_chosen_process_never_reads_is_refused(overrides, message):
+    with pytest.raises(DDLMError, match=message):
+        load_config("tiny", overrides=overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["process.name=block", "process.block_size=8", "process.clip_min=0.3", "process.clip_max=0.8"],
+    ["process.name=masked", "process.schedule.name=polynomial", "process.schedule.exponent=3", "process.estimator=count"],
+    ["process.name=sedd-uniform", "process.eps=0.01", "process.antithetic=false"],
+    ["process.name=ar"],
+])
+def test_the_settings_a_process_reads_are_accepted(overrides):
+    assert load_config("tiny", overrides=overrides).process.name == overrides[0].partition("=")[2]
+
+
 def test_the_model_section_is_the_backbone_config_with_the_rest_filled_in():
     config = load_config("tiny", overrides=["model.d_model=64", "model.rope_theta=500", "data.context_length=48"])
     model = build_model(config, TOKENIZER, build_run_process(config, TOKENIZER))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,8 @@ class Family:
     generator ``(model, process, canvas, options, first_row)``. ``options``: the fields of
     :class:`SamplerOptions` beyond the common ones that the sampler reads. ``own_options``: a
     dataclass of options no built-in family has; their values travel in ``SamplerOptions.extra``.
+    ``process_keys``: the ``process.*`` training settings ``build`` reads besides ``name`` (None: not
+    declared, so none is refused).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Family:
     sampler: Sampler
     options: tuple[str, ...] = ()
     own_options: type | None = None
+    process_keys: tuple[str, ...] | None = None
 
     def own(self) -> tuple[DeclaredOption, ...]:
         return declared_options(self.own_options) if self.own_options is not None else ()
@@ -108,6 +111,16 @@ def get_family(name: str) -> Family:
     return FAMILIES[name]
 
 
+def check_process_settings(name: str, keys: Iterable[str]) -> None:
+    """Refuse a ``process.KEY`` setting (``keys`` without the prefix) that the ``name`` process never reads."""
+    family = get_family(name)
+    for key in keys:  # a nested key such as schedule.exponent belongs to its first part
+        if family.process_keys is not None and key != "name" and key.partition(".")[0] not in family.process_keys:
+            settings = ", ".join(family.process_keys) or "none but name"
+            raise DDLMError(f"process.{key} is not a setting of the {name} process (its settings: {settings}); "
+                            "remove it, or set process.name to the process it belongs to", field=f"process.{key}")
+
+
 def family_options() -> set[str]:
     """The SamplerOptions fields some family reads: the rest are common to every family."""
     return {name for family in FAMILIES.values() for name in family.options}
@@ -160,12 +173,15 @@ def load_plugins() -> None:
                             "fix or uninstall it") from None
 
 
+MASKED_KEYS = ("schedule", "eps", "antithetic", "estimator")
+SEDD_KEYS = ("schedule", "eps", "antithetic")
 for builtin in (
-    Family("masked", MaskedDiffusion.from_config, masked_steps, MASKED_OPTIONS),
-    Family("block", BlockDiffusion.from_config, block_steps, BLOCK_OPTIONS),
-    Family("sedd-absorb", ScoreEntropyDiffusion.from_config, sedd_steps, SEDD_OPTIONS),
-    Family("sedd-uniform", ScoreEntropyDiffusion.from_config, sedd_steps, SEDD_OPTIONS),
-    Family("ar", Autoregressive.from_config, ar_steps),
+    Family("masked", MaskedDiffusion.from_config, masked_steps, MASKED_OPTIONS, process_keys=MASKED_KEYS),
+    Family("block", BlockDiffusion.from_config, block_steps, BLOCK_OPTIONS,
+           process_keys=(*MASKED_KEYS, "block_size", "clip_min", "clip_max")),
+    Family("sedd-absorb", ScoreEntropyDiffusion.from_config, sedd_steps, SEDD_OPTIONS, process_keys=SEDD_KEYS),
+    Family("sedd-uniform", ScoreEntropyDiffusion.from_config, sedd_steps, SEDD_OPTIONS, process_keys=SEDD_KEYS),
+    Family("ar", Autoregressive.from_config, ar_steps, process_keys=()),
 ):
     register_family(builtin)
 load_plugins()

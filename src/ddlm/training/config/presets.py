@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from ddlm.errors import DDLMError
+from ddlm.families import check_process_settings
 from ddlm.training.config.schema import RunConfig
 
 
@@ -46,4 +47,6 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
             raise DDLMError(f"config file {path} must hold a mapping of sections (tokenizer, data, model, ...)")
     config = RunConfig.from_dict(values).with_overrides(overrides or [])
     config.validate()
+    set_keys = (item.partition("=")[0].strip() for item in overrides or [])
+    check_process_settings(config.process.name, [key[len("process."):] for key in set_keys if key.startswith("process.")])
     return config
