@@ -156,7 +156,8 @@ def ar_source(tmp_path_factory, shakespeare_path):
 @pytest.mark.parametrize("process", ["masked", "block"])
 def test_init_from_an_autoregressive_model_starts_at_its_likelihood_and_records_its_source(
         tmp_path, shakespeare_path, ar_source, process):
-    config = load_config("tiny", None, [f"process.name={process}", "process.block_size=1", "process.estimator=count",
+    block = ["process.block_size=1"] if process == "block" else []
+    config = load_config("tiny", None, [f"process.name={process}", *block, "process.estimator=count",
                                         "optim.max_steps=1", "log.eval_every=0", "log.sample_every=0",
                                         "data.context_length=32"])
     trainer = prepare_training(config, tmp_path / "run", data=shakespeare_path, init=str(ar_source), show_progress=False)
