@@ -11,7 +11,7 @@ import torch
 
 from ddlm import DiffusionPipeline
 from ddlm.errors import DDLMError
-from ddlm.families import build_process
+from ddlm.families import FAMILIES, build_process
 from ddlm.processes import SCHEDULES, Vocabulary, build_schedule
 from ddlm.tokenizers import build_tokenizer
 from ddlm.training import RunConfig, load_config
@@ -141,6 +141,29 @@ def test_a_process_setting_the_chosen_process_never_reads_is_refused(overrides, 
 ])
 def test_the_settings_a_process_reads_are_accepted(overrides):
     assert load_config("tiny", overrides=overrides).process.name == overrides[0].partition("=")[2]
+
+
+class RecordingDict(dict):
+    """A process configuration that remembers which keys were read."""
+
+    def __init__(self, *args, **keywords):
+        super().__init__(*args, **keywords)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("name", ["masked", "block", "sedd-absorb", "sedd-uniform", "ar"])
+def test_each_family_declares_exactly_the_process_keys_its_build_reads(name):
+    config = RecordingDict(name=name)
+    FAMILIES[name].build(config, Vocabulary.of(TOKENIZER))
+    assert config.read - {"name"} == set(FAMILIES[name].process_keys)
 
 
 def test_the_model_section_is_the_backbone_config_with_the_rest_filled_in():
