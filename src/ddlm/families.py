@@ -114,8 +114,10 @@ def get_family(name: str) -> Family:
 def check_process_settings(name: str, keys: Iterable[str]) -> None:
     """Refuse a ``process.KEY`` setting (``keys`` without the prefix) that the ``name`` process never reads."""
     family = get_family(name)
+    if family.process_keys is None:
+        return
     for key in keys:  # a nested key such as schedule.exponent belongs to its first part
-        if family.process_keys is not None and key != "name" and key.partition(".")[0] not in family.process_keys:
+        if key != "name" and key.partition(".")[0] not in family.process_keys:
             settings = ", ".join(family.process_keys) or "none but name"
             raise DDLMError(f"process.{key} is not a setting of the {name} process (its settings: {settings}); "
                             "remove it, or set process.name to the process it belongs to", field=f"process.{key}")
