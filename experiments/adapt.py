@@ -3,6 +3,7 @@
     python experiments/adapt.py shakespeare --minutes 45 --out runs/adapt-shakespeare
     python experiments/adapt.py tinystories --data $DDLM_DATA_DIR/tinystories/train.txt \
         --valid $DDLM_DATA_DIR/tinystories/valid.txt --minutes 8 --parallel 2 --out runs/adapt-tinystories
+    python experiments/adapt.py tinystories ... --seeds 0,1,2   # each seed's table, then the ratios' mean and range
 
 shakespeare: from the bundled ``shakespeare-ar``, adapt to masked diffusion and to block diffusion
 with blocks of 4 (``ddlm train --init shakespeare-ar``) for ``--minutes`` each; report the held-out
@@ -113,9 +114,25 @@ def shakespeare(args: argparse.Namespace, out: Path) -> None:
 def tinystories(args: argparse.Namespace, out: Path) -> None:
     if not args.data:
         raise SystemExit("tinystories needs --data (and --valid): the TinyStories text files")
+    if not args.seeds:
+        tinystories_runs(args, out, [])
+        return
+    ratios = {seed: tinystories_runs(args, out / f"seed-{seed}", [f"optim.seed={seed}"]) for seed in args.seeds}
+    print(f"\n{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}): x AR ({args.minutes:g} min), mean and range\n")
+    print("| model | mean x AR | lowest | highest |")
+    print("|---|---|---|---|")
+    for name in [name for name in ratios[args.seeds[0]] if name != "ar-full"]:  # the reference itself: 1.000
+        values = [ratios[seed][name] for seed in args.seeds]
+        print(f"| {name} | {sum(values) / len(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+
+
+def tinystories_runs(args: argparse.Namespace, out: Path, seed: list[str]) -> dict[str, float]:
+    """The six TinyStories runs in ``out`` with the ``seed`` settings; print their table and return each
+    model's held-out bits per byte as a multiple of the full-length AR model's."""
+    out.mkdir(parents=True, exist_ok=True)
     data = ["--preset", "bpe-small", "--data", args.data, *(["--valid", args.valid] if args.valid else [])]
     half, full = ["--time-budget", f"{args.minutes / 2:g}m"], ["--time-budget", f"{args.minutes:g}m"]
-    extra = [*LOGS, *args.overrides]
+    extra = [*LOGS, *args.overrides, *seed]
     run_all([("ar-full", [*data, *full, "process.name=ar", *extra]), ("ar-half", [*data, *half, "process.name=ar", *extra]),
              ("masked-scratch", [*data, *full, "process.name=masked", *extra]),
              ("block4-scratch", [*data, *full, *BLOCK4, *extra])], out, args.parallel)
@@ -138,14 +155,15 @@ def tinystories(args: argparse.Namespace, out: Path) -> None:
               f"entropy {samples['unigram_entropy']:.3f}", flush=True)
     (out / "results.json").write_text(json.dumps({"reference_entropy": reference, **results}, indent=2, default=str))
     ar = results["ar-full"]["likelihood"]["bits_per_byte"]
+    ratios = {name: result["likelihood"]["bits_per_byte"] / ar for name, result in results.items()}
     print(f"\nmachine: {describe_machine()}; {args.minutes} minutes each (adapted: {args.minutes / 2:g} AR + "
-          f"{args.minutes / 2:g} adaptation), one thread each, {args.parallel} at a time\n")
+          f"{args.minutes / 2:g} adaptation), one thread each, {args.parallel} at a time{', ' + seed[0] if seed else ''}\n")
     print(f"| model | held-out bits/byte | x AR ({args.minutes:g} min) | judge NLL | entropy (text: {reference:.3f}) |")
     print("|---|---|---|---|---|")
     for name, result in results.items():
-        bits = result["likelihood"]["bits_per_byte"]
-        print(f"| {name} | {bits:.4f} | {bits / ar:.3f} | {result['samples']['judge_nll']:.3f} "
-              f"| {result['samples']['unigram_entropy']:.3f} |")
+        print(f"| {name} | {result['likelihood']['bits_per_byte']:.4f} | {ratios[name]:.3f} "
+              f"| {result['samples']['judge_nll']:.3f} | {result['samples']['unigram_entropy']:.3f} |")
+    return ratios
 
 
 def attention(args: argparse.Namespace, out: Path) -> None:
@@ -178,6 +196,17 @@ def attention(args: argparse.Namespace, out: Path) -> None:
     plot_runs([out / name for name, _ in jobs], out / "curves.png")
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds``: comma-separated integers."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers such as 0,1,2, not {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text}: each seed once")
+    return seeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", choices=["shakespeare", "tinystories", "attention"])
@@ -189,6 +218,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--draws", type=int, default=16, help="NELBO time draws per held-out sequence")
     parser.add_argument("--max-sequences", type=int, default=64)
+    parser.add_argument("--seeds", type=seed_list, help="tinystories: every run once per seed (e.g. 0,1,2; optim.seed=N, "
+                        "under OUT/seed-N), with the mean and range of each ratio; one seed can be an outlier "
+                        "(docs/results.md)")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--anneal-steps", type=int, default=100, help="attention: the masked run's annealing steps")
     parser.add_argument("--grow-steps", type=int, default=120, help="attention: the block run's growth steps")
