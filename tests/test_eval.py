@@ -174,3 +174,56 @@ def test_the_sampling_bar_has_a_total_and_reaches_it(process):
     total, unit, ticks = bars["sampling"]
     assert (total, unit) == (3, "samples") and len(ticks) > 1 and all(tick > 0 for tick in ticks)
     assert sum(ticks) == pytest.approx(3)
+
+
+# ----- the exact left-to-right likelihood (--metrics left-to-right) -----
+
+LEFT_TO_RIGHT_TEXT = "ab c\nabca b\ncc ab\nbca\n" * 3 + "ab c"  # 70 characters: rows of 24 (tests.test_lm_eval)
+
+
+def left_to_right_figures(pipe: DiffusionPipeline, tmp_path, text: str = LEFT_TO_RIGHT_TEXT) -> tuple[dict, list[list[int]]]:
+    """``evaluate``'s likelihood and left-to-right figures on ``text`` and the rows it read, PAD removed."""
+    from ddlm.eval.report import evaluation_rows
+
+    path = tmp_path / "held_out.txt"
+    path.write_text(text)
+    settings = EvalSettings(metrics=("likelihood", "left-to-right"), max_sequences=0, draws=4)
+    result = evaluate(pipe, path, None, settings)
+    rows = [[int(token) for token in row if int(token) != pipe.tokenizer.pad_id]
+            for row in evaluation_rows(pipe, path, max_sequences=0)]
+    return result, rows
+
+
+def test_left_to_right_of_an_autoregressive_model_is_its_exact_nll(tmp_path):
+    from tests.test_lm_eval import tiny_pipe
+
+    result, rows = left_to_right_figures(tiny_pipe("ar"), tmp_path)
+    exact, left_to_right = result["likelihood"], result["left_to_right"]
+    assert len(rows) >= 2
+    assert left_to_right["nats_per_token"] == pytest.approx(exact["nats_per_token"], rel=1e-5)
+    assert (left_to_right["tokens"], left_to_right["bytes"], left_to_right["exact"]) == (exact["tokens"], exact["bytes"], True)
+
+
+@pytest.mark.parametrize("kind", ["masked", "masked-noise-conditioned", "block", "block-shifted"])
+def test_left_to_right_is_the_one_token_per_step_nll_computed_token_by_token(tmp_path, kind):
+    """Each token scored by its own model call with the later ones (in its block) hidden, against the metric;
+    a different figure from the NELBO, which averages over every order."""
+    from tests.test_lm_eval import block_left_to_right_value, order_value, tiny_pipe
+
+    process = kind.split("-")[0]
+    pipe = tiny_pipe(process, time_conditioning=kind.endswith("conditioned"), shift=kind.endswith("shifted"))
+    result, rows = left_to_right_figures(pipe, tmp_path)
+    by_hand = [-(order_value(pipe, [], row, tuple(range(len(row)))) if process == "masked"
+                 else block_left_to_right_value(pipe, [], row)) for row in rows]
+    tokens = sum(len(row) for row in rows)
+    left_to_right = result["left_to_right"]
+    assert left_to_right["nats_per_token"] == pytest.approx(sum(by_hand) / tokens, rel=1e-5)
+    assert left_to_right["bits_per_byte"] == pytest.approx(sum(by_hand) / math.log(2) / tokens, rel=1e-5)  # a byte each
+    per_row = torch.tensor([nats / len(row) for nats, row in zip(by_hand, rows)], dtype=torch.float64)
+    assert left_to_right["standard_error"] == pytest.approx(float(per_row.std() / math.sqrt(len(rows))), rel=1e-4)
+    assert left_to_right["nats_per_token"] != pytest.approx(result["likelihood"]["nats_per_token"], rel=1e-3)
+
+
+def test_left_to_right_of_a_score_entropy_model_is_a_clear_error(tmp_path):
+    with pytest.raises(DDLMError, match="left-to-right likelihood is for autoregressive, masked and block"):
+        left_to_right_figures(stream_pipeline("sedd-absorb"), tmp_path, text="abcdef" * 20)

@@ -239,8 +239,11 @@ def add_eval_flags(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--detokenizer", choices=["ptb", "wikitext", "lm1b", "lambada", "scientific_papers", "none"],
                           help="undo a corpus's tokenisation before the model reads it (default: a zero-shot "
                                "corpus's own, none otherwise), e.g. for a local copy of one")
-    evaluate.add_argument("--metrics", nargs="+", default=["likelihood", "samples"], choices=["likelihood", "samples"],
-                          help="likelihood: NELBO on --data; samples: judge NLL, diversity and speed (default: both)")
+    evaluate.add_argument("--metrics", nargs="+", default=["likelihood", "samples"],
+                          choices=["likelihood", "left-to-right", "samples"],
+                          help="likelihood: NELBO on --data; left-to-right: the exact NLL on --data of writing it one "
+                               "token per step from the left (in each block), as --policy left-to-right does; samples: "
+                               "judge NLL, diversity and speed (default: likelihood and samples)")
     evaluate.add_argument("--judge", help="judge for generative perplexity: a ddlm AR model or a local Hugging Face LM "
                                           f"(default: the bundled {DEFAULT_JUDGE!r} for models of its vocabulary)")
     evaluate.add_argument("--json", metavar="OUT", help="write every figure and setting to this JSON file")

@@ -1,9 +1,17 @@
-"""The NELBO (an upper bound on the NLL; the exact NLL for autoregressive models) on held-out text.
+"""The NELBO (an upper bound on the NLL; the exact NLL for autoregressive models) on held-out text,
+and the exact NLL of writing it left to right.
 
 Each sequence is scored ``draws`` times in one batch of copies: the processes draw their noise
 levels antithetically over a batch (t_j = (u + j / draws) mod 1), so the draws of a sequence are
 stratified over [0, 1]. The standard error is over sequences, so it includes both the Monte-Carlo
 noise (which shrinks with more draws) and the spread of the text itself.
+
+The NELBO of a diffusion model averages over every order of unmasking. One order, left to right
+with one token per step (in each block for block diffusion, the earlier blocks clean), is a proper
+model of its own: the sampler ``policy="left-to-right"`` with as many steps as tokens, at
+temperature 1. :func:`left_to_right_likelihood` gives its exact NLL, which an autoregressive
+model's NLL can be compared with; it costs one model call per token of a row for masked diffusion
+and one per position in a block for block diffusion.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import torch
 
 from ddlm.device import autocast
 from ddlm.errors import DDLMError
+from ddlm.eval.harness import Scorer
 
 
 @dataclass
@@ -75,6 +84,38 @@ def evaluate_likelihood(
         if progress is not None:
             progress()
     model.train(was_training)
+    return summarise(per_row, total_nats, total_tokens, total_bytes, draws, exact)
+
+
+@torch.no_grad()
+def left_to_right_likelihood(pipe, rows: Iterable[torch.Tensor], progress=None) -> Likelihood:
+    """The exact NLL of ``pipe``'s model writing each row (1-D token ids, PAD allowed) one token per step from
+    the left (module notes); an autoregressive model's own NLL. ``progress`` is advanced once per row."""
+    if pipe.process.name not in ("ar", "masked", "block"):
+        raise DDLMError(f"the left-to-right likelihood is for autoregressive, masked and block models, not "
+                        f"{pipe.process.name!r}; evaluate it with --metrics likelihood")
+    scorer = Scorer(pipe, estimator="left_to_right")
+    bytes_per_id = torch.tensor(pipe.tokenizer.byte_lengths(), dtype=torch.long)
+    per_row, total_nats, total_tokens, total_bytes = [], 0.0, 0, 0
+    was_training = pipe.model.training
+    pipe.model.eval()
+    for row in rows:
+        tokens = row[row != pipe.tokenizer.pad_id].cpu()
+        if len(tokens):
+            (log_p, _), = scorer.score([([], tokens.tolist())], batch_size=1)
+            per_row.append(-log_p / len(tokens))
+            total_nats -= log_p
+            total_tokens += len(tokens)
+            total_bytes += int(bytes_per_id[tokens].sum())
+        if progress is not None:
+            progress()
+    pipe.model.train(was_training)
+    return summarise(per_row, total_nats, total_tokens, total_bytes, draws=1, exact=True)
+
+
+def summarise(per_row: list[float], total_nats: float, total_tokens: int, total_bytes: int, draws: int,
+              exact: bool) -> Likelihood:
+    """The figures of a scored text from each row's nats per token and the totals."""
     if not total_tokens:
         raise DDLMError("no tokens to score: the evaluation text is empty")
     mean = total_nats / total_tokens

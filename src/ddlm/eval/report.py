@@ -17,11 +17,11 @@ from ddlm.data.zero_shot import evaluation_source
 from ddlm.errors import DDLMError
 from ddlm.eval.diversity import distinct_n, repetition_rate, unigram_entropy
 from ddlm.eval.judge import Judge
-from ddlm.eval.likelihood import evaluate_likelihood
+from ddlm.eval.likelihood import evaluate_likelihood, left_to_right_likelihood
 from ddlm.families import get_family
 from ddlm.samplers import SampleOutput, SamplerStep
 
-METRICS = ("likelihood", "samples")
+METRICS = ("likelihood", "left-to-right", "samples")
 
 
 @dataclass
@@ -74,14 +74,18 @@ def evaluate(pipe, data: str | Path | None, judge: Judge | None, settings: EvalS
         raise DDLMError(f"unknown metric {', '.join(sorted(unknown))}; choose from {list(METRICS)}")
     result: dict[str, Any] = {"process": pipe.process.name, "parameters": pipe.model.num_parameters(),
                               "settings": {**asdict(settings), "metrics": list(settings.metrics)}}
+    scored = [metric for metric in ("likelihood", "left-to-right") if metric in settings.metrics]
+    if scored and data is None:
+        raise DDLMError(f"the {scored[0]} metric needs held-out text: pass --data (e.g. --data shakespeare)")
+    rows = evaluation_rows(pipe, data, settings.max_sequences, detokenizer=settings.detokenizer) if scored else []
     if "likelihood" in settings.metrics:
-        if data is None:
-            raise DDLMError("the likelihood needs held-out text: pass --data (e.g. --data shakespeare)")
-        rows = evaluation_rows(pipe, data, settings.max_sequences, detokenizer=settings.detokenizer)
         tick = progress("likelihood", len(rows), "sequences") if progress else None
         likelihood = evaluate_likelihood(pipe.model, pipe.process, rows, pipe.tokenizer.byte_lengths(),
                                          settings.draws, settings.seed, pipe.precision, tick)
         result["likelihood"] = likelihood.to_dict()
+    if "left-to-right" in settings.metrics:
+        tick = progress("left to right", len(rows), "sequences") if progress else None
+        result["left_to_right"] = left_to_right_likelihood(pipe, rows, tick).to_dict()
     if "samples" in settings.metrics:
         tick = progress("sampling", settings.num_samples, "samples") if progress else None
         result["samples"] = sample_metrics(pipe, judge, settings, tick)
@@ -132,14 +136,16 @@ def counted(steps: Iterable[SamplerStep], tick: Callable[[float], Any] | None) -
 
 
 def markdown_table(results: dict[str, dict]) -> str:
-    """One row per model."""
+    """One row per model; the left-to-right column only where a model has that figure."""
+    ordered = any("left_to_right" in result for result in results.values())
     lines = [
-        "| model | process | NELBO nats/token (± s.e.) | bits/token | PPL | bits/byte | gen. PPL | entropy "
-        "| distinct-1/2/3 | rep-4 | calls | tokens/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | process | NELBO nats/token (± s.e.) | bits/token | PPL | bits/byte "
+        + ("| left-to-right NLL nats/token (± s.e.) | bits/byte " if ordered else "")
+        + "| gen. PPL | entropy | distinct-1/2/3 | rep-4 | calls | tokens/s |",
+        "|---|---|---|---|---|---|" + ("---|---|" if ordered else "") + "---|---|---|---|---|---|",
     ]
     for name, result in results.items():
-        like, samples = result.get("likelihood"), result.get("samples")
+        like, samples, left_to_right = result.get("likelihood"), result.get("samples"), result.get("left_to_right")
         cells = [name, result["process"]]
         if like:
             bound = "=" if like["exact"] else "<="
@@ -147,6 +153,9 @@ def markdown_table(results: dict[str, dict]) -> str:
                       f"{bound} {like['perplexity']:.2f}", f"{like['bits_per_byte']:.4f}"]
         else:
             cells += [""] * 4
+        if ordered:
+            cells += ([f"{left_to_right['nats_per_token']:.4f} ± {left_to_right['standard_error']:.4f}",
+                       f"{left_to_right['bits_per_byte']:.4f}"] if left_to_right else ["", ""])
         if samples:
             cells += [f"{samples['generative_perplexity']:.2f}" if "generative_perplexity" in samples else "",
                       f"{samples['unigram_entropy']:.3f}",
