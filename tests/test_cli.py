@@ -230,6 +230,33 @@ def test_eval_prints_a_table_and_writes_every_figure(trained, trained_ar, tmp_pa
     assert 0 < samples["distinct_1"] <= 1 and samples["model_calls"] <= 8
 
 
+def test_eval_left_to_right_adds_a_column_and_the_exact_figures(trained, trained_ar, tmp_path, capsys):
+    report = tmp_path / "eval.json"
+    code, out, err = run_cli([
+        "eval", "--model", str(trained), "--model", str(trained_ar), "--data", str(trained.parent / "corpus.txt"),
+        "--metrics", "likelihood", "left-to-right", "--json", str(report), "--max-sequences", "2", "--draws", "2",
+        "--no-progress"], capsys)
+    assert code == 0, err
+    assert "left-to-right NLL" in out.splitlines()[0]
+    models = json.loads(report.read_text())["models"]
+    masked, ar = models[str(trained)], models[str(trained_ar)]
+    assert masked["left_to_right"]["exact"] and masked["left_to_right"]["sequences"] == 2
+    assert masked["left_to_right"]["tokens"] == masked["likelihood"]["tokens"]
+    assert ar["left_to_right"]["nats_per_token"] == pytest.approx(ar["likelihood"]["nats_per_token"], rel=1e-5)
+
+
+def test_eval_left_to_right_refuses_a_score_entropy_model_before_any_work(trained, tmp_path, capsys):
+    sedd = tmp_path / "sedd"
+    assert main(["train", "--data", str(trained.parent / "corpus.txt"), "--preset", "tiny", "--out", str(sedd),
+                 "--no-progress", "--cache-dir", str(trained.parent / "cache"), "optim.max_steps=2",
+                 "process.name=sedd-absorb"]) == 0
+    capsys.readouterr()
+    code, out, err = run_cli(["eval", "--model", str(trained), "--model", str(sedd), "--data",
+                              str(trained.parent / "corpus.txt"), "--metrics", "left-to-right", "--no-progress"], capsys)
+    assert code == 2 and out == "" and "left-to-right likelihood is for autoregressive, masked and block" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_eval_needs_data_for_the_likelihood(trained, capsys):
     code, _, err = run_cli(["eval", "--model", str(trained), "--metrics", "likelihood"], capsys)
     assert code == 2 and "--data" in err

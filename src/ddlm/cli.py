@@ -456,6 +456,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from ddlm import DiffusionPipeline
     from ddlm.device import describe_machine
     from ddlm.eval import default_judge, load_judge
+    from ddlm.eval.likelihood import check_left_to_right
     from ddlm.eval.report import EvalSettings, evaluate, markdown_table
     from ddlm.fileio import check_writable_file, write_json_atomic
 
@@ -471,6 +472,9 @@ def run_eval(args: argparse.Namespace) -> int:
                                                       trust_remote_code=args.trust_remote_code,
                                                       compile_model=args.compile)
              for model in args.model}
+    if "left-to-right" in args.metrics:  # before any model's work, not after the first ones'
+        for pipe in pipes.values():
+            check_left_to_right(pipe.process.name)
     judge = None
     if "samples" in args.metrics:
         judge = load_judge(args.judge) if args.judge else default_judge(list(pipes.values()))

@@ -91,9 +91,7 @@ def evaluate_likelihood(
 def left_to_right_likelihood(pipe, rows: Iterable[torch.Tensor], progress=None) -> Likelihood:
     """The exact NLL of ``pipe``'s model writing each row (1-D token ids, PAD allowed) one token per step from
     the left (module notes); an autoregressive model's own NLL. ``progress`` is advanced once per row."""
-    if pipe.process.name not in ("ar", "masked", "block"):
-        raise DDLMError(f"the left-to-right likelihood is for autoregressive, masked and block models, not "
-                        f"{pipe.process.name!r}; evaluate it with --metrics likelihood")
+    check_left_to_right(pipe.process.name)
     scorer = Scorer(pipe, estimator="left_to_right")
     bytes_per_id = torch.tensor(pipe.tokenizer.byte_lengths(), dtype=torch.long)
     per_row, total_nats, total_tokens, total_bytes = [], 0.0, 0, 0
@@ -111,6 +109,13 @@ def left_to_right_likelihood(pipe, rows: Iterable[torch.Tensor], progress=None) 
             progress()
     pipe.model.train(was_training)
     return summarise(per_row, total_nats, total_tokens, total_bytes, draws=1, exact=True)
+
+
+def check_left_to_right(process: str) -> None:
+    """A one-line error for a process whose models have no left-to-right likelihood (score entropy)."""
+    if process not in ("ar", "masked", "block"):
+        raise DDLMError(f"the left-to-right likelihood is for autoregressive, masked and block models, not "
+                        f"{process!r}; evaluate it with --metrics likelihood")
 
 
 def summarise(per_row: list[float], total_nats: float, total_tokens: int, total_bytes: int, draws: int,
