@@ -33,7 +33,7 @@ from ddlm import DiffusionPipeline
 from ddlm.data import builtin_text
 from ddlm.device import describe_machine
 from ddlm.eval.diversity import unigram_entropy
-from ddlm.eval.likelihood import evaluate_likelihood
+from ddlm.eval.likelihood import evaluate_likelihood, left_to_right_likelihood
 from ddlm.eval.report import evaluation_rows
 from ddlm.training.checkpoint import CHECKPOINT_FILE
 
@@ -160,6 +160,9 @@ def export(name: str) -> dict:
         pipe.model.load_state_dict(fp32_state)
     figures = {"averaged": averaged, "nelbo_fp32": nelbo_fp32, "nelbo_bf16": nelbo_bf16, "standard_error": error, "draws": draws,
                "weights": "bf16" if use_bf16 else "fp32", **sample_figures(pipe)}
+    if pipe.process.name != "ar" and SAMPLER_DEFAULTS[name].get("policy") == "left-to-right":
+        # the exact NLL of the order its sampler writes in (costly for a masked model: a call per character)
+        figures["left_to_right"] = left_to_right_likelihood(pipe, evaluation_rows(pipe, "shakespeare", max_sequences=0))
     pipe.summary = {**pipe.summary, "held_out_nelbo": nelbo_bf16 if use_bf16 else nelbo_fp32,
                     "held_out_standard_error": error, "real_words_t08": figures["real_words"]}
     target = ROOT / "src" / "ddlm" / "bundled" / name
@@ -197,6 +200,11 @@ def model_card(name: str, summary: dict, figures: dict, history: list[dict]) -> 
         "sampler defaults": f"{sampler} (`sampler_config.json`; flags and options replace them)",
         f"held-out {unit}": f"**{summary['held_out_nelbo']:.4f} nats/char** (± {figures['standard_error']:.4f}) "
                             "on the last 10% of the corpus",
+        **({"held-out NLL left to right (exact)": f"**{figures['left_to_right'].nats_per_token:.4f} nats/char** "
+            f"(± {figures['left_to_right'].standard_error:.4f}): written one token per step from the left"
+            f"{' of each block' if process == 'block' else ''}, "
+            "the order of its sampler defaults, at temperature 1 (`ddlm eval --metrics left-to-right`)"}
+           if "left_to_right" in figures else {}),
         "weights": f"{figures['weights']} safetensors{averaged_words(figures['averaged'])}: "
                    f"held-out {figures['nelbo_fp32']:.4f} with fp32 weights, "
                    f"{figures['nelbo_bf16']:.4f} with bf16 weights",
