@@ -17,14 +17,14 @@ and one per position in a block for block diffusion.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
 
 from ddlm.device import autocast
 from ddlm.errors import DDLMError
-from ddlm.eval.harness import Scorer
+from ddlm.eval.harness import SCORED_PROCESSES, Scorer
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Likelihood:
     bytes: int
     sequences: int
     draws: int
-    exact: bool  # True for the autoregressive NLL, False for a NELBO bound
+    exact: bool  # True for an exact NLL (autoregressive, or written left to right), False for a NELBO bound
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,15 +67,46 @@ def evaluate_likelihood(
     draws = 1 if exact else draws
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
+
+    def score_row(row: torch.Tensor) -> tuple[float, int]:
+        copies = row.to(device)[None, :].expand(draws, -1)
+        with autocast(device, precision):
+            loss = process.loss(model, copies, generator)
+        return loss.nelbo_sum / draws, loss.num_tokens // draws
+
+    return score_rows(model, rows, score_row, byte_lengths, progress, draws, exact)
+
+
+@torch.no_grad()
+def left_to_right_likelihood(pipe, rows: Iterable[torch.Tensor], progress=None) -> Likelihood:
+    """The exact NLL of ``pipe``'s model writing each row (1-D token ids, PAD allowed) one token per step from
+    the left (module notes); an autoregressive model's own NLL. ``progress`` is advanced once per row."""
+    check_left_to_right(pipe.process.name)
+    scorer = Scorer(pipe, estimator="left_to_right")
+
+    def score_row(row: torch.Tensor) -> tuple[float, int]:
+        tokens = row[row != pipe.tokenizer.pad_id].tolist()
+        return (-scorer.score([([], tokens)], batch_size=1)[0][0], len(tokens)) if tokens else (0.0, 0)
+
+    return score_rows(pipe.model, rows, score_row, pipe.tokenizer.byte_lengths(), progress, draws=1, exact=True)
+
+
+def check_left_to_right(process: str) -> None:
+    """A one-line error for a process whose models have no left-to-right likelihood (score entropy)."""
+    if process not in SCORED_PROCESSES:
+        raise DDLMError(f"the left-to-right likelihood is for autoregressive, masked and block models, not "
+                        f"{process!r}; evaluate it with --metrics likelihood")
+
+
+def score_rows(model: torch.nn.Module, rows: Iterable[torch.Tensor], score_row: Callable[[torch.Tensor], tuple[float, int]],
+               byte_lengths: list[int], progress, draws: int, exact: bool) -> Likelihood:
+    """Summarise ``score_row`` (a row's nats and scored tokens) over ``rows`` with the model in eval mode."""
     bytes_per_id = torch.tensor(byte_lengths, dtype=torch.long)
     per_row, total_nats, total_tokens, total_bytes = [], 0.0, 0, 0
     was_training = model.training
     model.eval()
     for row in rows:
-        copies = row.to(device)[None, :].expand(draws, -1)
-        with autocast(device, precision):
-            loss = process.loss(model, copies, generator)
-        row_nats, row_tokens = loss.nelbo_sum / draws, loss.num_tokens // draws
+        row_nats, row_tokens = score_row(row)
         if row_tokens:
             per_row.append(row_nats / row_tokens)
             total_nats += row_nats
@@ -85,37 +116,6 @@ def evaluate_likelihood(
             progress()
     model.train(was_training)
     return summarise(per_row, total_nats, total_tokens, total_bytes, draws, exact)
-
-
-@torch.no_grad()
-def left_to_right_likelihood(pipe, rows: Iterable[torch.Tensor], progress=None) -> Likelihood:
-    """The exact NLL of ``pipe``'s model writing each row (1-D token ids, PAD allowed) one token per step from
-    the left (module notes); an autoregressive model's own NLL. ``progress`` is advanced once per row."""
-    check_left_to_right(pipe.process.name)
-    scorer = Scorer(pipe, estimator="left_to_right")
-    bytes_per_id = torch.tensor(pipe.tokenizer.byte_lengths(), dtype=torch.long)
-    per_row, total_nats, total_tokens, total_bytes = [], 0.0, 0, 0
-    was_training = pipe.model.training
-    pipe.model.eval()
-    for row in rows:
-        tokens = row[row != pipe.tokenizer.pad_id].cpu()
-        if len(tokens):
-            (log_p, _), = scorer.score([([], tokens.tolist())], batch_size=1)
-            per_row.append(-log_p / len(tokens))
-            total_nats -= log_p
-            total_tokens += len(tokens)
-            total_bytes += int(bytes_per_id[tokens].sum())
-        if progress is not None:
-            progress()
-    pipe.model.train(was_training)
-    return summarise(per_row, total_nats, total_tokens, total_bytes, draws=1, exact=True)
-
-
-def check_left_to_right(process: str) -> None:
-    """A one-line error for a process whose models have no left-to-right likelihood (score entropy)."""
-    if process not in ("ar", "masked", "block"):
-        raise DDLMError(f"the left-to-right likelihood is for autoregressive, masked and block models, not "
-                        f"{process!r}; evaluate it with --metrics likelihood")
 
 
 def summarise(per_row: list[float], total_nats: float, total_tokens: int, total_bytes: int, draws: int,
