@@ -457,6 +457,35 @@ def test_a_hugging_face_llada_model_scores_as_its_native_twin(tmp_path):
         twin.loglikelihood_rolling([Request("the cat sat on a mat")]), rel=1e-5)
 
 
+
+def test_a_hugging_face_llada_model_runs_through_ddlm_lm_eval(tmp_path, monkeypatch, capsys):
+    """The tiny LLaDA-interface model by name through the harness's command line: multiple choice and generation."""
+    from tests.test_hf_backend import WORDS, llada_model
+
+    directory, _ = llada_model(tmp_path / "llada")
+    docs = [{"context": "the cat sat on", "choices": [" a mat", " the moon"], "label": 0},
+            {"context": "it was a good", "choices": [" day", " house tree"], "label": 0}]
+    (tmp_path / "words.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'words.jsonl'}\n"
+              f"  cache_dir: {tmp_path / 'cache'}\ntest_split: test\ndoc_to_text: '{{{{context}}}}'\n")
+    (tmp_path / "words_mc.yaml").write_text(
+        "task: words_mc\n" + common + "output_type: multiple_choice\ndoc_to_choice: '{{choices}}'\n"
+        "doc_to_target: '{{label}}'\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n")
+    (tmp_path / "words_gen.yaml").write_text(
+        "task: words_gen\n" + common + "output_type: generate_until\ndoc_to_target: ' day'\n"
+        "generation_kwargs:\n  until: [' ']\n  max_gen_toks: 4\n  steps: 4\nmetric_list:\n  - metric: exact_match\n")
+    monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)  # torch's collect_env: slow
+    output = tmp_path / "results"
+    assert main(["lm-eval", "--model_args", f"pretrained={directory},trust_remote_code=true,mc_draws=4,precision=fp32",
+                 "--tasks", "words_mc,words_gen", "--include_path", str(tmp_path), "--batch_size", "2",
+                 "--output_path", str(output), "--log_samples"]) == 0
+    table = capsys.readouterr().out
+    assert "words_mc" in table and "words_gen" in table and "acc" in table
+    samples = [json.loads(line) for path in output.rglob("samples_words_gen_*.jsonl") for line in path.read_text().splitlines()]
+    generations = [sample["resps"][0][0] for sample in samples]
+    assert len(generations) == len(docs) and all(text in WORDS for text in generations)  # cut at the first space
+
+
 def test_ddlm_lm_eval_implies_the_model_and_the_bundled_tasks():
     assert harness_arguments(["--tasks", "x"]) == ["--tasks", "x", "--model", "ddlm", "--include_path", str(TASKS_DIR)]
     assert harness_arguments(["--model=ddlm", "--include_path", "d"]) == ["--model=ddlm", "--include_path", "d"]
