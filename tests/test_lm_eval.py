@@ -457,7 +457,6 @@ def test_a_hugging_face_llada_model_scores_as_its_native_twin(tmp_path):
         twin.loglikelihood_rolling([Request("the cat sat on a mat")]), rel=1e-5)
 
 
-
 def test_a_hugging_face_llada_model_runs_through_ddlm_lm_eval(tmp_path, monkeypatch, capsys):
     """The tiny LLaDA-interface model by name through the harness's command line: multiple choice and generation."""
     from tests.test_hf_backend import WORDS, llada_model
