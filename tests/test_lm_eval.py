@@ -22,6 +22,7 @@ from lm_eval.tasks import TaskManager
 from ddlm import DiffusionPipeline
 from ddlm.cli import main
 from ddlm.errors import DDLMError
+from ddlm.eval import harness
 from ddlm.eval.harness import (TASKS_DIR, DDLMHarnessModel, Scorer, context_seed, cut_at_stops, draw_masks,
                                harness_arguments, order_masks)
 from ddlm.model import ModelConfig, Transformer
@@ -329,6 +330,21 @@ def test_left_to_right_with_a_masked_future_is_the_step_by_step_log_likelihood_o
     assert scorer.score([(long_context, continuation)], batch_size=1)[0][0] == pytest.approx(
         order_value(pipe, long_context[-(CONTEXT - len(continuation)) :], continuation, order), rel=1e-5)
 
+
+
+@pytest.mark.parametrize("kind, estimator", [("ar", "exact"), ("masked", "monte_carlo"), ("masked", "left_to_right"),
+                                             ("masked", "random_order"), ("block", "monte_carlo"), ("block", "left_to_right")])
+def test_rows_split_over_several_model_calls_score_as_one_call(kind, estimator, monkeypatch):
+    """A large vocabulary's rows go to the model a few at a time (LOGITS_PER_CALL); here one row per call."""
+    pipe = tiny_pipe(kind, time_conditioning=kind == "masked")
+    pairs = [(pipe.tokenizer.encode("ab c\n"), pipe.tokenizer.encode("cbaab")), ([], pipe.tokenizer.encode("ab c")),
+             (pipe.tokenizer.encode("c" * 30), pipe.tokenizer.encode("a"))]
+    scorer = Scorer(pipe, draws=5, estimator="monte_carlo" if kind == "ar" else estimator)
+    whole = scorer.score(pairs, batch_size=3)
+    monkeypatch.setattr(harness, "LOGITS_PER_CALL", 1)
+    split = scorer.score(pairs, batch_size=3)
+    assert [greedy for _, greedy in split] == [greedy for _, greedy in whole]
+    assert [value for value, _ in split] == pytest.approx([value for value, _ in whole], rel=1e-6)
 
 def test_the_harness_model_takes_the_estimator_from_model_args(model_dirs):
     model = DDLMHarnessModel.create_from_arg_string(f"pretrained={model_dirs['masked']},estimator=left_to_right,"

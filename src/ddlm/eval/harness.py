@@ -80,6 +80,8 @@ except ImportError:
 TASKS_DIR = Path(__file__).parent / "tasks"  # the tasks ddlm ships: shakespeare_next_line
 SCORED_PROCESSES = ("ar", "masked", "block")
 DEFAULT_MAX_GEN_TOKS = 256
+LOGITS_PER_CALL = 2**27  # about the most scores (rows x width x vocabulary) one model call returns: the rows of a
+# long continuation over a large vocabulary (|c| of them left to right) go over several calls
 HARNESS_DEVICE = "cuda:0"  # the device the harness's command line passes when given no --device
 GREEDY = SamplerOptions(temperature=0.0, policy="confidence", seed=0)  # the sampler that decides is_greedy
 ESTIMATORS = ("monte_carlo", "left_to_right", "random_order")  # of a masked model's log-likelihood
@@ -202,21 +204,32 @@ class Scorer:
             span[own], owner[own], first = len(tokens) - start, index, first + len(hidden)
         device = self.pipe.device
         x0, masked, weight, span = x0.to(device), masked.to(device), weight.to(device), span.to(device)
-        with autocast(device, self.pipe.precision):
+        per_row = torch.zeros(rows, dtype=torch.float64, device=device)
+        greedy_row = torch.ones(rows, dtype=torch.bool, device=device)
+        call_rows = max(1, LOGITS_PER_CALL // (width * self.tokenizer.vocab_size))
+        for first in range(0, rows, call_rows):
+            part = slice(first, first + call_rows)
+            per_row[part], greedy_row[part] = self.score_rows(x0[part], masked[part], weight[part], span[part])
+        values = torch.zeros(len(pairs), dtype=torch.float64, device=device).index_add_(0, owner.to(device), per_row)
+        if not self.exact:
+            return [(value, None) for value in values.tolist()]
+        return list(zip(values.tolist(), greedy_row.tolist()))
+
+    def score_rows(self, x0: torch.Tensor, masked: torch.Tensor, weight: torch.Tensor,
+                   span: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One model call: each row's weighted sum of log p at its scored positions, and whether the model's
+        argmax is the text at each of them (meaningful for the autoregressive model)."""
+        with autocast(x0.device, self.pipe.precision):
             if self.exact:  # position i predicts token i + 1
-                logits = self.model(x0[:, :-1], self.process.model_noise(rows, device))
+                logits = self.model(x0[:, :-1], self.process.model_noise(len(x0), x0.device))
                 x0, weight = x0[:, 1:], weight[:, 1:]
             else:
                 logits = self.diffusion_logits(x0, masked, span)
         log_probs = self.process.log_probs(logits)
         targets = torch.where(weight != 0, x0, 0)  # the future's MASK is never a target
         picked = torch.where(weight != 0, log_probs.gather(-1, targets[..., None]).squeeze(-1), 0.0)
-        per_row = (picked.double() * weight).sum(dim=1)
-        values = torch.zeros(len(pairs), dtype=torch.float64, device=device).index_add_(0, owner.to(device), per_row)
-        if not self.exact:
-            return [(value, None) for value in values.tolist()]
-        greedy = ((log_probs.argmax(dim=-1) == x0) | (weight == 0)).all(dim=1).tolist()
-        return list(zip(values.tolist(), greedy))
+        greedy = ((log_probs.argmax(dim=-1) == x0) | (weight == 0)).all(dim=1)
+        return (picked.double() * weight).sum(dim=1), greedy
 
     def plan(self, context: list[int], start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows that score the continuation at canvas positions ``start:end``: which of its positions each
@@ -327,9 +340,10 @@ class DDLMHarnessModel(LM):
     (or a :class:`DiffusionPipeline`, from Python). ``estimator``: how a masked model's
     log-likelihood is computed (``monte_carlo``, ``left_to_right`` or ``random_order``, see the
     module notes). ``masked_future``: score a masked model's continuation with MASK positions after it
-    up to the model's context (see the module notes). ``mc_draws``: Monte Carlo draws (masks or orders) per diffusion log-likelihood.
-    ``batch_size``: requests per model call, each ``mc_draws`` rows for a diffusion model (|c| rows
-    left to right, ``mc_draws`` * |c| in random orders). ``greedy_check``: decide a diffusion
+    up to the model's context (see the module notes). ``mc_draws``: Monte Carlo draws (masks or orders)
+    per diffusion log-likelihood. ``batch_size``: requests per model call, each ``mc_draws`` rows for a
+    diffusion model (|c| rows left to right, ``mc_draws`` * |c| in random orders; rows whose scores
+    would pass ``LOGITS_PER_CALL`` go over several calls). ``greedy_check``: decide a diffusion
     model's ``is_greedy`` with the greedy sampler (see the module notes). Every other argument is a
     :class:`SamplerOptions` field (``steps``, ``policy``, ``block_length``, ``seed``, ...), over the
     model's own sampler defaults: the defaults of ``generate_until``, whose ``gen_kwargs`` replace
