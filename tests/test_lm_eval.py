@@ -72,25 +72,29 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
     return dirs
 
 
+MULTIPLE_CHOICE = ("output_type: multiple_choice\ndoc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\n"
+                   "doc_to_target: '{{label}}'\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n")
+
+
+def write_tasks(root: Path, docs: list[dict], tasks: dict[str, str]) -> Path:
+    """Local harness tasks in ``root``: ``docs`` as JSON lines, and each task's YAML (its name, the data, its body)."""
+    data = root / "docs.jsonl"
+    data.write_text("".join(json.dumps(doc) + "\n" for doc in docs))
+    for name, body in tasks.items():
+        (root / f"{name}.yaml").write_text(f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+                                           f"    test: {data}\n  cache_dir: {root / 'cache'}\ntest_split: test\n{body}")
+    return root
+
+
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory) -> Path:
     """Three local tasks over DOCS: multiple choice, rolling log-likelihood and generation with a stop string."""
-    root = tmp_path_factory.mktemp("tasks")
-    data = root / "docs.jsonl"
-    data.write_text("".join(json.dumps(doc) + "\n" for doc in DOCS))
-    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\n  cache_dir: {root / 'cache'}\n"
-              "test_split: test\n")
-    (root / "tiny_mc.yaml").write_text(
-        "task: tiny_mc\n" + common + "output_type: multiple_choice\ndoc_to_text: '{{context}}'\n"
-        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n")
-    (root / "tiny_rolling.yaml").write_text(
-        "task: tiny_rolling\n" + common + "output_type: loglikelihood_rolling\ndoc_to_text: ''\n"
-        "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: bits_per_byte\n")
-    (root / "tiny_gen.yaml").write_text(
-        "task: tiny_gen\n" + common + "output_type: generate_until\ndoc_to_text: '{{context}}'\n"
-        "doc_to_target: '{{answer}}'\ngeneration_kwargs:\n  until: ['b']\n  max_gen_toks: 8\n  steps: 4\n"
-        "metric_list:\n  - metric: exact_match\n")
-    return root
+    return write_tasks(tmp_path_factory.mktemp("tasks"), DOCS, {
+        "tiny_mc": MULTIPLE_CHOICE,
+        "tiny_rolling": "output_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+                        "metric_list:\n  - metric: bits_per_byte\n",
+        "tiny_gen": "output_type: generate_until\ndoc_to_text: '{{context}}'\ndoc_to_target: '{{answer}}'\n"
+                    "generation_kwargs:\n  until: ['b']\n  max_gen_toks: 8\n  steps: 4\nmetric_list:\n  - metric: exact_match\n"})
 
 
 @pytest.fixture(scope="module")
@@ -480,15 +484,10 @@ def test_a_hugging_face_llada_model_runs_through_ddlm_lm_eval(tmp_path, monkeypa
     directory, _ = llada_model(tmp_path / "llada")
     docs = [{"context": "the cat sat on", "choices": [" a mat", " the moon"], "label": 0},
             {"context": "it was a good", "choices": [" day", " house tree"], "label": 0}]
-    (tmp_path / "words.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in docs))
-    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tmp_path / 'words.jsonl'}\n"
-              f"  cache_dir: {tmp_path / 'cache'}\ntest_split: test\ndoc_to_text: '{{{{context}}}}'\n")
-    (tmp_path / "words_mc.yaml").write_text(
-        "task: words_mc\n" + common + "output_type: multiple_choice\ndoc_to_choice: '{{choices}}'\n"
-        "doc_to_target: '{{label}}'\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n")
-    (tmp_path / "words_gen.yaml").write_text(
-        "task: words_gen\n" + common + "output_type: generate_until\ndoc_to_target: ' day'\n"
-        "generation_kwargs:\n  until: [' ']\n  max_gen_toks: 4\n  steps: 4\nmetric_list:\n  - metric: exact_match\n")
+    write_tasks(tmp_path, docs, {
+        "words_mc": MULTIPLE_CHOICE,
+        "words_gen": "output_type: generate_until\ndoc_to_text: '{{context}}'\ndoc_to_target: ' day'\n"
+                     "generation_kwargs:\n  until: [' ']\n  max_gen_toks: 4\n  steps: 4\nmetric_list:\n  - metric: exact_match\n"})
     monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)  # torch's collect_env: slow
     output = tmp_path / "results"
     assert main(["lm-eval", "--model_args", f"pretrained={directory},trust_remote_code=true,mc_draws=4,precision=fp32",
