@@ -217,8 +217,8 @@ class Scorer:
 
     def score_rows(self, x0: torch.Tensor, masked: torch.Tensor, weight: torch.Tensor,
                    span: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One model call: each row's weighted sum of log p at its scored positions, and whether the model's
-        argmax is the text at each of them (meaningful for the autoregressive model)."""
+        """One model call: each row's weighted sum of log p at its scored positions, and, for the autoregressive
+        model, whether its argmax is the text at each of them (True for diffusion rows: not decided here)."""
         with autocast(x0.device, self.pipe.precision):
             if self.exact:  # position i predicts token i + 1
                 logits = self.model(x0[:, :-1], self.process.model_noise(len(x0), x0.device))
@@ -228,8 +228,10 @@ class Scorer:
         log_probs = self.process.log_probs(logits)
         targets = torch.where(weight != 0, x0, 0)  # the future's MASK is never a target
         picked = torch.where(weight != 0, log_probs.gather(-1, targets[..., None]).squeeze(-1), 0.0)
-        greedy = ((log_probs.argmax(dim=-1) == x0) | (weight == 0)).all(dim=1)
-        return (picked.double() * weight).sum(dim=1), greedy
+        scores = (picked.double() * weight).sum(dim=1)
+        if not self.exact:  # a diffusion model's greedy is decided by its sampler (greedy()), not an argmax
+            return scores, torch.ones(len(x0), dtype=torch.bool, device=x0.device)
+        return scores, ((log_probs.argmax(dim=-1) == x0) | (weight == 0)).all(dim=1)
 
     def plan(self, context: list[int], start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows that score the continuation at canvas positions ``start:end``: which of its positions each
