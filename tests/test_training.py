@@ -348,6 +348,17 @@ def test_the_progress_shows_every_step_and_the_final_validation_is_logged(tmp_pa
     assert not any(row["valid_nelbo"] for row in rows)  # no periodic estimate asked for (log.eval_every=0)
 
 
+def test_a_run_resumed_past_its_time_budget_draws_its_bar_and_says_it_has_ended(tmp_path, corpus, capsys):
+    """A finished run's elapsed time rounds above its budget (60.6 s of 60): the bar must still draw."""
+    config = load_config("tiny", overrides=["optim.time_budget=60", "optim.max_steps=100000", "log.eval_every=0"])
+    trainer = prepare_training(config, tmp_path / "run", data=corpus, device="cpu", cache_dir=tmp_path / "cache")
+    trainer.state.step, trainer.state.elapsed = 3, 60.6  # as a resumed run that ended just past its budget
+    trainer.train()
+    assert trainer.state.step == 3  # nothing trained
+    out = capsys.readouterr().out
+    assert "the run already ended at step 3" in out and "larger --time-budget" in out
+
+
 def test_the_curve_ends_on_its_own_estimate_and_the_whole_set_has_its_column(tmp_path, corpus):
     """The last periodic point uses the same batches as the others; the whole validation set is logged apart."""
     config = load_config("tiny", overrides=["optim.max_steps=7", "log.eval_every=5", "log.eval_batches=1"])

@@ -210,6 +210,9 @@ class Trainer:
     def run_steps(self, stop_after: int | None, signals: StopSignals) -> None:
         """The optimizer steps, each followed by its logs and periodic work; a checkpoint at the end."""
         bar = self.progress_bar()
+        if self.state.step > 0 and self.finished(None) and self.dist.is_main:
+            bar.write(f"the run already ended at step {self.state.step}: nothing to train; to continue it, resume with a "
+                      "larger --time-budget or --max-steps")
         window_tokens, window_start = 0, time.perf_counter()
         try:
             while True:
@@ -245,7 +248,7 @@ class Trainer:
         if budget is None:
             return tqdm(total=self.config.optim.step_limit(), initial=self.state.step, unit="step",
                         disable=not self.show_progress, dynamic_ncols=True, desc="train")
-        return tqdm(total=round(budget), initial=round(self.state.elapsed), unit="s",
+        return tqdm(total=round(budget), initial=min(round(self.state.elapsed), round(budget)), unit="s",
                     disable=not self.show_progress, dynamic_ncols=True, desc="train",
                     bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]")
 
