@@ -19,13 +19,12 @@ pytest.importorskip("fastapi", reason="the app extra is not installed")
 import gradio as gr  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from ddlm import DiffusionPipeline  # noqa: E402
+from ddlm import DDLMError, DiffusionPipeline  # noqa: E402 (the public names)
 from ddlm.app.limits import Limits  # noqa: E402
 from ddlm.app.server import create_app  # noqa: E402
 from ddlm.app.service import Models  # noqa: E402
 from ddlm.app.ui import option_inputs  # noqa: E402
 from ddlm.cli import add_sampler_flags, main  # noqa: E402
-from ddlm.errors import DDLMError  # noqa: E402
 from ddlm.families import (  # noqa: E402
     FAMILIES,
     Family,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ddlm.errors import DDLMError
+
 __version__ = "0.1.0"
-__all__ = ["DiffusionPipeline", "__version__"]
+__all__ = ["DDLMError", "DiffusionPipeline", "__version__"]
 
 if TYPE_CHECKING:
     from ddlm.pipeline import DiffusionPipeline
