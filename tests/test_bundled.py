@@ -106,6 +106,16 @@ def test_a_missing_directory_says_so_before_mentioning_the_hub(tmp_path):
         DiffusionPipeline.from_pretrained("someone/nope")  # the tests run with HF_HUB_OFFLINE=1
 
 
+def test_a_missing_run_folder_or_a_misspelt_bundled_name_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # runs/NAME has the form of a Hub id, but its first part is a folder here
+    with pytest.raises(DDLMError) as error:
+        DiffusionPipeline.from_pretrained("runs/nope")
+    assert str(error.value).startswith("model directory runs/nope does not exist; pass") and "Hub" not in str(error.value)
+    with pytest.raises(DDLMError, match=r"^model directory shakespear does not exist; did you mean 'shakespeare'\? "):
+        DiffusionPipeline.from_pretrained("shakespear")
+
+
 def test_a_tokenizer_from_another_model_with_the_same_size_is_refused(tiny_model, tmp_path):
     model = copy_model(tiny_model, tmp_path / "swapped")
     config = json.loads((model / "tokenizer_config.json").read_text())

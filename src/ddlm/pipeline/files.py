@@ -8,6 +8,7 @@ the layout the Hugging Face Hub hosts. Loading never unpickles.
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any
@@ -155,8 +156,11 @@ def resolve_model_directory(path: str | Path) -> Path:
             raise DDLMError(f"the bundled model {text!r} is not installed (no weights in {bundled}); "
                             "reinstall ddlm or run experiments/train_bundled.py")
         return bundled
-    if directory.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise DDLMError(f"model directory {path} does not exist; pass the --out folder of a `ddlm train` run "
+    local = directory.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")) or directory.parent.is_dir()
+    if local:  # not a Hub id: no "owner/name" form, or its first part is a folder here (runs/NAME)
+        close = difflib.get_close_matches(directory.name, DESCRIPTIONS, n=1) if directory.parent == Path(".") else []
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise DDLMError(f"model directory {path} does not exist; {hint}pass the --out folder of a `ddlm train` run "
                         f"or a bundled model ({', '.join(DESCRIPTIONS)})")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
