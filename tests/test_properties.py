@@ -176,7 +176,8 @@ def test_overrides_may_follow_options(tmp_path: Path):
     err = io.StringIO()
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_code:
         main(["train", "--preset", "tiny", "--out", str(tmp_path), "--bogus"])
-    assert exit_code.value.code == 2 and "unrecognized arguments: --bogus" in err.getvalue()
+    assert exit_code.value.code == 2 and "ddlm train: error: unrecognized arguments: --bogus" in err.getvalue()
+    assert err.getvalue().startswith("usage: ddlm train ")  # the command's own flags, not the list of commands
 
 
 # ----- infill templates and tokenizers -----

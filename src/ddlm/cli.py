@@ -113,6 +113,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         subparser = subparsers.add_parser(name, parents=[common], help=help_text)
         if name == command:
             add_flags(subparser)
+            subparser.set_defaults(command_parser=subparser)  # its usage for an unknown flag
     return parser
 
 
@@ -596,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command in ("train", "finetune") and all("=" in item and not item.startswith("-") for item in extra):
         args.overrides += extra  # KEY=VALUE overrides may follow options: train ... --out X model.d_model=64
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0
