@@ -134,8 +134,9 @@ def add_train_flags(train: argparse.ArgumentParser) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out exactly")
     train.add_argument("--accept-data-change", action="store_true",
                        help="with --resume: continue on text that differs from the run's corpus, from its first batch")
-    train.add_argument("--init", metavar="MODEL", help="start from this model's weights and tokenizer (a model directory or "
-                       "bundled name), e.g. an autoregressive model adapted to masked or block diffusion")
+    train.add_argument("--init", metavar="MODEL", help="start from this model's weights and tokenizer (a model directory, a "
+                       "bundled name, or a Hugging Face causal LM: GPT-2, Llama, Qwen), e.g. an autoregressive model "
+                       "adapted to masked or block diffusion")
     train.add_argument("--max-steps", type=int, help="total optimizer steps (sets optim.max_steps)")
     train.add_argument("--time-budget", type=parse_duration, help="training time, e.g. 10m (sets optim.time_budget)")
     train.add_argument("--stop-after", type=int, metavar="STEP", help="stop at this step; continue later with --resume")
@@ -230,7 +231,8 @@ def add_plot_flags(plot: argparse.ArgumentParser) -> None:
 
 
 def add_eval_flags(evaluate: argparse.ArgumentParser) -> None:
-    add_sampler_flags(evaluate, defaults={"seed": 0})
+    add_sampler_flags(evaluate, defaults={"seed": 0}, notes={"seed": "ddlm eval draws no fresh one: seed 0 unless given, so "
+                                                                     "that two evaluations compare"})
     evaluate.add_argument("--model", action="append", required=True, help=f"{MODEL_HELP}; repeat to compare")
     evaluate.add_argument("--data", help="held-out text for the likelihood: a file, folder, .jsonl, saved data set or "
                           "hf:NAME (its data.hf_valid_split), shakespeare: the built-in corpus's last 10%%, "
@@ -252,7 +254,7 @@ def add_eval_flags(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--max-sequences", type=int, default=64, help="held-out rows scored, 0 for all (default: 64)")
     evaluate.add_argument("-n", "--num-samples", type=int, default=16, help="samples for the sample metrics")
     add_runtime_flags(evaluate)
-    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bars on stderr")
     evaluate.add_argument("--trust-remote-code", action="store_true",
                           help="run model code shipped with a Hugging Face model (LLaDA, Dream); only if you trust it")
 
