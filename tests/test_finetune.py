@@ -292,6 +292,17 @@ def test_loader_resumes_exactly_splits_ranks_and_scores_every_row_once():
     assert all(len(batch.tokens) <= 3 for batch in seen)
 
 
+def test_a_periodic_estimate_scores_rows_spread_over_the_file_not_its_shortest():
+    """The periodic validation of ddlm finetune caps the rows; capped, they must be like the whole set."""
+    rows = [SFTRow([1], [2] * length) for length in range(1, 41)]  # lengths 2..41
+    loader = SFTLoader(rows, 4, EOS)
+    subset = [int(length) for batch in loader.iter_eval_batches(64, max_rows=8) for length in batch.lengths]
+    assert len(subset) == 8 and min(subset) < 10 and max(subset) > 35  # evenly spread, not the 8 shortest
+    assert abs(sum(subset) / 8 - 21.5) < 3  # the whole set's mean length
+    assert sorted(int(n) for batch in loader.iter_eval_batches(64, max_rows=99) for n in batch.lengths) == \
+        list(range(2, 42))  # a cap above the rows: every row
+
+
 # ----- ddlm finetune end to end -----
 
 

@@ -276,12 +276,16 @@ class SFTLoader:
                             f"{len(self.rows)}; resume with the run's own data file")
         self.seed, self.epoch, self.position = int(state["seed"]), int(state["epoch"]), int(state["position"])
 
-    def iter_eval_batches(self, batch_size: int | None = None) -> Iterator[SFTBatch]:
-        """Every row once, in batches of rows of one padded length (so no row is padded more than its own
-        rounding to ``multiple`` needs), shortest first."""
+    def iter_eval_batches(self, batch_size: int | None = None, max_rows: int | None = None) -> Iterator[SFTBatch]:
+        """Every row once (or ``max_rows`` of them, evenly spaced over the file: a subset like the whole, not its
+        shortest rows), in batches of rows of one padded length (so no row is padded more than its own rounding
+        to ``multiple`` needs), shortest first."""
         batch_size = batch_size or self.batch_size
+        rows = self.rows
+        if max_rows is not None and max_rows < len(rows):
+            rows = [rows[index * len(rows) // max_rows] for index in range(max_rows)]
         groups: dict[int, list[SFTRow]] = {}
-        for row in self.rows:
+        for row in rows:
             groups.setdefault(padded_length([row], self.multiple), []).append(row)
         for length in sorted(groups):
             group = groups[length]

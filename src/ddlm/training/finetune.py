@@ -226,11 +226,12 @@ class FineTuneTrainer(Trainer):
     @torch.no_grad()
     def evaluate(self, max_batches: int | None = None, draws: int = 1, progress: str | None = None) -> float:
         """Held-out NELBO per response token (nats) of the EMA weights, with fixed draws; rows are scored in
-        batches of one length, so none is padded beyond its own end-of-text."""
+        batches of one length, so none is padded beyond its own end-of-text. ``max_batches`` (the periodic
+        estimate) caps the rows at that many batches' worth, spread over the whole held-out file."""
         if self.valid_loader is None:
             raise DDLMError("no held-out examples; pass --valid FILE or set data.valid_fraction > 0")
-        batches = [itertools.islice(self.valid_loader.iter_eval_batches(EVAL_BATCH_ROWS), max_batches)
-                   for _ in range(draws)]
+        max_rows = None if max_batches is None else max_batches * EVAL_BATCH_ROWS
+        batches = [self.valid_loader.iter_eval_batches(EVAL_BATCH_ROWS, max_rows) for _ in range(draws)]
         batches = tqdm(itertools.chain(*batches), desc=progress, disable=progress is None, leave=False)
         return response_nelbo(self.load_ema_into_eval_model(), self.process, batches, self.precision)
 
