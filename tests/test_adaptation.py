@@ -177,6 +177,8 @@ def test_init_from_an_autoregressive_model_starts_at_its_likelihood_and_records_
     assert init["source"] == str(ar_source) and init["source_process"] == "ar" and len(init["fingerprint"]) == 16
     adapted = DiffusionPipeline.from_pretrained(tmp_path / "run")
     assert adapted.model.config.shift and adapted.model.config.start_id == adapted.tokenizer.eos_id
+    expected = {"policy": "left-to-right", "steps": 32} if process == "block" else {}
+    assert adapted.sampler_defaults == expected  # the block model writes in its source's order, one token per step
     text = adapted.generate(num_samples=2, length=12, steps=6, seed=0, block_length=4 if process == "masked" else None)
     assert len(text) == 2
 

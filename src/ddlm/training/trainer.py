@@ -392,7 +392,15 @@ class Trainer:
     def pipeline(self) -> DiffusionPipeline:
         """A pipeline over the EMA weights, as exported."""
         return DiffusionPipeline(self.load_ema_into_eval_model(), self.tokenizer, self.process,
-                                 summary=self.summary(), precision=self.precision)
+                                 summary=self.summary(), precision=self.precision,
+                                 sampler_defaults=self.adapted_sampler_defaults())
+
+    def adapted_sampler_defaults(self) -> dict[str, Any]:
+        """A block model adapted from an autoregressive one samples left to right, one token per step (its source's
+        order, which its weights know first: about twice the real words of random order); other runs: none."""
+        if self.config.init.source_process != "ar" or self.process.name != "block":
+            return {}
+        return {"policy": "left-to-right", "steps": self.config.data.context_length}
 
     def preview(self) -> str:
         steps = self.config.log.sample_steps
