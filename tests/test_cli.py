@@ -126,6 +126,8 @@ def bad_inputs(tmp_path: Path, trained: Path) -> dict[str, tuple[list[str], str]
         "zero steps": (model + ["--steps", "0"], "steps must be at least 1"),
         "length beyond the context": (model + ["--length", "1000"], "exceed the model's context"),
         "missing model directory": (["sample", "--model", str(tmp_path / "absent")], "does not exist"),
+        "eval on a missing data file": (["eval", "--model", str(trained), "--data", str(tmp_path / "nope.txt")],
+                                        "does not exist"),
         "corrupt model directory": (["sample", "--model", str(corrupt)], "not valid JSON"),
     }
 
@@ -134,7 +136,7 @@ CASES = [
     "missing data file", "empty data file", "invalid UTF-8", "corpus shorter than a row", "unknown override",
     "unknown preset", "resume with nothing saved", "prompt longer than the context",
     "character outside the vocabulary", "zero steps", "length beyond the context", "missing model directory",
-    "corrupt model directory",
+    "eval on a missing data file", "corrupt model directory",
 ]
 
 

@@ -457,6 +457,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ddlm import DiffusionPipeline
+    from ddlm.data.zero_shot import evaluation_source
     from ddlm.device import describe_machine
     from ddlm.eval import default_judge, load_judge
     from ddlm.eval.likelihood import check_left_to_right
@@ -464,6 +465,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from ddlm.fileio import check_writable_file, write_json_atomic
 
     check_minimums(args, {"draws": 1, "max_sequences": 0, "num_samples": 1})
+    if args.data is not None:  # a bad --data fails before any model loads
+        evaluation_source(args.data, detokenizer=args.detokenizer)
     if args.json:
         check_writable_file(args.json, "the --json file")  # before the work, not after the table
     settings = EvalSettings(
