@@ -240,6 +240,8 @@ def test_eval_left_to_right_adds_a_column_and_the_exact_figures(trained, trained
         "--no-progress"], capsys)
     assert code == 0, err
     assert "left-to-right NLL" in out.splitlines()[0]
+    table = out.strip().splitlines()
+    assert "gen. PPL" not in table[0] and len({line.count("|") for line in table}) == 1  # no empty sample columns
     models = json.loads(report.read_text())["models"]
     masked, ar = models[str(trained)], models[str(trained_ar)]
     assert masked["left_to_right"]["exact"] and masked["left_to_right"]["sequences"] == 2

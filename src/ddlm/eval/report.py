@@ -135,34 +135,39 @@ def counted(steps: Iterable[SamplerStep], tick: Callable[[float], Any] | None) -
         yield step
 
 
+def likelihood_cells(like: dict) -> list[str]:
+    bound = "=" if like["exact"] else "<="
+    return [f"{like['nats_per_token']:.4f} ± {like['standard_error']:.4f}", f"{like['bits_per_token']:.4f}",
+            f"{bound} {like['perplexity']:.2f}", f"{like['bits_per_byte']:.4f}"]
+
+
+def left_to_right_cells(left_to_right: dict) -> list[str]:
+    return [f"{left_to_right['nats_per_token']:.4f} ± {left_to_right['standard_error']:.4f}",
+            f"{left_to_right['bits_per_byte']:.4f}"]
+
+
+def sample_cells(samples: dict) -> list[str]:
+    return [f"{samples['generative_perplexity']:.2f}" if "generative_perplexity" in samples else "",
+            f"{samples['unigram_entropy']:.3f}", "/".join(f"{samples[f'distinct_{n}']:.2f}" for n in (1, 2, 3)),
+            f"{samples['repetition_4']:.3f}", str(samples["model_calls"]), f"{samples['tokens_per_second']:,.0f}"]
+
+
+# The table's column groups: a result's key, the group's headers, its cells.
+TABLE_GROUPS = (
+    ("likelihood", ["NELBO nats/token (± s.e.)", "bits/token", "PPL", "bits/byte"], likelihood_cells),
+    ("left_to_right", ["left-to-right NLL nats/token (± s.e.)", "bits/byte"], left_to_right_cells),
+    ("samples", ["gen. PPL", "entropy", "distinct-1/2/3", "rep-4", "calls", "tokens/s"], sample_cells),
+)
+
+
 def markdown_table(results: dict[str, dict]) -> str:
-    """One row per model; the left-to-right column only where a model has that figure."""
-    ordered = any("left_to_right" in result for result in results.values())
-    lines = [
-        "| model | process | NELBO nats/token (± s.e.) | bits/token | PPL | bits/byte "
-        + ("| left-to-right NLL nats/token (± s.e.) | bits/byte " if ordered else "")
-        + "| gen. PPL | entropy | distinct-1/2/3 | rep-4 | calls | tokens/s |",
-        "|---|---|---|---|---|---|" + ("---|---|" if ordered else "") + "---|---|---|---|---|---|",
-    ]
+    """One row per model; a group of columns (likelihood, left to right, samples) only where some model has it."""
+    groups = [group for group in TABLE_GROUPS if any(result.get(group[0]) for result in results.values())]
+    header = ["model", "process", *(title for _, titles, _ in groups for title in titles)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in results.items():
-        like, samples, left_to_right = result.get("likelihood"), result.get("samples"), result.get("left_to_right")
         cells = [name, result["process"]]
-        if like:
-            bound = "=" if like["exact"] else "<="
-            cells += [f"{like['nats_per_token']:.4f} ± {like['standard_error']:.4f}", f"{like['bits_per_token']:.4f}",
-                      f"{bound} {like['perplexity']:.2f}", f"{like['bits_per_byte']:.4f}"]
-        else:
-            cells += [""] * 4
-        if ordered:
-            cells += ([f"{left_to_right['nats_per_token']:.4f} ± {left_to_right['standard_error']:.4f}",
-                       f"{left_to_right['bits_per_byte']:.4f}"] if left_to_right else ["", ""])
-        if samples:
-            cells += [f"{samples['generative_perplexity']:.2f}" if "generative_perplexity" in samples else "",
-                      f"{samples['unigram_entropy']:.3f}",
-                      "/".join(f"{samples[f'distinct_{n}']:.2f}" for n in (1, 2, 3)),
-                      f"{samples['repetition_4']:.3f}", str(samples["model_calls"]),
-                      f"{samples['tokens_per_second']:,.0f}"]
-        else:
-            cells += [""] * 6
+        for key, titles, format_cells in groups:
+            cells += format_cells(result[key]) if result.get(key) else [""] * len(titles)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
