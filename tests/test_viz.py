@@ -14,7 +14,7 @@ from rich.console import Console
 from ddlm.cli import main
 from ddlm.errors import DDLMError
 from ddlm.training.logger import MetricsLog
-from ddlm.viz.animation import denoising_frames, forward_frames
+from ddlm.viz.animation import denoising_frames, forward_frames, forward_legend
 from ddlm.viz.plots import plot_tradeoff, pyplot, read_log
 from ddlm.viz.style import HIGHLIGHT, MASK, REMASK, hex_color
 from ddlm.viz.terminal import LiveView, SamplingProgress
@@ -159,6 +159,9 @@ def test_forward_animation_of_uniform_sedd_resamples_tokens():
     frames = forward_frames(process, TOKENIZER, "abcdefabcdef" * 3, count=5, seed=1)
     resampled = [sum(cell.ink == REMASK for cell in frame.cells) for frame in frames]
     assert resampled[0] == 0 and resampled[-1] > 20 and all(cell.box is None for cell in frames[-1].cells)
+    assert [label for label, _ in forward_legend(frames)] == ["resampled"]
+    masked = forward_frames(pipeline("masked").process, TOKENIZER, "abcdefabcdef", count=5, seed=1)
+    assert [label for label, _ in forward_legend(masked)] == ["masked"]  # masking only: no resampled entry
 
 
 def test_animation_errors_are_one_line(model_dir, tmp_path, capsys):

@@ -414,13 +414,20 @@ def run_sample(args: argparse.Namespace) -> int:
 
 def run_animate(args: argparse.Namespace) -> int:
     from ddlm import DiffusionPipeline
-    from ddlm.viz.animation import check_animation_path, denoising_frames, forward_frames, legend_for, save_animation
+    from ddlm.viz.animation import (
+        check_animation_path,
+        denoising_frames,
+        forward_frames,
+        forward_legend,
+        legend_for,
+        save_animation,
+    )
 
     check_animation_path(args.out)
     pipe = DiffusionPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
     if args.forward is not None:
         frames = forward_frames(pipe.process, pipe.tokenizer, args.forward, args.steps + 1, args.seed or 0)
-        legend = legend_for(None)
+        legend = forward_legend(frames)
     else:
         options = pipe.sampler_options(**sampler_changes(args)).with_seed()
         steps = list(pipe.stream(args.prompt, options, length=args.length, infill=args.infill, suffix=args.suffix,

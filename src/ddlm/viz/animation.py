@@ -184,15 +184,22 @@ class Layout:
             x += 16 + self.font.getlength(label) + 14
 
 
-def legend_for(color_by: str | None) -> list[tuple[str, tuple[int, int, int]]]:
-    """The legend of an animation: what the boxes and colours mean."""
+def legend_for(color_by: str) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend of a denoising animation: what the boxes and colours mean."""
     if color_by == "confidence":
         colors = [("confidence 0", LOW), ("0.5", MID), ("1", HIGH)]
-    elif color_by == "time":
+    else:
         colors = [("revealed first", EARLY), ("last", LATE)]
-    else:  # the forward process
-        return [("masked", MASK), ("resampled", REMASK)]
     return [("masked", MASK), *colors, ("this step", HIGHLIGHT), ("remasked", REMASK)]
+
+
+def forward_legend(frames: Sequence[Frame]) -> list[tuple[str, tuple[int, int, int]]]:
+    """The legend of a forward-process animation: the kinds of corruption its frames show (masking, or a
+    random token for SEDD uniform)."""
+    cells = [cell for frame in frames for cell in frame.cells]
+    kinds = [("masked", MASK, any(cell.box == MASK for cell in cells)),
+             ("resampled", REMASK, any(cell.box is None and cell.ink == REMASK for cell in cells))]
+    return [(label, color) for label, color, shown in kinds if shown]
 
 
 def check_animation_path(path: str | Path) -> Path:
