@@ -566,3 +566,11 @@ def test_the_dev_questions_share_no_line_with_the_reported_test_questions():
 def test_ddlm_lm_eval_refuses_another_model_in_one_line(capsys):
     assert main(["lm-eval", "--model", "hf", "--tasks", "tiny_mc"]) == 2
     assert "drop --model hf" in capsys.readouterr().err
+
+
+def test_ddlm_lm_eval_help_says_what_it_adds_before_the_harness_help(capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        main(["lm-eval", "--help"])
+    out = capsys.readouterr().out
+    assert exit_code.value.code == 0 and out.startswith("ddlm lm-eval ARGS runs lm-evaluation-harness's command line")
+    assert "--model_args" in out.split("\n", 2)[2]  # the harness's own help follows

@@ -503,6 +503,9 @@ def run_harness_cli(arguments: Sequence[str]) -> int:
     """``ddlm lm-eval ARGUMENTS``: the harness's own command line with the ddlm model registered."""
     from lm_eval.__main__ import cli_evaluate
 
+    if {"-h", "--help"} & set(arguments):
+        print("ddlm lm-eval ARGS runs lm-evaluation-harness's command line (its help follows) with the ddlm model "
+              "registered and --model ddlm implied: --model_args pretrained=NAME_OR_DIR[,OPTION=VALUE,...]\n")
     saved = sys.argv
     sys.argv = ["lm-eval", *harness_arguments(arguments)]
     try:
