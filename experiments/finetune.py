@@ -98,13 +98,16 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=2, help="noise draws per held-out pair (default: 2)")
     parser.add_argument("--samples", type=int, default=3, help="held-out prompts each model answers (default: 3)")
     parser.add_argument("--models", nargs="+", default=["shakespeare-ar", "shakespeare"])
+    parser.add_argument("--data-only", action="store_true", help="write the .jsonl files and stop")
     args = parser.parse_args()
 
     train_rows, held_out_rows = dialogue_pairs(builtin_text("shakespeare"))
     held_out_rows = held_out_rows[:: max(1, len(held_out_rows) // args.held_out)][: args.held_out]
     train = write_rows(args.out / "data" / "train.jsonl", train_rows)
     valid = write_rows(args.out / "data" / "valid.jsonl", held_out_rows)
-    print(f"{len(train_rows)} training pairs, {len(held_out_rows)} held out", file=sys.stderr)
+    print(f"{len(train_rows)} training pairs in {train}, {len(held_out_rows)} held out in {valid}", file=sys.stderr)
+    if args.data_only:
+        return
     chat = ChatFormat()
     prompts = [chat.prompt_text(row["messages"])
                for row in held_out_rows[:: max(1, len(held_out_rows) // args.samples)][: args.samples]]
