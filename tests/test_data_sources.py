@@ -188,6 +188,30 @@ def test_hub_name_without_network_is_a_one_line_error(datasets) -> None:
     one_line_error(excinfo, "'ddlm-tests/no-such-dataset'", "network", "save_to_disk")
 
 
+@pytest.mark.parametrize("hub", ["silent", "answers", "offline mode"])
+def test_a_hub_that_does_not_answer_fails_at_once_not_after_the_retries_of_datasets(datasets, monkeypatch, hub) -> None:
+    """A machine without network (and without HF_HUB_OFFLINE) asks the Hub once; datasets would retry for 26 s."""
+    import huggingface_hub
+
+    served = [{"text": "A story."}]
+
+    def dataset_info(self, name, **kwargs):
+        if hub == "offline mode":
+            pytest.fail("in offline mode nothing is asked of the Hub")
+        if hub == "silent":
+            raise ConnectionError("[Errno -2] Name or service not known")  # the transport's error, whatever its type
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", hub == "offline mode")
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: iter(served))
+    if hub == "silent":
+        with pytest.raises(DDLMError) as excinfo:
+            list(resolve_source("hf:someone/stories").read())
+        one_line_error(excinfo, "'someone/stories'", "does not answer", "save_to_disk")
+    else:
+        assert list(resolve_source("hf:someone/stories").read()) == ["A story."]
+
+
 def test_missing_datasets_package_is_a_one_line_error(monkeypatch, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets now raises ImportError
     with pytest.raises(DDLMError) as excinfo:

@@ -63,6 +63,8 @@ class HubDocuments:
     def __iter__(self) -> Iterator[str]:
         datasets = import_datasets()
         where = f"Hugging Face data set {self.name!r}"
+        if hub_unreachable(self.name):
+            raise DDLMError(f"cannot load {where} (the Hugging Face Hub does not answer: no network?); {self.hint}")
         arguments, keywords = self.load_arguments()
         try:
             rows = datasets.load_dataset(*arguments, **keywords)
@@ -117,6 +119,24 @@ def texts_of(rows: Iterable[dict[str, Any]], field: str, where: str) -> Iterator
             found = f"columns {sorted(row)}" if field not in row else f"a {type(text).__name__}"
             raise DDLMError(f"row {number} of {where} has no text in column {field!r} ({found}); set data.hf_field")
         yield text
+
+
+def hub_unreachable(name: str) -> bool:
+    """Whether the Hugging Face Hub gives no answer at all about the data set ``name`` (whatever the answer would be):
+    without network ``datasets`` retries for half a minute before it fails. False without asking in offline mode
+    (``HF_HUB_OFFLINE=1``, where ``datasets`` fails at once) and for a local folder's name."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE or Path(name).exists():
+        return False
+    try:
+        HfApi().dataset_info(name, timeout=10)
+    except HfHubHTTPError:  # it answered (no such data set, gated, ...): datasets says what
+        return False
+    except Exception:  # noqa: BLE001 - no answer; the transport's errors differ between huggingface_hub versions
+        return True
+    return False
 
 
 def import_datasets() -> ModuleType:
