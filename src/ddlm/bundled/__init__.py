@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 DESCRIPTIONS = {
-    "shakespeare": "masked diffusion over characters, trained on the built-in tiny Shakespeare (the default model)",
+    "shakespeare": "masked diffusion over characters, adapted from shakespeare-ar in 170 CPU-minutes (the default model)",
     "shakespeare-ar": "autoregressive baseline on the same backbone and data (the default judge of `ddlm eval`)",
     "shakespeare-block": "block diffusion (blocks of 4) adapted from shakespeare-ar in 60 CPU-minutes",
 }
